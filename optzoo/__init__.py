@@ -9,6 +9,7 @@ the attribute is the factory; import module members with
 """
 
 from optzoo import (
+    distributed,
     layout,
     linalg,
     ringmaster_sim,
@@ -18,6 +19,7 @@ from optzoo import (
     symmetric_stack,
     testing,
 )
+from optzoo.distributed import OwnerComputes
 from optzoo.egn import EGNLineSearchState, ScaleByEGNState, egn, egn_loss, scale_by_egn
 from optzoo.error_feedback import ScaleByEFMuonState, ef_muon, scale_by_ef_muon
 from optzoo.fismo import ScaleByFismoState, fismo, scale_by_fismo
@@ -59,6 +61,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "__version__",
     # modules
+    "distributed",
     "layout",
     "linalg",
     "ringmaster_sim",
@@ -121,6 +124,8 @@ __all__ = [
     "ScaleByRingmasterLMOState",
     "discard_stale",
     "DiscardStaleState",
+    # distribution
+    "OwnerComputes",
     # guards
     "skip_nonfinite",
     "SkipNonfiniteState",

@@ -19,6 +19,7 @@ import optax
 from optzoo import layout as layout_lib
 from optzoo import linalg
 from optzoo._tree import check_floating, path_str
+from optzoo.distributed import OwnerComputes, maybe_apply
 
 #: ``gate_up_pair``: a fused gate|up axis of size ``2f`` read as ``f`` units ``(gate_j, up_j)``;
 #: ``'concat'`` = gate in the first half, up in the second; ``'interleaved'`` = ``2j, 2j+1``.
@@ -163,17 +164,26 @@ def row_norm(x: jax.Array, eps: Any, threshold: Any) -> jax.Array:
 
 
 def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
-               gram_steps: int) -> jax.Array:
-    """``Y (YᵀY)^{-1/2}`` (right) or ``(YYᵀ)^{-1/2} Y`` (left); 'auto' inverts the smaller."""
+               gram_steps: int, owner_computes: OwnerComputes | None = None) -> jax.Array:
+    """``Y (YᵀY)^{-1/2}`` (right) or ``(YYᵀ)^{-1/2} Y`` (left); 'auto' inverts the smaller.
+
+    With ``owner_computes`` the polar factors of the ``(b, U, F)`` stack are computed
+    owner-computes style (:mod:`optzoo.distributed`); the cheap maps around them (row norms,
+    centering, ``ν``) stay where the stack is, so a ``ν`` summed over a leaf is unaffected.
+    """
     if side == "auto":
         side = "right" if y.shape[-1] <= y.shape[-2] else "left"
-    if side == "right":
-        r = linalg.inverse_sqrt_psd(_mm(_t(y), y), method=gram_method, eps=gram_eps,
-                                    steps=gram_steps)
-        return _mm(y, r)
-    left = linalg.inverse_sqrt_psd(_mm(y, _t(y)), method=gram_method, eps=gram_eps,
-                                   steps=gram_steps)
-    return _mm(left, y)
+
+    def polar(z: jax.Array) -> jax.Array:
+        if side == "right":
+            r = linalg.inverse_sqrt_psd(_mm(_t(z), z), method=gram_method, eps=gram_eps,
+                                        steps=gram_steps)
+            return _mm(z, r)
+        left = linalg.inverse_sqrt_psd(_mm(z, _t(z)), method=gram_method, eps=gram_eps,
+                                       steps=gram_steps)
+        return _mm(left, z)
+
+    return maybe_apply(owner_computes, polar, y)
 
 
 def nu_factor(y: jax.Array, p: jax.Array, alpha: Any, eps: Any, scope: str) -> Any:

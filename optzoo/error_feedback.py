@@ -52,6 +52,7 @@ import optax
 from optzoo import _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
     "COMPRESSORS",
@@ -143,14 +144,15 @@ def _no_layout_error(what: str, path: str, shape: tuple[int, ...]) -> ValueError
 
 
 def _compress_tree(p_tree: Any, layouts: Any, compressor: str, method: str,
-                   steps: int | None, what: str) -> Any:
+                   steps: int | None, what: str,
+                   owner_computes: OwnerComputes | None = None) -> Any:
     if compressor == "spectral":
         def otherwise(x, path):
             raise _no_layout_error(what, path, jnp.shape(x))
 
         return layout_lib.map_matrices(
             lambda mat: compress_spectral(mat, method=method, steps=steps), p_tree, layouts,
-            otherwise=otherwise, what=what)
+            otherwise=otherwise, what=what, owner_computes=owner_computes)
     return layout_lib.map_matrices(
         lambda mat: compress_sign(mat, axis=(-2, -1)), p_tree, layouts,
         otherwise=lambda x, path: compress_sign(x), what=what)
@@ -174,6 +176,7 @@ def scale_by_ef_muon(
     ns_steps: int | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     error_dtype: jax.typing.DTypeLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Error-feedback compressed momentum: ``Δ = C(γ·M + E)``, ``E ← γ·M + E − Δ``.
 
@@ -207,6 +210,9 @@ def scale_by_ef_muon(
       mu_dtype: dtype of ``M``; ``None`` uses the parameters' dtype.
       error_dtype: dtype of ``E``; ``None`` uses float32 or the parameters' dtype if wider
         (the residuals are small and accumulate: keep them out of bfloat16).
+      owner_computes: distribute the spectral compressor's orthogonalizations over
+        devices, each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); ``'sign'`` is local and ignores it.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByEFMuonState`; updates keep
@@ -242,6 +248,7 @@ def scale_by_ef_muon(
         raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
                          f"{linalg.ORTHOGONALIZERS}")
     _check_unit_interval(beta, "beta", what)
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     error_dtype = None if error_dtype is None else jax.dtypes.canonicalize_dtype(error_dtype)
 
@@ -278,7 +285,8 @@ def scale_by_ef_muon(
         gamma = step_size(state.count) if callable(step_size) else step_size
         p = jax.tree.map(lambda xi, e: (gamma * xi.astype(e.dtype) + e).astype(e.dtype),
                          x, state.error)
-        delta = _compress_tree(p, layouts, compressor, ortho_method, ns_steps, what)
+        delta = _compress_tree(p, layouts, compressor, ortho_method, ns_steps, what,
+                               owner_computes)
         error = jax.tree.map(lambda pi, d: (pi - d).astype(pi.dtype), p, delta)
         out = jax.tree.map(lambda d, g: d.astype(jnp.result_type(g)), delta, updates)
         return out, ScaleByEFMuonState(optax.safe_increment(state.count), mu, error)
@@ -328,6 +336,7 @@ def ef_muon(
     error_dtype: jax.typing.DTypeLike | None = None,
     fallback: optax.GradientTransformation | None = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""EF-Muon: Muon-type compressed momentum steps with error feedback.
 
@@ -370,6 +379,9 @@ def ef_muon(
       fallback: transform for leaves without a matrix layout (gets the full optax update
         contract: it must include its own learning rate).
       adam_learning_rate: learning rate of the default AdamW fallback.
+      owner_computes: distribute the spectral compressor's orthogonalizations over
+        devices, each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); ``'sign'`` is local and ignores it.
 
     Returns:
       An ``optax.GradientTransformation`` (an ``optax.partition`` of the EF chain and the
@@ -394,7 +406,7 @@ def ef_muon(
         scale_by_ef_muon(beta, compressor=compressor, nesterov=nesterov,
                          step_size=learning_rate, layout=layout,
                          ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                         error_dtype=error_dtype),
+                         error_dtype=error_dtype, owner_computes=owner_computes),
         _add_scheduled_decay(learning_rate, weight_decay, weight_decay_mask),
         optax.scale(-1.0),
     )

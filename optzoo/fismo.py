@@ -68,6 +68,7 @@ import optax
 from optzoo import _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = ["SHAPE_SCALES", "ScaleByFismoState", "scale_by_fismo", "fismo"]
 
@@ -163,6 +164,7 @@ def scale_by_fismo(
     ns_steps: int | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""FISMO direction: ``s·P^{-1/2} polar(M) Q^{-1/2}`` with Kronecker Fisher factors.
 
@@ -195,6 +197,9 @@ def scale_by_fismo(
       mu_dtype: dtype of ``M``; ``None`` uses the parameters' dtype.
       layout: matrix view of each leaf (:func:`optzoo.layout.resolve`); every leaf must have
         one (use :func:`fismo` to route the others to a fallback).
+      owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
+        matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByFismoState`; updates keep
@@ -260,6 +265,10 @@ def scale_by_fismo(
         return treedef, out
 
     maybe_root = _root_refresher(root_method)
+    check_owner_computes(owner_computes, what)
+
+    def orth(x):
+        return linalg.orthogonalize(x, method=ortho_method, steps=ns_steps)
 
     def init_fn(params):
         treedef, lays = plans(params, "parameter")
@@ -281,7 +290,7 @@ def scale_by_fismo(
         flat = [treedef.flatten_up_to(s) for s in (state.mu, state.left, state.right,
                                                    state.left_root, state.right_root)]
         refresh = state.count % every == 0
-        results = []
+        whitened = []
         for g_leaf, lay, mu, p, q, p_root, q_root in zip(grads, lays, *flat, strict=True):
             fdt = p.dtype
             g = lay.to_matrix(g_leaf).astype(fdt)
@@ -296,7 +305,14 @@ def scale_by_fismo(
             q_root = maybe_root(refresh, q_new, q_root, root_eps)
             white = p_root @ g @ q_root
             mu_mat = beta * lay.to_matrix(mu).astype(fdt) + (1.0 - beta) * white
-            o = linalg.orthogonalize(mu_mat, method=ortho_method, steps=ns_steps)
+            whitened.append((mu_mat, p_new, q_new, p_root, q_root))
+        # polar(M) of all leaves at once: same-shape matrices batched (and distributed)
+        polars = layout_lib.map_stacks(orth, [w[0] for w in whitened],
+                                       owner_computes=owner_computes, what=what)
+        results = []
+        for g_leaf, lay, mu, (mu_mat, p_new, q_new, p_root, q_root), o in zip(
+                grads, lays, flat[0], whitened, polars, strict=True):
+            m, n = mu_mat.shape[-2:]
             u = _shape_factor(shape_scale, m, n, rms_scale) * (p_root @ o @ q_root)
             shape = jnp.shape(g_leaf)
             results.append((lay.from_matrix(mu_mat, shape).astype(mu.dtype), p_new, q_new,
@@ -332,6 +348,7 @@ def fismo(
     mu_dtype: jax.typing.DTypeLike | None = None,
     fallback: optax.GradientTransformation | None = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""FISMO: Muon with Kronecker-factored Fisher whitening (trust region in a Fisher metric).
 
@@ -372,6 +389,9 @@ def fismo(
       mu_dtype: dtype of the momentum.
       fallback: transform for leaves without a matrix layout (with its own learning rate).
       adam_learning_rate: learning rate of the default AdamW fallback.
+      owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
+        matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
 
     Returns:
       An ``optax.GradientTransformation``: ``optax.partition`` of
@@ -393,7 +413,7 @@ def fismo(
                        precondition_frequency=precondition_frequency, root_eps=root_eps,
                        root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
                        ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                       layout=layout),
+                       layout=layout, owner_computes=owner_computes),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )

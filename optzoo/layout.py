@@ -29,9 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo import distributed
 from optzoo._tree import path_str
+from optzoo.distributed import OwnerComputes
 
-__all__ = ["MatrixLayout", "LayoutSpec", "resolve", "default_layout", "map_matrices"]
+__all__ = [
+    "MatrixLayout", "LayoutSpec", "resolve", "default_layout", "map_matrices", "map_stacks",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +251,7 @@ def map_matrices(
     otherwise: Callable[[jax.Array, str], jax.Array] | None = None,
     group: bool = True,
     what: str = "matrix method",
+    owner_computes: OwnerComputes | None = None,
 ) -> Any:
     """Applies a batched matrix function to the matrix view of every leaf that has a layout.
 
@@ -261,6 +266,9 @@ def map_matrices(
         call ``fn`` once per shape (fewer, larger kernels; identical results because ``fn``
         treats matrices independently).
       what: the caller's name, for error messages.
+      owner_computes: distribute each call of ``fn`` over devices owner-computes style (one
+        :meth:`optzoo.distributed.OwnerComputes.apply` per group; see
+        :mod:`optzoo.distributed`); ``None`` computes it where XLA places it.
 
     Returns:
       A tree like ``tree``; every leaf keeps its shape and dtype.
@@ -268,7 +276,8 @@ def map_matrices(
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     lays = treedef.flatten_up_to(layouts)
     out: list[Any] = [None] * len(paths_leaves)
-    groups: dict[tuple[int, int, Any], list[tuple[int, jax.Array]]] = {}
+    mats: list[jax.Array] = []
+    owners: list[int] = []
     for i, ((path, x), lay) in enumerate(zip(paths_leaves, lays, strict=True)):
         if lay is None:
             if otherwise is None:
@@ -276,20 +285,56 @@ def map_matrices(
                                  f"{jnp.shape(x)} has no matrix layout")
             out[i] = otherwise(x, path_str(path))
             continue
-        mat = lay.to_matrix(x)
-        key = (mat.shape[1], mat.shape[2], mat.dtype) if group else (i, 0, None)
-        groups.setdefault(key, []).append((i, mat))
-    for members in groups.values():
-        stack = jnp.concatenate([m for _, m in members], axis=0) if len(members) > 1 else (
-            members[0][1])
-        res = fn(stack)
-        start = 0
-        for i, m in members:
-            piece = res[start:start + m.shape[0]]
-            start += m.shape[0]
-            x = paths_leaves[i][1]
-            out[i] = lays[i].from_matrix(piece, jnp.shape(x)).astype(jnp.result_type(x))
+        mats.append(lay.to_matrix(x))
+        owners.append(i)
+    results = map_stacks(fn, mats, group=group, owner_computes=owner_computes, what=what)
+    for i, res in zip(owners, results, strict=True):
+        x = paths_leaves[i][1]
+        out[i] = lays[i].from_matrix(res, jnp.shape(x)).astype(jnp.result_type(x))
     return treedef.unflatten(out)
+
+
+def map_stacks(
+    fn: Callable[[jax.Array], jax.Array],
+    stacks: Sequence[jax.Array],
+    *,
+    group: bool = True,
+    owner_computes: OwnerComputes | None = None,
+    what: str = "matrix method",
+) -> list[jax.Array]:
+    """Applies ``fn`` to a list of ``(b_i, m_i, n_i)`` stacks, batching same-shape ones.
+
+    Args:
+      fn: batched matrix function ``(b, m, n) -> (b, m, n)``, matrices independent.
+      stacks: the stacks (e.g. the matrix views of several leaves).
+      group: concatenate stacks with the same ``(m, n, dtype)`` and call ``fn`` once per
+        group (default), or once per stack.
+      owner_computes: an :class:`optzoo.distributed.OwnerComputes` distributing every call
+        (one per group), or ``None``.
+      what: the caller's name, for error messages.
+
+    Returns:
+      ``[fn(s) for s in stacks]`` (same shapes).
+
+    Raises:
+      TypeError: ``owner_computes`` is neither ``None`` nor an ``OwnerComputes``.
+    """
+    distributed.check_owner_computes(owner_computes, what)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for j, mat in enumerate(stacks):
+        key = (mat.shape[1], mat.shape[2], mat.dtype) if group else (j,)
+        groups.setdefault(key, []).append(j)
+    out: list[Any] = [None] * len(stacks)
+    for members in groups.values():
+        parts = [stacks[j] for j in members]
+        stack = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        res = distributed.maybe_apply(owner_computes, fn, stack)
+        start = 0
+        for j in members:
+            size = stacks[j].shape[0]
+            out[j] = res[start:start + size]
+            start += size
+    return out
 
 
 def _is_masked(x: Any) -> bool:

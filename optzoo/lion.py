@@ -35,6 +35,7 @@ import optax
 from optzoo import layout as layout_lib
 from optzoo import linalg
 from optzoo._tree import check_floating, map_with_path, path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
     "ScaleByLionKappaState",
@@ -127,6 +128,7 @@ def _spectral_directions(
     vector_map: Callable[[jax.Array], jax.Array] | None,
     method: str,
     steps: int | None,
+    owner_computes: OwnerComputes | None = None,
 ) -> Any:
     """polar(Z) on every leaf with a matrix layout, ``vector_map`` (or an error) elsewhere."""
     layouts = layout_lib.resolve(layout, z_tree, what="lion_kappa(kappa='spectral')")
@@ -138,7 +140,7 @@ def _spectral_directions(
 
     return layout_lib.map_matrices(
         lambda mat: linalg.orthogonalize(mat, method=method, steps=steps), z_tree, layouts,
-        otherwise=otherwise)
+        otherwise=otherwise, owner_computes=owner_computes)
 
 
 def _check_spectral_coverage(params: Any, layout: layout_lib.LayoutSpec, has_vector: bool):
@@ -171,6 +173,7 @@ def scale_by_lion_kappa(
     spectral_method: str = "polar_express",
     spectral_steps: int | None = None,
     vector_kappa: KappaLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by the Lion-𝒦 direction ``∇𝒦(β₁ m + (1 − β₁) g)``.
 
@@ -215,6 +218,9 @@ def scale_by_lion_kappa(
         (biases, norm scales, scalars): one of ``'sign'``, ``'tanh'``, ``'clip'``, ``'l2'``
         or a callable. ``None`` (default) raises a ``ValueError`` naming such a leaf rather than
         silently choosing a rule for it.
+      owner_computes: ``'spectral'`` only: distribute the orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the elementwise maps are local and ignore it.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`ScaleByLionKappaState`.
@@ -249,6 +255,7 @@ def scale_by_lion_kappa(
         raise ValueError(f"beta must be positive, got {beta}")
     if not isinstance(spectral_method, str):
         raise ValueError(f"spectral_method must be a string, got {spectral_method!r}")
+    check_owner_computes(owner_computes, "scale_by_lion_kappa")
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     spectral = isinstance(kappa, str) and kappa == "spectral"
     if spectral:
@@ -271,7 +278,7 @@ def scale_by_lion_kappa(
         z = jax.tree.map(lambda g, m: (1.0 - b1) * g + b1 * m, updates, state.mu)
         if spectral:
             directions = _spectral_directions(
-                z, layout, vector_map, spectral_method, spectral_steps)
+                z, layout, vector_map, spectral_method, spectral_steps, owner_computes)
         else:
             directions = jax.tree.map(leaf_map, z)
         # Updates keep the gradients' dtype (optax would promote them to mu_dtype).
@@ -362,6 +369,7 @@ def lion_kappa(
     spectral_method: str = "polar_express",
     spectral_steps: int | None = None,
     vector_kappa: KappaLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Lion-𝒦: Lion with ``sign`` replaced by the gradient of a convex function ``𝒦``.
 
@@ -414,6 +422,9 @@ def lion_kappa(
         :func:`optzoo.linalg.orthogonalize`.
       spectral_steps: ``'spectral'`` only: iterations of an iterative orthogonalizer.
       vector_kappa: ``'spectral'`` only: map for leaves without a matrix layout.
+      owner_computes: ``'spectral'`` only: distribute the orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the elementwise maps are local and ignore it.
 
     Returns:
       A :class:`optax.GradientTransformation`:
@@ -436,7 +447,7 @@ def lion_kappa(
         scale_by_lion_kappa(
             b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype, layout=layout,
             spectral_method=spectral_method, spectral_steps=spectral_steps,
-            vector_kappa=vector_kappa),
+            vector_kappa=vector_kappa, owner_computes=owner_computes),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

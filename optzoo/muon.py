@@ -35,6 +35,7 @@ import optax
 from optzoo import _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = ["SHAPE_SCALES", "ScaleByMuonState", "scale_by_muon", "muon"]
 
@@ -227,6 +228,7 @@ def scale_by_muon(
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
     group: bool = True,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates to the orthogonalized Nesterov momentum of each matrix (Muon).
 
@@ -285,6 +287,9 @@ def scale_by_muon(
         two axes of every leaf with at least two axes.
       group: orthogonalize all same-shape matrices of all leaves in one batched call (the
         default; identical results, fewer and larger kernels) or one call per leaf.
+      owner_computes: distribute the orthogonalizations over devices, each matrix computed
+        by one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
+        (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`ScaleByMuonState`.
@@ -293,7 +298,8 @@ def scale_by_muon(
       ValueError: for an unknown ``ortho_method``/``shape_scale``, ``beta`` outside
         ``[0, 1]``, ``ns_coeffs`` with a method that takes none, or (at ``init``/``update``) a
         layout that does not fit a leaf, naming its path.
-      TypeError: (at ``init``/``update``) for a non-floating leaf, naming its path.
+      TypeError: (at ``init``/``update``) for a non-floating leaf, naming its path, or an
+        ``owner_computes`` that is not an :class:`optzoo.OwnerComputes`.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -319,6 +325,7 @@ def scale_by_muon(
     _check_ortho(ortho_method, ns_coeffs, what)
     _check_steps(ns_steps, what)
     _check_choice(shape_scale, "shape_scale", SHAPE_SCALES, what)
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps)
 
@@ -338,7 +345,8 @@ def scale_by_muon(
         mus, dirs = _momentum_step(gs, treedef.flatten_up_to(state.mu), beta, count_inc,
                                    nesterov=nesterov, bias_correction=bias_correction)
         out = layout_lib.map_matrices(matrix_fn, treedef.unflatten(dirs), layouts,
-                                      otherwise=lambda x, path: x, group=group, what=what)
+                                      otherwise=lambda x, path: x, group=group, what=what,
+                                      owner_computes=owner_computes)
         out = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), out, updates)
         return out, ScaleByMuonState(count=count_inc, mu=treedef.unflatten(mus))
 
@@ -369,6 +377,7 @@ def muon(
     rms_scale: jax.typing.ArrayLike = 0.2,
     eps: jax.typing.ArrayLike = 1e-7,
     group: bool = True,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Muon on the matrix leaves, an explicit fallback (AdamW by default) on the others.
 
@@ -440,6 +449,9 @@ def muon(
       rms_scale: RMS target of ``shape_scale='rms'``.
       eps: orthogonalizer normalization epsilon.
       group: batch same-shape matrices across leaves (see :func:`scale_by_muon`).
+      owner_computes: distribute the orthogonalizations over devices, each matrix computed
+        by one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
+        (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` (an ``optax.partition`` with labels ``'muon'``
@@ -464,7 +476,7 @@ def muon(
         beta, nesterov=nesterov, bias_correction=bias_correction, ortho_method=ortho_method,
         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ortho_dtype=ortho_dtype,
         shape_scale=shape_scale, rms_scale=rms_scale, eps=eps, mu_dtype=mu_dtype,
-        layout=layout, group=group)
+        layout=layout, group=group, owner_computes=owner_computes)
     return _matrix_alias(
         "muon", tx, learning_rate=learning_rate, weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask, layout=layout, fallback=fallback,

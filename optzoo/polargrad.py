@@ -16,6 +16,7 @@ Momentum, orthogonalization, layout resolution and the fallback partition are sh
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from optzoo import layout as layout_lib
+from optzoo.distributed import OwnerComputes, check_owner_computes
 from optzoo.muon import (
     _check_choice,
     _check_ortho,
@@ -93,6 +95,7 @@ def scale_by_polargrad(
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
     group: bool = True,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates to ``‖X‖_* polar(X)`` per matrix (PolarGrad / PolarGradM).
 
@@ -136,6 +139,9 @@ def scale_by_polargrad(
       mu_dtype: dtype of the EMA buffer; ``None`` uses the parameter's.
       layout: matrix layout spec (see :func:`optzoo.muon.scale_by_muon`).
       group: batch same-shape matrices across leaves into one back-end call.
+      owner_computes: distribute the polar factors over devices, each matrix computed by
+        one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
+        (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`ScaleByPolarGradState`.
@@ -168,9 +174,10 @@ def scale_by_polargrad(
     _check_unit_interval(beta, "beta", what)
     _check_ortho(ortho_method, ns_coeffs, what)
     _check_steps(ns_steps, what)
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps)
-    matrix_map = layout_lib.map_matrices
+    matrix_map = functools.partial(layout_lib.map_matrices, owner_computes=owner_computes)
 
     def init_fn(params):
         return ScaleByPolarGradState(count=jnp.zeros([], jnp.int32),
@@ -228,6 +235,7 @@ def polargrad(
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
     eps: jax.typing.ArrayLike = 1e-7,
     group: bool = True,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""PolarGrad on the matrix leaves, an explicit fallback (AdamW by default) on the others.
 
@@ -276,6 +284,9 @@ def polargrad(
       adam_weight_decay: weight decay of the default fallback.
       eps: normalization epsilon of iterative back-ends.
       group: batch same-shape matrices across leaves.
+      owner_computes: distribute the polar factors over devices, each matrix computed by
+        one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
+        (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` (an ``optax.partition`` with labels
@@ -297,7 +308,7 @@ def polargrad(
     tx = scale_by_polargrad(
         beta, variant=variant, nesterov=nesterov, ortho_method=ortho_method,
         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ortho_dtype=ortho_dtype, eps=eps,
-        mu_dtype=mu_dtype, layout=layout, group=group)
+        mu_dtype=mu_dtype, layout=layout, group=group, owner_computes=owner_computes)
     return _matrix_alias(
         "polargrad", tx, learning_rate=learning_rate, weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask, layout=layout, fallback=fallback,

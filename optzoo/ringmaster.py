@@ -47,6 +47,7 @@ import optax
 from optzoo import layout as layout_lib
 from optzoo import linalg
 from optzoo._tree import check_floating, map_with_path
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
     "LMOS",
@@ -175,7 +176,7 @@ def _vector_map(name: str | Callable, x: jax.Array) -> jax.Array:
     return _normalize(x, jnp.sqrt(jnp.sum(xf * xf)))
 
 
-def _directions(tree, lmo, vector_lmo, layout, matrix_fn, what):
+def _directions(tree, lmo, vector_lmo, layout, matrix_fn, what, owner_computes=None):
     if callable(lmo):
         return jax.tree.map(lmo, tree)
     if lmo == "sign":
@@ -195,7 +196,8 @@ def _directions(tree, lmo, vector_lmo, layout, matrix_fn, what):
                 " 'sign' or 'normalized'), a layout covering it, or route it elsewhere")
         return _vector_map(vector_lmo, v)
 
-    return layout_lib.map_matrices(matrix_fn, tree, layouts, otherwise=otherwise, what=what)
+    return layout_lib.map_matrices(matrix_fn, tree, layouts, otherwise=otherwise, what=what,
+                                   owner_computes=owner_computes)
 
 
 def scale_by_ringmaster_lmo(
@@ -210,6 +212,7 @@ def scale_by_ringmaster_lmo(
     eps: float = 1e-7,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates to the LMO direction of the (Nesterov) momentum: Ringmaster LMO.
 
@@ -252,6 +255,9 @@ def scale_by_ringmaster_lmo(
       mu_dtype: momentum dtype (``None``: the parameters').
       layout: matrix view of each leaf (:func:`optzoo.layout.resolve`; default: last two
         axes of leaves with ``ndim >= 2``).
+      owner_computes: ``'spectral'`` only: distribute the orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the other LMOs ignore it.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByRingmasterLMOState`.
@@ -288,6 +294,7 @@ def scale_by_ringmaster_lmo(
     if ortho_method not in linalg.ORTHOGONALIZERS:
         raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
                          f"{list(linalg.ORTHOGONALIZERS)}")
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def matrix_fn(x):
@@ -315,7 +322,7 @@ def scale_by_ringmaster_lmo(
             x = jax.tree.map(lambda g, m: (1 - b) * g + b * m, updates, mu)
         else:
             x = mu
-        out = _directions(x, lmo, vector_lmo, layout, matrix_fn, what)
+        out = _directions(x, lmo, vector_lmo, layout, matrix_fn, what, owner_computes)
         out = jax.tree.map(lambda o, g: jnp.asarray(o).astype(jnp.result_type(g)), out, updates)
         return out, ScaleByRingmasterLMOState(count=optax.safe_increment(state.count), mu=mu)
 
@@ -338,6 +345,7 @@ def ringmaster(
     weight_decay_mask: Any = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Ringmaster LMO, server side: momentum, LMO direction, decoupled decay, step ``η_k``.
 
@@ -373,6 +381,9 @@ def ringmaster(
       weight_decay_mask: tree of booleans or callable selecting decayed leaves.
       mu_dtype: momentum dtype.
       layout: matrix layout spec.
+      owner_computes: ``'spectral'`` only: distribute the orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the other LMOs ignore it.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -394,7 +405,7 @@ def ringmaster(
         scale_by_ringmaster_lmo(
             beta, lmo, nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
             ns_steps=ns_steps, shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
-            layout=layout),
+            layout=layout, owner_computes=owner_computes),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -409,6 +420,7 @@ def ringmaster_agnostic(
     ortho_method: str = "auto",
     ns_steps: int | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Parameter-agnostic Ringmaster LMO: ``η_k = η/(k+1)^{3/4}``, ``β_k = 1 − 1/√k``.
 
@@ -432,6 +444,7 @@ def ringmaster_agnostic(
       ortho_method: see :func:`ringmaster`.
       ns_steps: see :func:`ringmaster`.
       layout: see :func:`ringmaster`.
+      owner_computes: see :func:`ringmaster` (:mod:`optzoo.distributed`).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -442,7 +455,7 @@ def ringmaster_agnostic(
     """
     return ringmaster(agnostic_learning_rate(learning_rate), lmo, beta=agnostic_beta,
                       nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
-                      ns_steps=ns_steps, layout=layout)
+                      ns_steps=ns_steps, layout=layout, owner_computes=owner_computes)
 
 
 # ------------------------------------------------------------------------ server rule

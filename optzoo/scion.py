@@ -61,6 +61,7 @@ import optax
 from optzoo import layout as layout_lib
 from optzoo import linalg
 from optzoo._tree import check_floating, path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
     "NORMS",
@@ -330,7 +331,7 @@ _UNIT_ATOMS = {
 
 
 def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None, eps: float,
-                what: str) -> list[jax.Array]:
+                what: str, owner_computes: OwnerComputes | None = None) -> list[jax.Array]:
     """``ρ·(−lmo/ρ)(D)`` per leaf: the positive Scion direction (subtracted by the alias)."""
     leaves, treedef = jax.tree.flatten(d_tree)
     out: list[Any] = [None] * len(leaves)
@@ -341,7 +342,8 @@ def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None,
         lays = [plans[i].layout if i in members else None for i in range(len(leaves))]
         res = layout_lib.map_matrices(
             lambda mat, name=name: _UNIT_ATOMS[name](mat, method, steps, eps),
-            d_tree, treedef.unflatten(lays), otherwise=lambda x, p: x, what=what)
+            d_tree, treedef.unflatten(lays), otherwise=lambda x, p: x, what=what,
+            owner_computes=owner_computes if name == "spectral" else None)
         res_leaves = treedef.flatten_up_to(res)
         for i in members:
             out[i] = res_leaves[i]
@@ -370,6 +372,7 @@ def scale_by_scion(
     ns_steps: int | None = None,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Scion direction: the (positive) LMO atom of each leaf's norm at the averaged gradient.
 
@@ -410,6 +413,9 @@ def scale_by_scion(
       ns_steps: iterations of an iterative orthogonalizer (``None``: its default).
       eps: added to the row/column norms and the RMS (the reference uses 1e-8).
       mu_dtype: dtype of ``D``; ``None`` uses the parameters' dtype.
+      owner_computes: distribute the ``'spectral'`` atoms' orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the other atoms are local and ignore it.
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByScionState`; updates keep
@@ -446,6 +452,7 @@ def scale_by_scion(
         raise ValueError(f"{what}: unknown norm {norms!r}; expected one of {list(NORMS)}")
     if _is_number(radius):
         _check_radius(radius, "<all parameters>", what)
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
@@ -464,7 +471,7 @@ def scale_by_scion(
         mu = jax.tree.map(
             lambda g, d: ((1.0 - momentum) * d + momentum * g).astype(d.dtype),
             updates, state.mu)
-        directions = _directions(mu, plans, ortho_method, ns_steps, eps, what)
+        directions = _directions(mu, plans, ortho_method, ns_steps, eps, what, owner_computes)
         leaves, treedef = jax.tree.flatten(updates)
         out = [u.astype(g.dtype) for u, g in zip(directions, leaves, strict=True)]
         return treedef.unflatten(out), ScaleByScionState(optax.safe_increment(state.count), mu)
@@ -487,6 +494,7 @@ def scion(
     ns_steps: int | None = None,
     eps: float = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Scion: conditional-gradient steps with a per-leaf norm LMO (uSCG or SCG).
 
@@ -536,6 +544,9 @@ def scion(
       ns_steps: iterations of an iterative orthogonalizer.
       eps: normalization epsilon of ``'row'``, ``'column'``, ``'bias_rms'``.
       mu_dtype: dtype of the averaged gradient.
+      owner_computes: distribute the ``'spectral'`` atoms' orthogonalizations over devices,
+        each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
+        :mod:`optzoo.distributed`); the other atoms are local and ignore it.
 
     Returns:
       ``chain(scale_by_scion, add_decayed_weights(1 if constrained else λ, mask),
@@ -570,7 +581,8 @@ def scion(
         decay = weight_decay
     return optax.chain(
         scale_by_scion(momentum, norms=norms, radius=radius, layout=layout,
-                       ortho_method=ortho_method, ns_steps=ns_steps, eps=eps, mu_dtype=mu_dtype),
+                       ortho_method=ortho_method, ns_steps=ns_steps, eps=eps, mu_dtype=mu_dtype,
+                       owner_computes=owner_computes),
         optax.add_decayed_weights(decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -92,6 +92,7 @@ from optzoo._symmetric_core import (
     scaled,
     unit_layouts,
 )
+from optzoo.distributed import OwnerComputes, check_owner_computes, maybe_apply
 
 __all__ = [
     "SymmetricState",
@@ -209,6 +210,7 @@ def scale_by_one_sided_spectral(
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""One-sided (right) spectral direction (RightPolarGradM) for tall ``V×d`` blocks.
 
@@ -244,6 +246,9 @@ def scale_by_one_sided_spectral(
       nesterov: use ``(1−β)G + βM`` instead of ``M``.
       mu_dtype: momentum dtype (``None``: the parameter's).
       layout: matrix layout spec (see :func:`scale_by_rownorm`).
+      owner_computes: distribute the polar factors over devices, each matrix computed by
+        one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); row norms,
+        centering and ``ν`` stay local. ``None`` (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`SymmetricState`.
@@ -264,6 +269,7 @@ def scale_by_one_sided_spectral(
       Lau, Long, Su, arXiv:2505.21799 (2025), PolarGrad (``ν = ‖M‖_*`` scaling).
     """
     what = "scale_by_one_sided_spectral"
+    check_owner_computes(owner_computes, what)
     check_beta(beta, what)
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
@@ -271,7 +277,7 @@ def scale_by_one_sided_spectral(
 
     def matrix_fn(x):
         y = center_rows(x) if center else x
-        p = gram_polar(y, "right", gram_eps, gram_method, gram_steps)
+        p = gram_polar(y, "right", gram_eps, gram_method, gram_steps, owner_computes)
         d = scaled(nu_factor(y, p, alpha, eps, nu_scope), p)
         return center_rows(d) if center else d
 
@@ -293,6 +299,7 @@ def scale_by_left_spectral(
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Left-spectral direction (LeftPolarGradM) for wide router blocks ``E×d``, ``E ≪ d``.
 
@@ -322,6 +329,9 @@ def scale_by_left_spectral(
       nesterov: use ``(1−β)G + βM`` instead of ``M``.
       mu_dtype: momentum dtype.
       layout: matrix layout spec.
+      owner_computes: distribute the polar factors over devices, each matrix computed by
+        one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); row norms,
+        centering and ``ν`` stay local. ``None`` (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`SymmetricState`.
@@ -339,6 +349,7 @@ def scale_by_left_spectral(
       Lau & Su, arXiv:2605.18106 (2026), LeftPolarGradM (``optim/leftpolargrad.py``).
     """
     what = "scale_by_left_spectral"
+    check_owner_computes(owner_computes, what)
     check_beta(beta, what)
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
@@ -346,7 +357,7 @@ def scale_by_left_spectral(
 
     def matrix_fn(x):
         y = center_rows(x) if center else x
-        p = gram_polar(y, "left", gram_eps, gram_method, gram_steps)
+        p = gram_polar(y, "left", gram_eps, gram_method, gram_steps, owner_computes)
         d = scaled(nu_factor(y, p, alpha, eps, nu_scope), p)
         return center_rows(d) if center else d
 
@@ -375,6 +386,7 @@ def scale_by_hybrid(
     gate_up_pair: str | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Hybrid row-norm / spectral direction (HybridPolarGradM), in either order.
 
@@ -422,6 +434,9 @@ def scale_by_hybrid(
         :func:`scale_by_rownorm`).
       mu_dtype: momentum dtype.
       layout: matrix layout spec.
+      owner_computes: distribute the polar factors over devices, each matrix computed by
+        one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); row norms,
+        centering and ``ν`` stay local. ``None`` (default): wherever XLA places them.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`SymmetricState`.
@@ -442,6 +457,7 @@ def scale_by_hybrid(
       Lau, Long, Su, arXiv:2505.21799 (2025) (``ν^α``).
     """
     what = "scale_by_hybrid"
+    check_owner_computes(owner_computes, what)
     check_beta(beta, what)
     check_unit_axis(unit_axis, what)
     check_choice(order, "order", HYBRID_ORDERS, what)
@@ -453,9 +469,9 @@ def scale_by_hybrid(
 
     def polar(y):
         if polar_method == "gram":
-            return gram_polar(y, side, gram_eps, gram_method, gram_steps)
-        return linalg.orthogonalize(y, polar_method, steps=ns_steps,
-                                    dtype=ortho_dtype).astype(y.dtype)
+            return gram_polar(y, side, gram_eps, gram_method, gram_steps, owner_computes)
+        return maybe_apply(owner_computes, lambda z: linalg.orthogonalize(
+            z, polar_method, steps=ns_steps, dtype=ortho_dtype).astype(z.dtype), y)
 
     def matrix_fn(x):
         y = center_rows(x) if center else x
@@ -641,6 +657,7 @@ def one_sided_spectral(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""RightPolarGradM: ``ν^α M (MᵀM)^{-1/2}`` on the EMA momentum, decoupled weight decay.
 
@@ -668,6 +685,8 @@ def one_sided_spectral(
       nu_scope: ``'matrix'`` or ``'leaf'``.
       nesterov: Nesterov input instead of the momentum.
 {alias_args}
+      owner_computes: distribute the polar factors over devices (see the ``scale_by_``
+        block; :mod:`optzoo.distributed`).
 
     Returns:
       A :class:`optax.GradientTransformation` (``optax.partition``: ``'matrix'``,
@@ -686,7 +705,7 @@ def one_sided_spectral(
     block = scale_by_one_sided_spectral(
         beta, unit_axis=unit_axis, center=center, alpha=alpha, eps=eps, gram_eps=gram_eps,
         gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, nesterov=nesterov,
-        mu_dtype=mu_dtype, layout=layout)
+        mu_dtype=mu_dtype, layout=layout, owner_computes=owner_computes)
     return _alias("one_sided_spectral", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,
@@ -718,6 +737,7 @@ def left_spectral(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""LeftPolarGradM: centered left-spectral update for MoE routers.
 
@@ -745,6 +765,8 @@ def left_spectral(
       nu_scope: ``'matrix'`` or ``'leaf'``.
       nesterov: Nesterov input instead of the momentum.
 {alias_args}
+      owner_computes: distribute the polar factors over devices (see the ``scale_by_``
+        block; :mod:`optzoo.distributed`).
 
     Returns:
       A :class:`optax.GradientTransformation` (``optax.partition``: ``'matrix'``,
@@ -763,7 +785,7 @@ def left_spectral(
     block = scale_by_left_spectral(
         beta, unit_axis=unit_axis, center=center, alpha=alpha, eps=eps, gram_eps=gram_eps,
         gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, nesterov=nesterov,
-        mu_dtype=mu_dtype, layout=layout)
+        mu_dtype=mu_dtype, layout=layout, owner_computes=owner_computes)
     return _alias("left_spectral", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,
@@ -802,6 +824,7 @@ def hybrid(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""HybridPolarGradM: row normalization and the (``ν^α``-scaled) polar factor combined.
 
@@ -838,6 +861,8 @@ def hybrid(
       nesterov: Nesterov input instead of the momentum.
       gate_up_pair: ``'concat'``/``'interleaved'`` fused gate|up units.
 {alias_args}
+      owner_computes: distribute the polar factors over devices (see the ``scale_by_``
+        block; :mod:`optzoo.distributed`).
 
     Returns:
       A :class:`optax.GradientTransformation` (``optax.partition``: ``'matrix'``,
@@ -858,7 +883,7 @@ def hybrid(
         polar_method=polar_method, ns_steps=ns_steps, ortho_dtype=ortho_dtype, eps=eps,
         threshold=threshold, gram_eps=gram_eps, gram_method=gram_method, gram_steps=gram_steps,
         nu_scope=nu_scope, nesterov=nesterov, gate_up_pair=gate_up_pair, mu_dtype=mu_dtype,
-        layout=layout)
+        layout=layout, owner_computes=owner_computes)
     return _alias("hybrid", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,

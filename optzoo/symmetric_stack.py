@@ -53,6 +53,7 @@ import optax
 from optzoo import routing
 from optzoo._symmetric_core import check_choice, pair_rows, unit_layout, unpair_rows
 from optzoo._tree import path_str
+from optzoo.distributed import OwnerComputes, check_owner_computes
 from optzoo.layout import MatrixLayout
 from optzoo.symmetric import (
     HYBRID_ORDERS,
@@ -254,7 +255,7 @@ def _is_number(x: Any) -> bool:
 
 def _direction(group: str, choice: str, *, rules, head_dim, beta, muon_beta, alpha, eps,
                gram_eps, gram_method, hybrid_order, center_lm_head, nu_scope, ortho_method,
-               ns_steps, ortho_dtype, adam_b1, adam_b2, adam_eps, mu_dtype):
+               ns_steps, ortho_dtype, adam_b1, adam_b2, adam_eps, mu_dtype, owner_computes):
     """``(direction transform, name, decays)`` for one group's string choice."""
     common = dict(nesterov=False, mu_dtype=mu_dtype)
     center = {"embedding": False, "lm_head": center_lm_head, "router": choice != "left_uncentered"
@@ -269,7 +270,7 @@ def _direction(group: str, choice: str, *, rules, head_dim, beta, muon_beta, alp
             raise ImportError("symmetry_compatible: Muon roles need optzoo.muon") from e
         inner = scale_by_muon(muon_beta, nesterov=True, ortho_method=ortho_method,
                               ns_steps=ns_steps, ortho_dtype=ortho_dtype, shape_scale="jordan",
-                              mu_dtype=mu_dtype)
+                              mu_dtype=mu_dtype, owner_computes=owner_computes)
         headwise = group == "attention" and head_dim is not None
         name = f"muon(head-wise, d_h={head_dim})" if headwise else "muon"
 
@@ -285,18 +286,20 @@ def _direction(group: str, choice: str, *, rules, head_dim, beta, muon_beta, alp
     elif choice == "right":
         inner = scale_by_one_sided_spectral(beta, unit_axis=-2, center=center, alpha=alpha,
                                             eps=eps, gram_eps=gram_eps, gram_method=gram_method,
-                                            nu_scope=nu_scope, **common)
+                                            nu_scope=nu_scope, owner_computes=owner_computes,
+                                            **common)
         name = "one_sided_spectral(centered)" if center else "one_sided_spectral"
     elif choice in ("left", "left_uncentered"):
         inner = scale_by_left_spectral(beta, unit_axis=-2, center=center, alpha=alpha, eps=eps,
                                        gram_eps=gram_eps, gram_method=gram_method,
-                                       nu_scope=nu_scope, **common)
+                                       nu_scope=nu_scope, owner_computes=owner_computes,
+                                       **common)
         name = "left_spectral(centered)" if center else "left_spectral(uncentered)"
     else:  # hybrid
         inner = scale_by_hybrid(beta, unit_axis=-2, order=hybrid_order, alpha=alpha,
                                 center=center, side="left" if group == "router" else "auto",
                                 eps=eps, gram_eps=gram_eps, gram_method=gram_method,
-                                nu_scope=nu_scope, **common)
+                                nu_scope=nu_scope, owner_computes=owner_computes, **common)
         name = f"hybrid({hybrid_order}{', centered' if center else ''})"
 
     def unit_view_for(path, shape):
@@ -339,6 +342,7 @@ def symmetry_compatible_plan(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> dict[str, routing.Assignment]:
     """The per-group transforms of :func:`symmetry_compatible` as :class:`routing.Assignment`
     (for :func:`optzoo.routing.report`); same arguments.
@@ -353,6 +357,7 @@ def symmetry_compatible_plan(
       ('rownorm', 25.0)
     """
     what = "symmetry_compatible"
+    check_owner_computes(owner_computes, what)
     check_choice(preset, "preset", tuple(PRESETS), what)
     check_choice(hybrid_order, "hybrid_order", HYBRID_ORDERS, what)
     if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(
@@ -374,7 +379,7 @@ def symmetry_compatible_plan(
                 eps=eps, gram_eps=gram_eps, gram_method=gram_method, hybrid_order=hybrid_order,
                 center_lm_head=center_lm_head, nu_scope=nu_scope, ortho_method=ortho_method,
                 ns_steps=ns_steps, ortho_dtype=ortho_dtype, adam_b1=adam_b1, adam_b2=adam_b2,
-                adam_eps=adam_eps, mu_dtype=mu_dtype)
+                adam_eps=adam_eps, mu_dtype=mu_dtype, owner_computes=owner_computes)
     plan = {}
     for group in routing.GROUPS:
         choice = given[group] if given[group] is not None else spec["choices"][group]
@@ -434,6 +439,7 @@ def symmetry_compatible(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""Symmetry-compatible layerwise optimizer: each parameter role gets its compatible map.
 
@@ -500,6 +506,10 @@ def symmetry_compatible(
       adam_b2: AdamW ``b2``.
       adam_eps: AdamW ``eps``.
       mu_dtype: dtype of every first-moment buffer (``None``: the parameter's).
+      owner_computes: distribute every orthogonalization (Muon's and the one-sided / left /
+        hybrid polar factors) over devices, each matrix computed by one owner
+        (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); row-norm and AdamW
+        groups are local. ``None`` (default): wherever XLA places them.
 
     Returns:
       An ``optax.GradientTransformation`` (``optax.partition`` over role groups).
@@ -536,6 +546,7 @@ def symmetry_compatible(
         muon_beta=muon_beta, alpha=alpha, eps=eps, gram_eps=gram_eps, gram_method=gram_method,
         hybrid_order=hybrid_order, center_lm_head=center_lm_head, nu_scope=nu_scope,
         ortho_method=ortho_method, ns_steps=ns_steps, ortho_dtype=ortho_dtype,
-        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, mu_dtype=mu_dtype)
+        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps, mu_dtype=mu_dtype,
+        owner_computes=owner_computes)
     return routing.by_role(plan, rules)
 
