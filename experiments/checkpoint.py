@@ -15,6 +15,12 @@ it to ``<step>`` once complete (``CheckpointManager`` ignores the temporary dire
 an interrupted save leaves the previous checkpoint as the latest; ``manifest.json``,
 ``summary.json`` and a truncated ``metrics.jsonl`` are written to a temporary file and renamed.
 
+**Sharded state.** Every process calls :meth:`Checkpointer.save` / ``restore`` (orbax
+writes each array's shards from the processes that hold them); ``restore`` places the
+arrays in the shardings of its abstract tree, which may differ from the saving run's (a
+resume on another mesh). :func:`load_state` reads a checkpoint onto one local device as
+numpy arrays (for notebooks and tests).
+
 **Resume guard.** :func:`prepare_workdir` compares the hash of the new config with the
 manifest's before anything is written; a different config raises :class:`ConfigMismatch`
 listing the differing fields, and nothing in the directory is touched.
@@ -49,6 +55,7 @@ __all__ = [
     "library_versions",
     "device_info",
     "new_manifest",
+    "load_state",
 ]
 
 MANIFEST = "manifest.json"
@@ -176,6 +183,8 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                  enable_async_checkpointing=True),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
@@ -204,3 +213,30 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_state(workdir: str | os.PathLike, step: int | None = None) -> tuple[dict, dict]:
+    """``(state, meta)`` of a run's checkpoint ``step`` (default: the latest), the state as
+    nested dicts of numpy arrays (``{'params', 'rest', 'opt'}``), read onto one local device
+    whatever mesh saved it.
+
+    Raises:
+      FileNotFoundError: the run directory holds no checkpoint (``step``: not that one).
+    """
+    import numpy as np
+
+    ck = Checkpointer(Path(workdir) / CHECKPOINTS)
+    try:
+        steps = ck.all_steps()
+        step = ck.latest_step() if step is None else step
+        if step is None or step not in steps:
+            raise FileNotFoundError(f"load_state: no checkpoint {step} in {str(workdir)!r} "
+                                    f"(steps {steps})")
+        meta_tree = ck.manager.item_metadata(step)["state"]
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                                meta_tree)
+        state, meta = ck.restore(step, abstract)
+    finally:
+        ck.close()
+    return jax.tree.map(np.asarray, state), meta

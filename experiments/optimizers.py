@@ -51,8 +51,16 @@ name                         mapping
 ===========================  ====================================================================
 
 ``cfg.options`` pass any other keyword of the underlying function (checked against its
-signature). Factories of optimizers that are not importable yet raise
-:class:`OptimizerNotAvailable` naming what is missing; :func:`available` lists the usable ones.
+signature).
+
+**Owner computes.** ``build_optimizer(..., owner_computes=optzoo.OwnerComputes(mesh))`` (what
+the harness passes for ``ShardingConfig.owner_computes=True``, :func:`make_owner_computes`)
+hands the object to optimizers whose function takes an ``owner_computes`` keyword
+(:func:`supports_owner_computes`: Muon, the symmetric stack): each matrix's orthogonalization
+then runs on one owner device of the mesh instead of on every device.
+
+Factories of optimizers that are not importable yet raise :class:`OptimizerNotAvailable`
+naming what is missing; :func:`available` lists the usable ones.
 """
 
 from __future__ import annotations
@@ -83,11 +91,13 @@ __all__ = [
     "build_optimizer",
     "group_of",
     "group_transforms",
+    "make_owner_computes",
     "param_groups",
     "path_str",
     "routing_report",
     "scale_by_group",
     "skipped_steps",
+    "supports_owner_computes",
     "unit_schedule",
     "with_model_defaults",
 ]
@@ -268,16 +278,22 @@ def _low_rank(name: str, module: str) -> Callable:
     return factory
 
 
-def muon(cfg: OptimizerConfig, params: Any, total_steps: int) -> optax.GradientTransformation:
+def _with_owner(fixed: dict, owner_computes: Any) -> dict:
+    return fixed if owner_computes is None else {**fixed, "owner_computes": owner_computes}
+
+
+def muon(cfg: OptimizerConfig, params: Any, total_steps: int, *,
+         owner_computes: Any = None) -> optax.GradientTransformation:
     """``optzoo.muon`` on the hidden matrices, its AdamW fallback elsewhere."""
     fn = _optzoo("muon", "muon")
     unit = unit_schedule(cfg, total_steps)
     adam_peak = cfg.adam_lr
     if adam_peak is None:
         adam_peak = inspect.signature(fn).parameters["adam_learning_rate"].default
-    kw = _kwargs(cfg, fn, "muon", dict(weight_decay=cfg.weight_decay, layout=_hidden_layout,
-                                        adam_b1=cfg.b1, adam_b2=cfg.b2, adam_eps=cfg.eps,
-                                        adam_learning_rate=_scheduled(adam_peak, unit)))
+    kw = _kwargs(cfg, fn, "muon", _with_owner(
+        dict(weight_decay=cfg.weight_decay, layout=_hidden_layout, adam_b1=cfg.b1,
+             adam_b2=cfg.b2, adam_eps=cfg.eps, adam_learning_rate=_scheduled(adam_peak, unit)),
+        owner_computes))
     return fn(_scheduled(cfg.learning_rate, unit), **kw)
 
 
@@ -286,12 +302,12 @@ def _symmetric_fixed(cfg: OptimizerConfig) -> dict:
                 vector_weight_decay=cfg.weight_decay)
 
 
-def symmetric(cfg: OptimizerConfig, params: Any,
-              total_steps: int) -> optax.GradientTransformation:
+def symmetric(cfg: OptimizerConfig, params: Any, total_steps: int, *,
+              owner_computes: Any = None) -> optax.GradientTransformation:
     """``optzoo.symmetry_compatible`` (default preset ``'paper'``)."""
     fn = _optzoo("symmetry_compatible", "symmetric_stack")
     lr = _scheduled(cfg.learning_rate, unit_schedule(cfg, total_steps))
-    kw = _kwargs(cfg, fn, "symmetric", _symmetric_fixed(cfg))
+    kw = _kwargs(cfg, fn, "symmetric", _with_owner(_symmetric_fixed(cfg), owner_computes))
     return fn(lr, **kw)
 
 
@@ -316,6 +332,35 @@ _REQUIRES = {
     "muon": (("muon", "muon"),),
     "symmetric": (("symmetry_compatible", "symmetric_stack"),),
 }
+
+
+def supports_owner_computes(cfg: OptimizerConfig) -> bool:
+    """Whether the optimizer of ``cfg`` takes ``owner_computes`` (its harness factory and its
+    optzoo function both accept the keyword)."""
+    factory = OPTIMIZERS.get(cfg.name)
+    if factory is None or "owner_computes" not in inspect.signature(factory).parameters:
+        return False
+    req = _REQUIRES.get(cfg.name, ())
+    try:
+        fns = [_optzoo(*r) for r in req]
+    except OptimizerNotAvailable:
+        return False
+    return bool(fns) and all("owner_computes" in inspect.signature(f).parameters for f in fns)
+
+
+def make_owner_computes(mesh: Any) -> Any:
+    """``optzoo.OwnerComputes(mesh)`` (owners spread over every axis of the mesh).
+
+    Raises:
+      OptimizerNotAvailable: naming ``ShardingConfig.owner_computes`` when ``optzoo``
+        has no ``OwnerComputes``.
+    """
+    try:
+        cls = _optzoo("OwnerComputes", "distributed")
+    except OptimizerNotAvailable as e:
+        raise OptimizerNotAvailable(f"ShardingConfig.owner_computes=True needs "
+                                    f"optzoo.OwnerComputes: {e}") from e
+    return cls(mesh, axes=None)
 
 
 def available() -> list[str]:
@@ -361,32 +406,51 @@ def with_model_defaults(cfg: OptimizerConfig, model_cfg: Any) -> OptimizerConfig
     return cfg
 
 
-def build_optimizer(cfg: OptimizerConfig, params_abstract: Any,
-                    total_steps: int) -> optax.GradientTransformation:
+def build_optimizer(cfg: OptimizerConfig, params_abstract: Any, total_steps: int, *,
+                    owner_computes: Any = None) -> optax.GradientTransformation:
     """The optimizer of ``cfg`` with clipping, per-group multipliers and the non-finite guard
     (see the module docstring). ``params_abstract`` (arrays or ``ShapeDtypeStruct``) is used
     to check that every leaf has a group.
 
+    Args:
+      cfg: the optimizer config.
+      params_abstract: the parameter tree (shapes only are read).
+      total_steps: run length (for the schedule).
+      owner_computes: an ``optzoo.OwnerComputes`` for optimizers that take one
+        (:func:`supports_owner_computes`), else ``None``.
+
     Raises:
-      ValueError: unknown name / option, or a parameter no group rule covers (named).
+      ValueError: unknown name / option, a parameter no group rule covers (named), or
+        ``owner_computes`` for an optimizer without the keyword.
       OptimizerNotAvailable: the optimizer's implementation is not importable.
     """
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"OptimizerConfig.name={cfg.name!r} is not a known optimizer; "
                          f"expected one of {sorted(OPTIMIZERS)}")
     param_groups(params_abstract)  # coverage: raises naming an uncovered leaf
-    return _build(cfg, int(total_steps))
+    for req in _REQUIRES.get(cfg.name, ()):  # checked on every call, cached builds included
+        _optzoo(*req)
+    if owner_computes is not None and not supports_owner_computes(cfg):
+        raise ValueError(f"build_optimizer: owner_computes given, but optimizer {cfg.name!r} "
+                         "takes no owner_computes keyword")
+    try:
+        hash(owner_computes)
+    except TypeError:
+        return _build.__wrapped__(cfg, int(total_steps), owner_computes)
+    return _build(cfg, int(total_steps), owner_computes)
 
 
 @functools.lru_cache(maxsize=16)
-def _build(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    # Cached per (config, steps): the transform depends on the parameters only through the
-    # trees it is given at init/update, and one object per config lets jitted steps that close
-    # over it be reused across runs in a process (seeds of a sweep, resumed runs).
+def _build(cfg: OptimizerConfig, total_steps: int,
+           owner_computes: Any = None) -> optax.GradientTransformation:
+    # Cached per (config, steps, owner): the transform depends on the parameters only through
+    # the trees it is given at init/update, and one object per config lets jitted steps that
+    # close over it be reused across runs in a process (seeds of a sweep, resumed runs).
     parts = []
     if cfg.grad_clip is not None:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    parts.append(OPTIMIZERS[cfg.name](cfg, None, total_steps))
+    extra = {} if owner_computes is None else {"owner_computes": owner_computes}
+    parts.append(OPTIMIZERS[cfg.name](cfg, None, total_steps, **extra))
     if cfg.lr_multipliers:
         parts.append(scale_by_group(dict(cfg.lr_multipliers)))
     tx = parts[0] if len(parts) == 1 else optax.chain(*parts)

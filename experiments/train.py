@@ -19,10 +19,19 @@ Usage (CLI; overrides are parsed by tyro, nested fields with dots)::
         --optimizer.learning-rate 0.02 --optimizer.adam-lr 0.003 --steps 300
     python -m experiments.train --preset tiny_moe --smoke --workdir /tmp/smoke
 
-**Data parallel.** The batch axis is sharded over a 1-D mesh ``('data',)`` of all devices
-(``jax.sharding.NamedSharding``); parameters and optimizer state are replicated and XLA
-inserts the gradient all-reduce. Multi-host runs (after ``jax.distributed.initialize()``)
-give each process its own slice of every global batch (``TokenLoader`` process fields).
+**Sharding.** All devices form a mesh ``('dp', 'fsdp', 'tp')`` sized by ``cfg.sharding``
+(:mod:`experiments.sharding`): the batch is sharded over ``dp x fsdp``; parameters and the
+optimizer state that mirrors them over ``fsdp`` (ZeRO-3) and ``tp`` (Megatron-style rules
+per routing role), replicated over ``dp``. Initialization, gradients (reduce-scattered into
+the parameter layout), the update and checkpoint restore all name their output shardings,
+so the layout never drifts; XLA inserts the gathers. The default (``dp=-1``) is plain data
+parallelism with replicated parameters.
+
+**Multi-host.** ``python -m experiments.train --distributed [--coordinator HOST:PORT
+--num-processes N --process-id I]`` calls ``jax.distributed.initialize`` first (no flags:
+jax's auto-detection of Slurm / Open MPI / TPU pods; CPU collectives via gloo). Each process
+reads its own rows of every global batch (``TokenLoader`` process fields), all processes
+write and read the orbax checkpoints, and process 0 alone writes the manifest and metrics.
 
 **Exact resume.** A checkpoint stores the parameters, the optimizer state (including its step
 counter and the non-finite guard's counters), the step, the data-loader position, the run's
@@ -57,7 +66,8 @@ from experiments import data as data_lib
 from experiments import metrics as metrics_lib
 from experiments import models
 from experiments import optimizers as opt_lib
-from experiments.configs import TrainConfig, get_config
+from experiments import sharding as shard_lib
+from experiments.configs import ShardingConfig, TrainConfig, get_config
 
 __all__ = [
     "Data",
@@ -69,15 +79,31 @@ __all__ = [
     "make_train_step",
     "evaluate",
     "train_and_evaluate",
+    "initialize_distributed",
     "main",
 ]
 
 
 # ----------------------------------------------------------------------------- devices
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh named ``'data'`` over ``devices`` (default: every device of every process)."""
-    devs = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devs), ("data",))
+def make_mesh(sharding: ShardingConfig | None = None, devices: list | None = None) -> Mesh:
+    """The ``('dp', 'fsdp', 'tp')`` mesh of ``sharding`` (default: all devices on ``dp``)
+    over ``devices`` (default: every device of every process); see
+    :func:`experiments.sharding.make_mesh`."""
+    return shard_lib.make_mesh(ShardingConfig() if sharding is None else sharding, devices)
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` (before any other jax call of the process).
+
+    With no arguments jax detects the cluster (Slurm, Open MPI, TPU pods). CPU collectives
+    across processes use gloo (``jax_cpu_collectives_implementation``, unless set to
+    something else already).
+    """
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
 
 
 # ----------------------------------------------------------------------------- data
@@ -93,8 +119,10 @@ def make_data(cfg: TrainConfig, *, process_index: int = 0, process_count: int = 
               n_devices: int = 1) -> Data:
     """Builds the loader of ``cfg.data`` (this process's slice) and the validation batches.
 
+    ``n_devices`` is the number of batch shards (the ``dp x fsdp`` axes of the mesh).
+
     Raises:
-      ValueError: ``data.batch_size`` not divisible by the device/process count, a token id
+      ValueError: ``data.batch_size`` not divisible by the batch shards / process count, a token id
         outside the model's vocabulary, or a corpus too short (messages name the field).
       FileNotFoundError: a shard path (``DataConfig.shards`` / ``val_shards``) matches nothing.
     """
@@ -103,7 +131,7 @@ def make_data(cfg: TrainConfig, *, process_index: int = 0, process_count: int = 
     for count, what in ((n_devices, "devices"), (process_count, "processes")):
         if d.batch_size % count:
             raise ValueError(f"DataConfig.batch_size={d.batch_size} is not divisible by the "
-                             f"{count} {what} of the data-parallel mesh")
+                             f"{count} {what} of the data-parallel mesh axes {BATCH_AXES}")
     per_process = d.batch_size // process_count
     if d.corpus == "stdlib":
         train, val, corpus = data_lib.default_splits(d.corpus_bytes, d.val_tokens)
@@ -142,6 +170,9 @@ def make_data(cfg: TrainConfig, *, process_index: int = 0, process_count: int = 
     return Data(loader, val_batches, info)
 
 
+BATCH_AXES = shard_lib.BATCH_AXES
+
+
 def next_global_batch(loader: data_lib.TokenLoader, grad_accum: int,
                       sharding: NamedSharding) -> tuple[jax.Array, jax.Array]:
     """``grad_accum`` micro-batches of this process stacked to ``[A, B_local, T]`` and
@@ -162,8 +193,10 @@ class Steps(NamedTuple):
     optimizer update (``nnx.Optimizer.update``) with ``update_norm``, ``param_norm``,
     ``update_ratio`` per group and ``skipped_steps``. ``eval(params, rest, x, y) -> ce``:
     validation cross-entropy of one batch. ``state`` is ``{'params', 'rest', 'opt'}``
-    (``nnx.State`` s). ``grads`` and ``eval`` do not depend on the optimizer and are cached
-    per (model graph, mesh, accumulation), so runs of one model in a process compile them once.
+    (``nnx.State`` s). Gradients come out in the parameters' shardings, the new state in the
+    state's, metrics replicated. ``grads`` and ``eval`` do not depend on the optimizer and are
+    cached per (model graph, mesh, shardings, accumulation), so runs of one model in a process
+    compile them once.
     """
 
     grads: Callable
@@ -186,8 +219,24 @@ def _update_ratios(metrics: dict) -> dict:
     return out
 
 
+def _freeze(tree: Any) -> tuple | None:
+    """A hashable form of a sharding tree (``None`` stays ``None``): (leaves, treedef)."""
+    if tree is None:
+        return None
+    leaves, treedef = jax.tree.flatten(tree)
+    return tuple(leaves), treedef
+
+
+def _thaw(frozen: tuple | None, mesh: Mesh) -> Any:
+    """The tree of :func:`_freeze` (``None``: replicated over ``mesh``)."""
+    if frozen is None:
+        return NamedSharding(mesh, P())
+    return jax.tree.unflatten(frozen[1], frozen[0])
+
+
 @functools.lru_cache(maxsize=16)
-def _grad_step(graphdef: Any, groups: tuple, mesh: Mesh, grad_accum: int) -> Callable:
+def _grad_step(graphdef: Any, groups: tuple, mesh: Mesh, grad_accum: int,
+               param_shardings: tuple | None) -> Callable:
     groups_map = dict(groups)
     value_and_grad = jax.value_and_grad(lambda p, r, x, y: _loss_fn(graphdef, p, r, x, y),
                                         has_aux=True)
@@ -215,7 +264,8 @@ def _grad_step(graphdef: Any, groups: tuple, mesh: Mesh, grad_accum: int) -> Cal
         metrics.update(metrics_lib.group_norms(grads, groups_map, "grad_norm", opt_lib.path_str))
         return grads, metrics
 
-    return jax.jit(grads_fn, out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(grads_fn, out_shardings=(_thaw(param_shardings, mesh),
+                                            NamedSharding(mesh, P())))
 
 
 @functools.lru_cache(maxsize=16)
@@ -229,29 +279,35 @@ def _eval_step(graphdef: Any, mesh: Mesh) -> Callable:
 
 
 def make_train_step(graphdef: Any, opt_graphdef: Any, groups: dict[str, str], mesh: Mesh, *,
-                    grad_accum: int = 1, donate: bool = False) -> Steps:
+                    grad_accum: int = 1, donate: bool = False,
+                    state_shardings: dict | None = None) -> Steps:
     """The jitted grads / apply / eval functions (see :class:`Steps`).
 
     Args:
       graphdef: model graphdef of ``nnx.split(model, nnx.Param, ...)``.
       opt_graphdef: graphdef of ``nnx.split(optimizer)``.
       groups: ``{parameter path: group}`` for the per-group norms.
-      mesh: the data-parallel mesh (outputs are replicated over it).
+      mesh: the device mesh (metrics are replicated over it).
       grad_accum: micro-batches per step.
       donate: donate the state and gradient buffers to ``apply`` (off on CPU, where orbax's
         asynchronous save may still read the host buffers).
+      state_shardings: ``{'params', 'rest', 'opt'}`` trees of ``NamedSharding`` (those of
+        :func:`init_state`'s state: ``jax.tree.map(lambda a: a.sharding, state)``); the
+        gradients and the new state keep them. ``None``: everything replicated.
     """
     groups_t = tuple(sorted(groups.items()))
+    param_sh = None if state_shardings is None else _freeze(state_shardings["params"])
     return Steps(
-        grads=_grad_step(graphdef, groups_t, mesh, grad_accum),
-        apply=_apply_step(graphdef, opt_graphdef, groups_t, mesh, donate),
+        grads=_grad_step(graphdef, groups_t, mesh, grad_accum, param_sh),
+        apply=_apply_step(graphdef, opt_graphdef, groups_t, mesh, donate,
+                          _freeze(state_shardings)),
         eval=_eval_step(graphdef, mesh),
     )
 
 
 @functools.lru_cache(maxsize=16)
-def _apply_step(graphdef: Any, opt_graphdef: Any, groups: tuple, mesh: Mesh,
-                donate: bool) -> Callable:
+def _apply_step(graphdef: Any, opt_graphdef: Any, groups: tuple, mesh: Mesh, donate: bool,
+                state_shardings: tuple | None) -> Callable:
     groups_map = dict(groups)
 
     def apply_fn(state, grads):
@@ -269,12 +325,14 @@ def _apply_step(graphdef: Any, opt_graphdef: Any, groups: tuple, mesh: Mesh,
             metrics["skipped_steps"] = skipped
         return new_state, metrics
 
-    return jax.jit(apply_fn, out_shardings=NamedSharding(mesh, P()),
+    return jax.jit(apply_fn, out_shardings=(_thaw(state_shardings, mesh),
+                                            NamedSharding(mesh, P())),
                    donate_argnums=(0, 1) if donate else ())
 
 
 @functools.lru_cache(maxsize=16)
-def _model_init(model_cfg: models.ModelConfig, seed: int, sharding: NamedSharding):
+def _model_init(model_cfg: models.ModelConfig, seed: int, mesh: Mesh,
+                sharding: ShardingConfig):
     graphdefs = {}
 
     def build():
@@ -282,29 +340,38 @@ def _model_init(model_cfg: models.ModelConfig, seed: int, sharding: NamedShardin
         graphdefs["model"] = graphdef
         return params, rest
 
-    jax.eval_shape(build)
-    return jax.jit(build, out_shardings=sharding), graphdefs["model"]
+    params_abstract, _ = jax.eval_shape(build)
+    specs = shard_lib.param_specs(params_abstract, sharding, mesh)
+    out = (shard_lib.named_shardings(specs, mesh), NamedSharding(mesh, P()))
+    return jax.jit(build, out_shardings=out), graphdefs["model"], specs
 
 
-def init_state(model_cfg: models.ModelConfig, tx: Any, seed: int,
-               sharding: NamedSharding) -> tuple[tuple[Any, Any], dict]:
+def init_state(model_cfg: models.ModelConfig, tx: Any, seed: int, mesh: Mesh,
+               sharding: ShardingConfig | None = None) -> tuple[tuple[Any, Any], dict]:
     """Builds the model and ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` in jitted functions
-    (one compilation each instead of one per initializer; arrays created directly with
-    ``sharding``; both are cached per (config, seed, sharding) / (model, tx, sharding)).
+    (one compilation each instead of one per initializer), their arrays created directly in
+    the shardings of :func:`experiments.sharding.param_specs` / ``opt_state_specs`` on
+    ``mesh`` (cached per (config, seed, mesh, sharding) / (model, tx, mesh, sharding)).
 
     Returns:
       ``((model graphdef, optimizer graphdef), {'params', 'rest', 'opt'})``.
+
+    Raises:
+      ValueError: a sharding that does not fit the model (see :mod:`experiments.sharding`).
     """
-    init_model, graphdef = _model_init(model_cfg, seed, sharding)
+    sharding = ShardingConfig() if sharding is None else sharding
+    init_model, graphdef, specs = _model_init(model_cfg, seed, mesh, sharding)
     params, rest = init_model()
-    init_opt, graphdefs = _opt_init(graphdef, tx, sharding)
+    init_opt, graphdefs = _opt_init(graphdef, tx, mesh, sharding, _freeze(specs))
     opt_state = init_opt(params, rest)  # traced on the first call: sets graphdefs["opt"]
     return (graphdef, graphdefs["opt"]), {"params": params, "rest": rest, "opt": opt_state}
 
 
 @functools.lru_cache(maxsize=16)
-def _opt_init(graphdef: Any, tx: Any, sharding: NamedSharding):
+def _opt_init(graphdef: Any, tx: Any, mesh: Mesh, sharding: ShardingConfig,
+              param_specs: tuple):
     graphdefs = {}
+    jitted = {}
 
     def init_opt(params, rest):
         optimizer = nnx.Optimizer(nnx.merge(graphdef, params, rest), tx, wrt=nnx.Param)
@@ -312,7 +379,15 @@ def _opt_init(graphdef: Any, tx: Any, sharding: NamedSharding):
         graphdefs["opt"] = opt_graphdef
         return opt_state
 
-    return jax.jit(init_opt, out_shardings=sharding), graphdefs
+    def init(params, rest):
+        if "fn" not in jitted:  # the output shardings need the state's structure
+            abstract = jax.eval_shape(init_opt, params, rest)
+            specs = shard_lib.opt_state_specs(abstract, params, _thaw(param_specs, mesh), mesh)
+            jitted["fn"] = jax.jit(init_opt,
+                                   out_shardings=shard_lib.named_shardings(specs, mesh))
+        return jitted["fn"](params, rest)
+
+    return init, graphdefs
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -362,7 +437,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
     Returns:
       ``{'final_val_loss', 'best_val_loss', 'steps', 'tokens', 'ms_per_step',
       'opt_ms_per_step', 'tokens_per_s', 'opt_state_bytes', 'param_count', 'history' (eval
-      records), 'workdir'}``; timings are medians over the run's train records.
+      records), 'workdir', 'mesh', 'param_bytes_per_device', 'opt_state_bytes_per_device'}``;
+      timings are medians over the run's train records; ``opt_state_bytes`` is the whole
+      (global) optimizer state, the ``*_per_device`` sizes what one device holds.
 
     Raises:
       experiments.checkpoint.ConfigMismatch: ``workdir`` holds a run of another config.
@@ -379,29 +456,43 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
     model_cfg = cfg.model_config()
     opt_cfg = opt_lib.with_model_defaults(cfg.optimizer, model_cfg)
     manifest = ckpt_lib.prepare_workdir(workdir, cfg)
-    mesh = make_mesh()
+    mesh = make_mesh(cfg.sharding)
     n_devices = mesh.devices.size
+    batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     data = make_data(cfg, process_index=jax.process_index(),
-                     process_count=jax.process_count(), n_devices=n_devices)
+                     process_count=jax.process_count(), n_devices=batch_shards)
+    shard_lib.check_batch_layout(mesh, cfg.data.batch_size)
+    params_abstract = nnx.state(models.build(model_cfg, seed=cfg.seed, abstract=True), nnx.Param)
+    specs = shard_lib.param_specs(params_abstract, cfg.sharding, mesh)
+    owner = None
+    if cfg.sharding.owner_computes and opt_lib.supports_owner_computes(opt_cfg):
+        owner = opt_lib.make_owner_computes(mesh)
+    tx = opt_lib.build_optimizer(opt_cfg, params_abstract, cfg.steps, owner_computes=owner)
+    if jax.process_count() > 1:  # no process writes before every one has checked the workdir
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("experiments.train: workdir checked")
 
     # -- model and optimizer
-    params_abstract = nnx.state(models.build(model_cfg, seed=cfg.seed, abstract=True), nnx.Param)
-    tx = opt_lib.build_optimizer(opt_cfg, params_abstract, cfg.steps)
     unit_lr = opt_lib.unit_schedule(opt_cfg, cfg.steps)
-    repl = NamedSharding(mesh, P())
-    (graphdef, opt_graphdef), state = init_state(model_cfg, tx, cfg.seed, repl)
+    (graphdef, opt_graphdef), state = init_state(model_cfg, tx, cfg.seed, mesh, cfg.sharding)
     params = state["params"]
+    state_shardings = jax.tree.map(lambda a: a.sharding, state)
     groups = {opt_lib.path_str(p): opt_lib.group_of(opt_lib.path_str(p), np.shape(x))
               for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     steps = make_train_step(graphdef, opt_graphdef, groups, mesh, grad_accum=cfg.grad_accum,
-                            donate=jax.default_backend() != "cpu")
-    batch_sharding = NamedSharding(mesh, P(None, "data", None))
-    val_sharding = NamedSharding(mesh, P("data", None))
+                            donate=jax.default_backend() != "cpu",
+                            state_shardings=state_shardings)
+    batch_sharding = NamedSharding(mesh, P(None, BATCH_AXES, None))
+    val_sharding = NamedSharding(mesh, P(BATCH_AXES, None))
     val_batches = [(jax.make_array_from_process_local_data(val_sharding, x),
                     jax.make_array_from_process_local_data(val_sharding, y))
                    for x, y in data.val_batches]
     n_params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
     opt_bytes = metrics_lib.tree_bytes(state["opt"])
+    layout = {"mesh": dict(mesh.shape),
+              "param_bytes_per_device": shard_lib.bytes_per_device(params),
+              "opt_state_bytes_per_device": shard_lib.bytes_per_device(state["opt"])}
     flops_tok = models.flops_per_token(model_cfg, cfg.data.seq_len)
     peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, cfg.compute_dtype)
 
@@ -411,11 +502,15 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
     rng = jax.random.key_data(jax.random.key(cfg.seed))
     latest = checkpointer.latest_step()
     if latest is not None:
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                                _pure(state))
+        # restored straight into this run's shardings (which may differ from the saving run's)
+        abstract = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), _pure(state))
         restored, meta = checkpointer.restore(latest, abstract)
         state = _restore_into(state, restored)
-        data.loader.set_state(data_lib.LoaderState(*meta["loader"]))
+        # the saved position is global (offsets count every process's rows); only the
+        # process fields are this process's (the meta file is process 0's)
+        data.loader.set_state(data_lib.LoaderState(*meta["loader"])._replace(
+            process_index=jax.process_index(), process_count=jax.process_count()))
         start, pending = int(meta["step"]), list(meta["pending_losses"])
         elapsed0 = float(meta.get("elapsed_s", 0.0))
         rng = jnp.asarray(meta["rng"], jnp.uint32)
@@ -428,10 +523,16 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
                 optimizer=dataclasses.asdict(opt_cfg), param_count=n_params,
                 flops_per_token=flops_tok, tokens_per_step=cfg.tokens_per_step, corpus=data.info,
                 routing_report=_routing_report(params_abstract, opt_cfg),
-                optimizers_available=opt_lib.available())
+                optimizers_available=opt_lib.available(),
+                sharding={**dataclasses.asdict(cfg.sharding), **layout,
+                          "owner_computes_applied": owner is not None,
+                          "param_specs": shard_lib.spec_table(params_abstract, specs)})
         else:
             manifest["resumes"].append({"from_step": start, "time": time.time(),
-                                        "git": ckpt_lib.git_info()})
+                                        "git": ckpt_lib.git_info(),
+                                        "devices": ckpt_lib.device_info(),
+                                        "sharding": {**dataclasses.asdict(cfg.sharding),
+                                                     **layout}})
         ckpt_lib.write_json_atomic(workdir / ckpt_lib.MANIFEST, manifest)
         writer = metrics_lib.JsonlWriter(metrics_path)
         tb = metrics_lib.TensorBoardWriter(workdir / "tb", cfg.tensorboard,
@@ -531,6 +632,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
 
     summary = metrics_lib.summarize(records, cfg.tokens_per_step, opt_state_bytes=opt_bytes,
                                     param_count=n_params, workdir=str(workdir))
+    summary.update(layout)
     if is_main:
         ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
         if cfg.plots:
@@ -548,11 +650,15 @@ def _routing_report(params: Any, opt_cfg) -> str | None:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> dict:
-    """``python -m experiments.train --preset NAME [--smoke] --workdir DIR [overrides]``.
+    """``python -m experiments.train --preset NAME [--smoke] --workdir DIR [--distributed
+    [--coordinator HOST:PORT --num-processes N --process-id I]] [overrides]``.
 
     ``--preset``/``--smoke`` pick the base config (:func:`experiments.configs.get_config`);
-    every other flag is a tyro override of a :class:`TrainConfig` field (``--steps 100``,
-    ``--optimizer.name muon``, ``--optimizer.options rank 16``, ``--data.batch-size 32``).
+    ``--distributed`` calls :func:`initialize_distributed` before anything else (without the
+    three optional flags jax detects Slurm / Open MPI / TPU environments); every other flag
+    is a tyro override of a :class:`TrainConfig` field (``--steps 100``, ``--optimizer.name
+    muon``, ``--optimizer.options rank 16``, ``--data.batch-size 32``, ``--sharding.fsdp 8``,
+    ``--sharding.tp 2``, ``--sharding.rules 'lm_head' 'None,tp'``).
     """
     import argparse
     import json
@@ -565,7 +671,18 @@ def main(argv: list[str] | None = None) -> dict:
     pre.add_argument("--preset", default="tiny")
     pre.add_argument("--smoke", action="store_true")
     pre.add_argument("--workdir", default=None)
+    pre.add_argument("--distributed", action="store_true")
+    pre.add_argument("--coordinator", default=None)
+    pre.add_argument("--num-processes", type=int, default=None)
+    pre.add_argument("--process-id", type=int, default=None)
     known, rest = pre.parse_known_args(argv)
+    given = [f for f in ("coordinator", "num_processes", "process_id")
+             if getattr(known, f) is not None]
+    if given and not known.distributed:
+        raise SystemExit(f"experiments.train: --{given[0].replace('_', '-')} needs "
+                         "--distributed")
+    if known.distributed:
+        initialize_distributed(known.coordinator, known.num_processes, known.process_id)
     base = get_config(known.preset, smoke=known.smoke)
     cfg = tyro.cli(TrainConfig, default=base, args=rest,
                    prog="python -m experiments.train --preset NAME [--smoke] --workdir DIR",
@@ -573,7 +690,8 @@ def main(argv: list[str] | None = None) -> dict:
     if known.workdir is None:
         raise SystemExit("experiments.train: --workdir DIR is required")
     summary = train_and_evaluate(cfg, known.workdir)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return summary
 
 

@@ -167,6 +167,12 @@ def test_config_hash_covers_the_trajectory_not_the_presentation():
     assert configs.config_hash(other) != h
     diff = configs.config_diff(configs.hashed_dict(cfg), configs.hashed_dict(other))
     assert diff == ["optimizer.b2: 0.95 -> 0.99"]
+    # the mesh is where arrays live, not what is computed: an elastic restart on another
+    # mesh resumes the same run (documented in HASH_EXCLUDED)
+    resharded = dataclasses.replace(cfg, sharding=configs.ShardingConfig(
+        fsdp=8, tp=2, owner_computes=True, rules=(("lm_head", "None,tp"),)))
+    assert configs.config_hash(resharded) == h and "sharding" in configs.HASH_EXCLUDED
+    assert configs.to_dict(resharded)["sharding"]["fsdp"] == 8  # still in the manifest
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -182,6 +188,23 @@ def test_tyro_overrides_nested_fields_with_typed_pairs():
     assert cfg.model_config().n_layers == 3
     # untouched fields keep the preset's values
     assert cfg.optimizer.learning_rate == get_config("tiny").optimizer.learning_rate
+
+
+def test_tyro_overrides_the_sharding():
+    cfg = tyro.cli(TrainConfig, default=get_config("tiny"), args=[
+        "--sharding.fsdp", "8", "--sharding.tp", "2", "--sharding.owner-computes",
+        "--sharding.rules", "lm_head/kernel$", "None,tp", "embed", ""])
+    assert cfg.sharding == configs.ShardingConfig(
+        dp=-1, fsdp=8, tp=2, owner_computes=True,
+        rules=(("lm_head/kernel$", "None,tp"), ("embed", "")))
+
+
+def test_tyro_rejects_a_malformed_sharding_rule(capsys):
+    with pytest.raises(SystemExit):
+        tyro.cli(TrainConfig, default=get_config("tiny"),
+                 args=["--sharding.rules", "q_proj", "fsdp,tpx"])
+    err = capsys.readouterr().err  # tyro's box may wrap the message anywhere after the name
+    assert "ShardingConfig.rules[0]" in err and "'tpx'" in err
 
 
 def test_tyro_rejects_bad_values(capsys):

@@ -1,5 +1,5 @@
 """Typed, frozen run configurations: :class:`OptimizerConfig`, :class:`DataConfig`,
-:class:`TrainConfig`.
+:class:`ShardingConfig`, :class:`TrainConfig`.
 
 Configs are data: frozen dataclasses of ints, floats, strings, booleans, ``None`` and tuples of
 those (``options`` / ``model_overrides`` / ``lr_multipliers`` are tuples of ``(key, value)``
@@ -29,6 +29,7 @@ __all__ = [
     "Scalar",
     "OptimizerConfig",
     "DataConfig",
+    "ShardingConfig",
     "TrainConfig",
     "SCHEDULES",
     "CORPORA",
@@ -47,7 +48,12 @@ CORPORA = ("stdlib", "shakespeare", "shards")
 
 #: ``TrainConfig`` fields that do not change the metrics stream of a run (presentation and
 #: storage knobs); they are left out of :func:`config_hash`, so they may differ on resume.
-HASH_EXCLUDED = ("progress", "tensorboard", "plots", "checkpoint_every", "keep_checkpoints")
+#: ``sharding`` is among them: the mesh decides where arrays live, not what is computed (the
+#: same math up to float reduction order), so resuming a run on another mesh (an elastic
+#: restart: fewer hosts, another fsdp/tp split) is allowed; orbax restores the checkpoint
+#: into the new shardings. Bitwise-equal resumption holds on the same mesh.
+HASH_EXCLUDED = ("progress", "tensorboard", "plots", "checkpoint_every", "keep_checkpoints",
+                 "sharding")
 
 
 # ----------------------------------------------------------------------------- checking
@@ -303,6 +309,52 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    """How parameters, optimizer state and batches are laid out on the device mesh.
+
+    The mesh has the axes ``('dp', 'fsdp', 'tp')`` (see :mod:`experiments.sharding`). The
+    batch is sharded over ``dp x fsdp``; parameters and the optimizer state that mirrors them
+    are sharded over ``fsdp`` (ZeRO-3 style) and ``tp`` (Megatron-style rules per routing
+    role) and replicated over ``dp``.
+
+    Attributes:
+      dp: data-parallel axis size; ``-1`` takes the devices left after ``fsdp * tp``.
+      fsdp: fully-sharded data-parallel axis size: each parameter (at least
+        ``experiments.sharding.FSDP_MIN_SIZE`` elements) is split along its largest axis
+        divisible by ``fsdp`` that tensor parallelism leaves free.
+      tp: tensor-parallel axis size: q/k/v/gate/up kernels are column-parallel (fan-out on
+        ``'tp'``), o/down row-parallel (fan-in on ``'tp'``), embedding and LM head split along
+        the vocabulary; everything else is replicated on ``'tp'``.
+      owner_computes: give orthogonalizing optimizers (those with an ``owner_computes``
+        keyword, e.g. Muon and the symmetric stack) ``optzoo.OwnerComputes(mesh)``: each
+        matrix's orthogonalization runs on one owner device instead of everywhere; other
+        optimizers ignore it (the manifest records whether it was applied).
+      rules: user partition rules ``(regex, spec)`` applied before the role defaults: the first
+        rule whose regex is found (``re.search``) in a parameter's '/'-joined path gives its
+        whole spec. ``spec`` is ``""`` (replicated) or one comma-separated entry per axis of
+        the parameter: ``None`` (or ``-``) for an unsharded axis, a mesh axis name, or several
+        joined by ``+`` (``"fsdp+tp"``), e.g. ``"fsdp,tp"`` or ``"None,tp"``.
+    """
+
+    dp: int = -1
+    fsdp: int = 1
+    tp: int = 1
+    owner_computes: bool = False
+    rules: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        _check_fields(self)
+        o = "ShardingConfig"
+        if self.dp != -1:
+            _positive_int(o, "dp", self.dp)
+        _positive_int(o, "fsdp", self.fsdp)
+        _positive_int(o, "tp", self.tp)
+        from experiments.sharding import check_rules  # lazy: sharding imports jax
+
+        check_rules(self.rules)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run.
 
@@ -314,6 +366,8 @@ class TrainConfig:
         :attr:`compute_dtype`, not an override.
       optimizer: :class:`OptimizerConfig`.
       data: :class:`DataConfig`.
+      sharding: :class:`ShardingConfig` (mesh axes, FSDP / TP sizes, partition rules); not part
+        of the config hash (see :data:`HASH_EXCLUDED`).
       steps: optimizer steps.
       eval_every: validation loss every this many steps (and always at the end).
       eval_batches: validation batches (of ``data.batch_size`` sequences) in the fixed
@@ -335,6 +389,7 @@ class TrainConfig:
     model_overrides: tuple[tuple[str, Scalar], ...] = ()
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
+    sharding: ShardingConfig = ShardingConfig()
     steps: int = 1000
     eval_every: int = 100
     eval_batches: int = 16
