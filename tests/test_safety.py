@@ -43,8 +43,8 @@ def _call_name(node: ast.Call) -> str:
     while isinstance(f, ast.Attribute):
         parts.append(f.attr)
         f = f.value
-    if isinstance(f, ast.Name):
-        parts.append(f.id)
+    # a method of a computed object (``jit(f).lower(x).compile()``) is not a builtin
+    parts.append(f.id if isinstance(f, ast.Name) else "<expr>")
     return ".".join(reversed(parts))
 
 
@@ -112,6 +112,7 @@ def test_the_scanner_finds_each_construct():
         "    importlib.import_module(name)",
         "    np.load(s, allow_pickle=False)",  # safe: not reported
         "    importlib.import_module('json')",  # literal: not reported
+        "    jax.jit(f).lower(s).compile()",  # a method named compile: not reported
     ])
     found = scan(snippet, "snippet.py")
     assert len(found) == 9, found
