@@ -5,7 +5,8 @@ Every matrix alias (``muon``, ``polargrad``, ``ef_muon``, ``fismo``, the symmetr
 go to the matrix transform, the others (vectors, scalars, leaves the layout sends away) to the
 fallback — by default AdamW with its own learning rate (``adam_learning_rate=3e-4``,
 ``b1=0.9``, ``b2=0.95``, no weight decay: the Muon reference's setting for non-hidden
-parameters), never silently to the matrix rule.
+parameters; float16 leaves: moments in float32, see :func:`float16_in_float32`), never
+silently to the matrix rule.
 """
 
 from __future__ import annotations
@@ -31,6 +32,45 @@ def keep_update_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransf
     return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
+def _is_float16(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.result_type(x) == jnp.float16
+
+
+def _upcast_float16(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if _is_float16(x) else x, tree)
+
+
+def float16_in_float32(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` run in float32 on the float16 leaves; every other leaf exactly as ``tx``.
+
+    Adam in float16 breaks at both ends of the range: ``eps=1e-8`` rounds to 0, so a zero
+    gradient gives ``0/0 = NaN`` and a small one (``|g| ~ 1e-4``, where ``(1-b2)·g²``
+    underflows to 0) ``m/0 = inf``; and ``nu`` overflows once ``|g| > 256`` (``g² > 65504``). Here
+    float16 gradients (and params) are upcast to float32 before ``tx`` sees them, so ``tx``
+    keeps float32 state for those leaves, and their updates are cast back to float16.
+    float32/bfloat16/float64 leaves are passed through untouched (bitwise identical to ``tx``).
+
+    Args:
+      tx: an elementwise transformation (Adam, AdamW...).
+
+    Returns:
+      The wrapped transformation (extra arguments are forwarded to ``tx``).
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return tx.init(_upcast_float16(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new, state = tx.update(_upcast_float16(updates), state,
+                               None if params is None else _upcast_float16(params), **extra_args)
+        new = jax.tree.map(lambda u, g: u.astype(jnp.float16) if _is_float16(g) else u,
+                           new, updates)
+        return new, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def default_fallback(
     fallback: optax.GradientTransformation | None,
     *,
@@ -41,10 +81,15 @@ def default_fallback(
     adam_weight_decay: Any = 0.0,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
-    """``fallback`` (or the default AdamW), with updates kept in the gradients' dtypes."""
+    """``fallback`` (or the default AdamW), with updates kept in the gradients' dtypes.
+
+    The default AdamW keeps the moments of float16 leaves in float32
+    (:func:`float16_in_float32`); a given ``fallback`` is used as is.
+    """
     if fallback is None:
-        fallback = optax.adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
-                               weight_decay=adam_weight_decay, mu_dtype=mu_dtype)
+        fallback = float16_in_float32(optax.adamw(
+            adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
+            weight_decay=adam_weight_decay, mu_dtype=mu_dtype))
     return keep_update_dtypes(fallback)
 
 

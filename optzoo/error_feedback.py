@@ -361,6 +361,10 @@ def ef_muon(
     ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default
     of the matrix aliases),
     the Muon README's choice for such parameters.
+    float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
+    float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
+    ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
+    (``grad_clip=1.0``) long before.
 
     Args:
       learning_rate: ``η``, a scalar or an optax schedule (the step size ``γ`` of the paper).

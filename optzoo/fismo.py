@@ -180,6 +180,11 @@ def scale_by_fismo(
     ``‖P^{1/2}·Q^{1/2}‖₂`` (learning rate and sign flip come later in the chain). Equivariant
     under ``W ↦ U W Vᵀ`` (orthogonal ``U, V``; the factors are covariant).
 
+    Range (a documented limit): the Kronecker factors accumulate ``G Gᵀ`` and ``Gᵀ G``, which
+    overflow for gradients beyond ~1e18 in float32/bfloat16 (~1e3 in float16, whose factors are
+    computed in float16) and make the roots, the momentum and the update NaN; the experiments
+    harness clips gradients (``grad_clip=1.0``) long before.
+
     Args:
       beta: momentum decay ``β ∈ [0, 1)`` (EMA of the whitened gradients).
       gamma: EMA decay ``γ ∈ [0, 1)`` of the Fisher factors.
@@ -367,6 +372,15 @@ def fismo(
     by default) go to ``fallback`` through ``optax.partition``; by default
     ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default
     of the matrix aliases).
+    float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
+    float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
+    ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
+    (``grad_clip=1.0``) long before.
+
+    Range (a documented limit): the Kronecker factors accumulate ``G Gᵀ`` and ``Gᵀ G``, which
+    overflow for gradients beyond ~1e18 in float32/bfloat16 (~1e3 in float16, whose factors are
+    computed in float16) and make the roots, the momentum and the update NaN; the experiments
+    harness clips gradients (``grad_clip=1.0``) long before.
 
     Defaults (ours; the paper's are UNVERIFIED): ``β = γ = 0.95``, ``μ = 1e-3``, roots by
     ``eigh`` in float32 every 10 steps, Muon's shape factor.

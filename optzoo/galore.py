@@ -31,6 +31,10 @@ inner optimizer, are not multiplied by ``scale``, and still get the alias's lear
 weight decay: the behaviour of ``optax.contrib.galore``. To give them a different optimizer,
 route them with ``optax.partition`` (or ``optzoo.routing``).
 
+float16 leaves: the default inner Adam keeps their moments in float32 (their projected
+gradient is upcast, the Adam update cast back to float16): in float16, ``eps=1e-8`` rounds
+to 0 (a zero gradient would give ``0/0``) and ``nu`` overflows once ``|g| > ~256``.
+
 Rank: ``rank`` larger than ``min(m, n)`` of a matrix is clipped to ``min(m, n)`` for that
 matrix, with a ``UserWarning`` naming the parameter (emitted by ``init``).
 """
@@ -47,6 +51,7 @@ import jax.numpy as jnp
 import optax
 
 from optzoo import layout as _layout
+from optzoo._partition import float16_in_float32
 from optzoo._tree import check_floating, path_str
 
 __all__ = [
@@ -108,8 +113,10 @@ def _use_left(side: str, m: int, n: int) -> bool:
 
 
 def _default_base(base_optimizer, b1, b2, eps, mu_dtype):
+    """The inner optimizer: ``base_optimizer``, or Adam with float16 leaves in float32."""
     if base_optimizer is None:
-        base_optimizer = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+        return float16_in_float32(
+            optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype))
     return optax.with_extra_args_support(base_optimizer)
 
 
@@ -307,6 +314,11 @@ def scale_by_galore(
     long as no refresh after the first happens (a later SVD may pick other singular-vector
     signs, which the carried moments see).
 
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
+
     Args:
       rank: target rank ``r`` (``>= 1``); clipped per matrix to ``min(m, n)`` with a warning.
       update_proj_gap: ``T >= 1``; the projector is recomputed at steps ``0, T, 2T, ...``.
@@ -397,6 +409,11 @@ def galore(
     in the full parameter space. With ``side='optax-like'`` (and 2-D matrix leaves, the same
     ``rank``, ``update_proj_gap``, ``scale``, weight decay and mask) this is step for step
     ``optax.contrib.galore``; the default ``side='std'`` is the official GaLore rule.
+
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
 
     Args:
       learning_rate: ``η``, a float or an optax schedule.

@@ -91,11 +91,30 @@ class MatrixLayout:
         return red, out
 
     def validate(self, shape: Sequence[int], path: str = "<param>") -> None:
-        """Raises ValueError naming ``path`` if this layout cannot read ``shape``."""
+        """Checks that this layout can read a parameter of shape ``shape``.
+
+        Every matrix method resolves its layouts through :func:`resolve`, which calls this at
+        ``init``: a bad layout fails there, before any matrix code runs.
+
+        Args:
+          shape: the parameter's shape.
+          path: the parameter's path, for error messages.
+
+        Raises:
+          ValueError: naming ``path`` and ``shape``: fewer than 2 axes, an axis out of range
+            or used twice, a bad ``unit_axis``/``num_heads``, or a zero-size parameter (its
+            matrix view has no entries: matrix methods need at least one matrix entry; give
+            such a leaf a ``None`` layout to send it to the method's fallback).
+        """
         ndim = len(shape)
         if ndim < 2:
             raise ValueError(f"layout of '{path}': a matrix layout needs a parameter with at "
                              f"least 2 dimensions, got shape {tuple(shape)}")
+        if math.prod(shape) == 0:
+            raise ValueError(f"layout of '{path}': parameter of shape {tuple(shape)} is "
+                             "zero-size, so its matrix view has no entries; matrix methods "
+                             "need a non-empty matrix (give it a None layout to send it to the "
+                             "fallback)")
         red, out = self._norm(ndim, path)
         if self.unit_axis is not None:
             if not -ndim <= self.unit_axis < ndim:

@@ -403,6 +403,10 @@ def muon(
     the fallback's learning rate does **not** default to Muon's (0.02 is far too large for
     Adam) and ``b2`` is 0.95, not 0.999. The fallback's updates (default or given) are cast
     to the gradients' dtypes.
+    float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
+    float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
+    ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
+    (``grad_clip=1.0``) long before.
 
     **Embeddings and LM heads are matrices too**: Muon is meant for hidden matrices only, so
     pass a layout that returns ``None`` for them (the routing module will do this by role)::

@@ -149,6 +149,11 @@ def scale_by_natural_galore(
     ``F̂`` of the subspace in place of the identity; ``F̂`` is invariant under orthogonal
     maps of the subspace, so the Fisher step itself is ``O(p)``-equivariant.
 
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
+
     Args:
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
       update_proj_gap: steps between SVD refreshes of the projector (``>= 1``).
@@ -259,6 +264,11 @@ def natural_galore(
 
     with ``u_t`` the :func:`scale_by_natural_galore` direction. Defaults follow the released
     scripts (``s = 20``, ``λ = 1e-3``, ``T = 200``, ``α = 0.25``).
+
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
 
     Args:
       learning_rate: ``η``, a float or an optax schedule.

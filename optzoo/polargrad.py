@@ -257,6 +257,10 @@ def polargrad(
     Leaves without a matrix layout (by default those with fewer than two axes) go to
     ``fallback``, by default ``optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
     weight_decay=adam_weight_decay, mu_dtype=mu_dtype)`` (see :func:`optzoo.muon.muon`).
+    float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
+    float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
+    ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
+    (``grad_clip=1.0``) long before.
     Embeddings and LM heads are matrices: exclude them with a layout returning ``None`` (the
     example in :func:`optzoo.muon.muon`). Under ``optax.inject_hyperparams`` list a callable
     ``layout``/``weight_decay_mask``, ``mu_dtype``/``ortho_dtype`` and ``ns_steps`` in

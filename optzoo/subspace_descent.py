@@ -105,6 +105,11 @@ def scale_by_online_subspace_descent(
     Geometry/symmetry: as GaLore's within the subspace; the projector dynamics are the
     Hamiltonian-descent view of the paper (any projector update rule converges).
 
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
+
     Args:
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
       projector_learning_rate: ``η_P`` (float or schedule) of the projector's Adam.
@@ -211,6 +216,11 @@ def online_subspace_descent(
 
     with ``u_t`` and ``L_t`` as in :func:`scale_by_online_subspace_descent`,
     ``η_P = projector_lr_ratio · η`` (schedules follow) and ``λ_P = λ`` unless given.
+
+    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
+    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
+    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
+    before.
 
     Args:
       learning_rate: ``η``, a float or an optax schedule.

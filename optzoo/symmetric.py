@@ -228,6 +228,10 @@ def scale_by_one_sided_spectral(
     ``center=True`` (LM heads) uses ``Y = Π⊥M`` and re-centers ``Δ``: invariant to
     ``M + 1cᵀ`` with ``1ᵀΔ = 0``.
 
+    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
+    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
+    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+
     Args:
       beta: EMA rate of the momentum.
       unit_axis: the axis indexed by the units (the tall side; required, see
@@ -315,6 +319,10 @@ def scale_by_left_spectral(
     ``{1ᵀΔ = 0}``; equivariant under ``P M Qᵀ`` (expert permutation, rotation of the model
     space) and invariant to the logit shift ``M + 1cᵀ``. ``center=False`` is the released
     ``left_uncentered`` ablation (no shift invariance).
+
+    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
+    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
+    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
 
     Args:
       beta: EMA rate of the momentum.
@@ -541,6 +549,10 @@ _ALIAS_ARGS_DOC = """\
         weight_decay=adam_weight_decay)`` — 3e-4, (0.9, 0.95), 1e-8, 0 by default — whose
         learning rate is deliberately not ``learning_rate`` (row-norm and spectral learning
         rates are not Adam learning rates).
+        float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond
+        ~1.8e19 in float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared
+        with ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
+        (``grad_clip=1.0``) long before.
       adam_learning_rate: learning rate of the default fallback.
       adam_b1: ``b1`` of the default fallback.
       adam_b2: ``b2`` of the default fallback.
@@ -672,6 +684,10 @@ def one_sided_spectral(
     ``λ = 0``). See :func:`scale_by_one_sided_spectral`. Static under inject_hyperparams:
     ``unit_axis``, ``gram_steps``.
 
+    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
+    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
+    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+
     Args:
       learning_rate: ``η`` (float or schedule).
       unit_axis: axis indexed by the units (required).
@@ -751,6 +767,10 @@ def left_spectral(
     equivariant under expert permutations × model-space rotations and invariant to the shared
     logit shift. ``center=False`` is the ``left_uncentered`` ablation (then ``weight_decay``
     may be nonzero). See :func:`scale_by_left_spectral`.
+
+    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
+    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
+    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
 
     Args:
       learning_rate: ``η`` (released: 7.5e-4 for OLMoE/gpt-oss-style routers).

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo import routing
+from optzoo import _partition, routing
 from optzoo._symmetric_core import check_choice, pair_rows, unit_layout, unpair_rows
 from optzoo._tree import path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
@@ -260,9 +260,9 @@ def _direction(group: str, choice: str, *, rules, head_dim, beta, muon_beta, alp
     common = dict(nesterov=False, mu_dtype=mu_dtype)
     center = {"embedding": False, "lm_head": center_lm_head, "router": choice != "left_uncentered"
               }.get(group, False)
-    if choice == "adamw":
-        return optax.scale_by_adam(b1=adam_b1, b2=adam_b2, eps=adam_eps, mu_dtype=mu_dtype), \
-            "adamw", True
+    if choice == "adamw":  # float16 leaves: moments in float32 (_partition.float16_in_float32)
+        adam = optax.scale_by_adam(b1=adam_b1, b2=adam_b2, eps=adam_eps, mu_dtype=mu_dtype)
+        return _partition.float16_in_float32(adam), "adamw", True
     if choice == "muon":
         try:
             from optzoo.muon import scale_by_muon

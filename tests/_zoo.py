@@ -124,7 +124,10 @@ class Entry:
       covers: the ``optzoo.__all__`` factory it exercises.
       build: returns the ``optax.GradientTransformation``.
       kinds: leaf kinds it accepts in a generic tree; other kinds must raise naming the path.
-      empty_ok: whether zero-size leaves are accepted (else ``init`` raises naming the path).
+      empty_ok: whether zero-size *matrix* leaves (kind ``empty``) are accepted; if not,
+        ``init`` raises a ``ValueError`` naming the path. Zero-size vectors (``emptyvec``)
+        must always work when their kind is accepted (matrix methods send them to the
+        fallback).
       tree: ``'generic'`` or ``'routed'`` (Flax/LLaMA names for ``symmetry_compatible``).
       extra: ``(step, scale) -> dict`` of optax extra arguments for ``update``.
     """
@@ -142,67 +145,73 @@ def _e(name: str, build: Callable[[], Any], covers: str | None = None, **kw: Any
     return Entry(name=name, covers=covers or name, build=build, **kw)
 
 
+def _m(name: str, build: Callable[[], Any], **kw: Any) -> Entry:
+    """A matrix method: a zero-size matrix leaf is rejected at ``init`` by
+    ``MatrixLayout.validate`` (a ``ValueError`` naming the path and the shape)."""
+    return _e(name, build, empty_ok=False, **kw)
+
+
 _L = layouts
 _U = unit_layouts
 _MATRIX_ONLY = MATRIX_KINDS
 
 ENTRIES: tuple[Entry, ...] = (
     # LMO / orthogonalized family
-    _e("muon", lambda: optzoo.muon(0.02, layout=_L, weight_decay=0.01)),
-    _e("scale_by_muon", lambda: optzoo.scale_by_muon(layout=_L)),
-    _e("polargrad", lambda: optzoo.polargrad(0.02, layout=_L)),
-    _e("scale_by_polargrad", lambda: optzoo.scale_by_polargrad(layout=_L)),
-    _e("scion", lambda: optzoo.scion(0.02, layout=_L)),
-    _e("scale_by_scion", lambda: optzoo.scale_by_scion(layout=_L)),
-    _e("ef_muon", lambda: optzoo.ef_muon(0.02, layout=_L)),
-    _e("scale_by_ef_muon", lambda: optzoo.scale_by_ef_muon(layout=_L), kinds=_MATRIX_ONLY),
-    _e("fismo", lambda: optzoo.fismo(0.02, precondition_frequency=2, layout=_L)),
-    _e("scale_by_fismo", lambda: optzoo.scale_by_fismo(precondition_frequency=2, layout=_L),
+    _m("muon", lambda: optzoo.muon(0.02, layout=_L, weight_decay=0.01)),
+    _m("scale_by_muon", lambda: optzoo.scale_by_muon(layout=_L)),
+    _m("polargrad", lambda: optzoo.polargrad(0.02, layout=_L)),
+    _m("scale_by_polargrad", lambda: optzoo.scale_by_polargrad(layout=_L)),
+    _m("scion", lambda: optzoo.scion(0.02, layout=_L)),
+    _m("scale_by_scion", lambda: optzoo.scale_by_scion(layout=_L)),
+    _m("ef_muon", lambda: optzoo.ef_muon(0.02, layout=_L)),
+    _m("scale_by_ef_muon", lambda: optzoo.scale_by_ef_muon(layout=_L), kinds=_MATRIX_ONLY),
+    _m("fismo", lambda: optzoo.fismo(0.02, precondition_frequency=2, layout=_L)),
+    _m("scale_by_fismo", lambda: optzoo.scale_by_fismo(precondition_frequency=2, layout=_L),
        kinds=_MATRIX_ONLY),
     # symmetry-compatible maps
-    _e("rownorm", lambda: optzoo.rownorm(0.02, unit_axis=None, layout=_U)),
-    _e("one_sided_spectral",
+    _m("rownorm", lambda: optzoo.rownorm(0.02, unit_axis=None, layout=_U)),
+    _m("one_sided_spectral",
        lambda: optzoo.one_sided_spectral(0.02, unit_axis=None, layout=_U)),
-    _e("left_spectral", lambda: optzoo.left_spectral(0.02, unit_axis=None, layout=_U)),
-    _e("hybrid", lambda: optzoo.hybrid(0.02, unit_axis=None, layout=_U)),
-    _e("scale_by_rownorm", lambda: optzoo.scale_by_rownorm(unit_axis=None, layout=_U),
+    _m("left_spectral", lambda: optzoo.left_spectral(0.02, unit_axis=None, layout=_U)),
+    _m("hybrid", lambda: optzoo.hybrid(0.02, unit_axis=None, layout=_U)),
+    _m("scale_by_rownorm", lambda: optzoo.scale_by_rownorm(unit_axis=None, layout=_U),
        kinds=_MATRIX_ONLY),
-    _e("scale_by_one_sided_spectral",
+    _m("scale_by_one_sided_spectral",
        lambda: optzoo.scale_by_one_sided_spectral(unit_axis=None, layout=_U),
        kinds=_MATRIX_ONLY),
-    _e("scale_by_left_spectral",
+    _m("scale_by_left_spectral",
        lambda: optzoo.scale_by_left_spectral(unit_axis=None, layout=_U), kinds=_MATRIX_ONLY),
-    _e("scale_by_hybrid", lambda: optzoo.scale_by_hybrid(unit_axis=None, layout=_U),
+    _m("scale_by_hybrid", lambda: optzoo.scale_by_hybrid(unit_axis=None, layout=_U),
        kinds=_MATRIX_ONLY),
-    _e("symmetry_compatible", lambda: optzoo.symmetry_compatible(0.02, head_dim=2),
+    _m("symmetry_compatible", lambda: optzoo.symmetry_compatible(0.02, head_dim=2),
        tree="routed"),
     # Lion family
     _e("lion", lambda: optzoo.lion(1e-3)),
-    _e("lion_kappa", lambda: optzoo.lion_kappa(1e-3, "spectral", layout=_L,
+    _m("lion_kappa", lambda: optzoo.lion_kappa(1e-3, "spectral", layout=_L,
                                                     vector_kappa="sign")),
     _e("scale_by_lion_kappa", lambda: optzoo.scale_by_lion_kappa(kappa="tanh")),
     # low-rank family
-    _e("galore", lambda: optzoo.galore(1e-2, rank=2, update_proj_gap=2, layout=_L)),
-    _e("scale_by_galore", lambda: optzoo.scale_by_galore(rank=2, update_proj_gap=2, layout=_L)),
-    _e("natural_galore",
+    _m("galore", lambda: optzoo.galore(1e-2, rank=2, update_proj_gap=2, layout=_L)),
+    _m("scale_by_galore", lambda: optzoo.scale_by_galore(rank=2, update_proj_gap=2, layout=_L)),
+    _m("natural_galore",
        lambda: optzoo.natural_galore(1e-2, rank=2, update_proj_gap=2, history=2, layout=_L)),
-    _e("scale_by_natural_galore",
+    _m("scale_by_natural_galore",
        lambda: optzoo.scale_by_natural_galore(rank=2, update_proj_gap=2, history=2, layout=_L)),
-    _e("online_subspace_descent",
+    _m("online_subspace_descent",
        lambda: optzoo.online_subspace_descent(1e-2, rank=2, layout=_L)),
-    _e("scale_by_online_subspace_descent",
+    _m("scale_by_online_subspace_descent",
        lambda: optzoo.scale_by_online_subspace_descent(rank=2, layout=_L)),
     # second-order and asynchronous
     _e("egn", lambda: optzoo.egn(0.5, egn_apply, damping=0.1, momentum=0.5), extra=_egn_extra),
     _e("scale_by_egn", lambda: optzoo.scale_by_egn(egn_apply, damping=0.1), extra=_egn_extra),
-    _e("ringmaster", lambda: optzoo.ringmaster(0.02, layout=_L)),
-    _e("ringmaster_agnostic", lambda: optzoo.ringmaster_agnostic(0.02, layout=_L)),
-    _e("scale_by_ringmaster_lmo", lambda: optzoo.scale_by_ringmaster_lmo(layout=_L)),
-    _e("discard_stale",
+    _m("ringmaster", lambda: optzoo.ringmaster(0.02, layout=_L)),
+    _m("ringmaster_agnostic", lambda: optzoo.ringmaster_agnostic(0.02, layout=_L)),
+    _m("scale_by_ringmaster_lmo", lambda: optzoo.scale_by_ringmaster_lmo(layout=_L)),
+    _m("discard_stale",
        lambda: optzoo.discard_stale(optzoo.ringmaster(0.02, layout=_L), delay_threshold=2),
        extra=_delay_extra),
     # guards
-    _e("skip_nonfinite", lambda: optzoo.skip_nonfinite(optzoo.muon(0.02, layout=_L))),
+    _m("skip_nonfinite", lambda: optzoo.skip_nonfinite(optzoo.muon(0.02, layout=_L))),
 )
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}

@@ -433,6 +433,41 @@ def test_finite_in_finite_out(m, n, rank, scale):
             assert all(np.all(np.isfinite(np.asarray(u["w"]))) for u in ups)
 
 
+@pytest.mark.parametrize("factory", [scale_by_galore, scale_by_natural_galore,
+                                     scale_by_online_subspace_descent])
+def test_float16_leaves_run_the_base_adam_in_float32(factory):
+    # Regression: the base Adam in float16 gave 0/0 = NaN on zero gradients (eps=1e-8 rounds
+    # to 0) and overflowed nu for |g| > 256. Now float16 leaves keep float32 moments.
+    kw = dict(history=2) if factory is scale_by_natural_galore else {}
+    shapes = {"w": (4, 6), "v": (5,)}
+    p16 = {k: jnp.asarray(_normal(70 + i, s), jnp.float16) for i, (k, s) in
+           enumerate(shapes.items())}
+    zero = [jax.tree.map(jnp.zeros_like, p16)] * 3
+    big = [{k: jnp.asarray(_normal(80 + 3 * t + i, s, 1000.0), jnp.float16)
+            for i, (k, s) in enumerate(shapes.items())} for t in range(3)]
+    tx = factory(rank=2, **kw)
+    ups, states = _run(tx, p16, zero)
+    for u in ups:  # zero gradients: zero steps, not NaN
+        assert all(x.dtype == jnp.float16 and np.all(np.asarray(x) == 0) for x in u.values())
+    ups16, states = _run(tx, p16, big)
+    nu = states[-1].base_optimizer_state.nu
+    assert nu["w"].dtype == nu["v"].dtype == jnp.float32
+    # the same (float16-representable) gradients in float32: equal up to float16 rounding of
+    # the projector, the low-rank gradient and the update (a few casts of relative error
+    # 2^-11 ≈ 4.9e-4 each; 1e-2 leaves room for their growth through 3 Adam steps)
+    ups32, _ = _run(tx, jax.tree.map(lambda x: x.astype(jnp.float32), p16),
+                    [jax.tree.map(lambda x: x.astype(jnp.float32), g) for g in big])
+    for u16, u32 in zip(ups16, ups32, strict=True):
+        for k in shapes:
+            a, b = np.asarray(u16[k], np.float64), np.asarray(u32[k], np.float64)
+            assert np.all(np.isfinite(a)) and np.linalg.norm(a) > 0
+            assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b), k
+    # negative control: a user-given plain scale_by_adam is used as is and shows the bug
+    raw = factory(rank=2, base_optimizer=optax.scale_by_adam(), **kw)
+    ups, _ = _run(raw, p16, zero)
+    assert np.all(np.isnan(np.asarray(ups[0]["v"])))
+
+
 # ------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("factory", [galore, natural_galore, online_subspace_descent])
 def test_bad_rank(factory):

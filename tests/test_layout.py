@@ -1,5 +1,7 @@
 """optzoo.layout: matrix views of n-D parameters, checked against plain numpy reshapes."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,6 +82,18 @@ def test_resolve_errors_name_the_path(spec, match):
 def test_explicit_layout_on_vector_names_path():
     with pytest.raises(ValueError, match="norm/scale.*at least 2 dimensions"):
         resolve({"norm": {"scale": MatrixLayout()}}, {"norm": {"scale": jnp.zeros(8)}})
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (0, 4, 5), (2, 3, 0, 5)])
+def test_zero_size_matrix_leaf_names_path_and_shape(shape):
+    # empty rows, columns or batch (stacked leaf with no layers): the matrix view is empty
+    params = {"blocks": {"w": jnp.zeros(shape)}, "b": jnp.zeros((0,))}
+    with pytest.raises(ValueError, match=rf"'blocks/w'.*{re.escape(str(shape))}.*zero-size"):
+        resolve(None, params)
+    # control: the same tree with a non-empty matrix resolves; a zero-size vector has no
+    # layout and is left to the caller's fallback
+    ok = resolve(None, {"blocks": {"w": jnp.zeros((2, 3))}, "b": jnp.zeros((0,))})
+    assert ok["blocks"]["w"] == MatrixLayout() and ok["b"] is None
 
 
 @pytest.mark.parametrize("kwargs", [dict(reduction_axes=(0,), output_axes=(0,)),

@@ -316,6 +316,58 @@ def test_non_matrix_leaves_go_to_documented_adamw_fallback():
     assert isinstance(muon_state.mu["embed"], optax.MaskedNode)  # no Muon state for it
 
 
+def test_float16_fallback_leaves_keep_adam_moments_in_float32():
+    # Regression: optax.adamw in float16 gives 0/0 = NaN on a zero gradient (eps=1e-8 rounds
+    # to 0), m/0 = inf on small ones ((1-b2)·g² underflows, e.g. |g| = 1e-4) and overflows nu once
+    # |g| > 256 (g² > 65504). The default fallback runs float16 leaves in float32; float32 /
+    # bfloat16 leaves must stay bitwise equal to optax.adamw.
+    dtypes = {"w": jnp.float32, "zero16": jnp.float16, "tiny16": jnp.float16,
+              "big16": jnp.float16, "b32": jnp.float32, "bb16": jnp.bfloat16}
+    shapes = {"w": (4, 6), "zero16": (5,), "tiny16": (2,), "big16": (3,), "b32": (6,),
+              "bb16": (4,)}
+    params = {k: jnp.asarray(_normal(20 + i, s), dtypes[k])
+              for i, (k, s) in enumerate(shapes.items())}
+
+    def grad(t):
+        g = {k: jnp.asarray(_normal(40 + 7 * t + i, s), dtypes[k])
+             for i, (k, s) in enumerate(shapes.items())}
+        g["zero16"] = jnp.zeros((5,), jnp.float16)
+        g["tiny16"] = jnp.asarray([1e-4, -2e-4], jnp.float16)
+        g["big16"] = jnp.asarray(1000.0 * _normal(90 + t, (3,)), jnp.float16)
+        return g
+
+    grads = [grad(t) for t in range(3)]
+    vec = ("zero16", "tiny16", "big16", "b32", "bb16")
+    adam = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
+    _, ups, state = _run(muon(0.02), params, grads)
+    # reference: optax.adamw, on float32 copies for the float16 leaves, on the leaves as they
+    # are otherwise; updates cast to the leaf dtype (what the docstring promises)
+    up32 = lambda t: {k: t[k].astype(jnp.float32) if dtypes[k] == jnp.float16 else t[k]  # noqa: E731
+                      for k in vec}
+    _, ref, _ = _run(adam, up32(params), [up32(g) for g in grads])
+    for t in range(3):
+        for k in vec:
+            assert ups[t][k].dtype == dtypes[k]
+            np.testing.assert_array_equal(np.asarray(ups[t][k]),
+                                          np.asarray(ref[t][k].astype(dtypes[k])), err_msg=k)
+        assert np.all(np.asarray(ups[t]["zero16"]) == 0)  # m = 0: a zero step, not NaN
+        assert np.all(np.asarray(ups[t]["big16"]) != 0)  # still moving (nu is finite)
+    # first Adam step is ±lr exactly up to eps/|g| (<= 1e-5); rtol 2e-3 covers the float16
+    # rounding of the update (relative spacing 2^-11 ≈ 4.9e-4)
+    for k in ("tiny16", "big16"):
+        np.testing.assert_allclose(np.abs(np.asarray(ups[0][k], np.float32)), 3e-4, rtol=2e-3)
+    nu = state.inner_states["fallback"].inner_state[0].nu
+    assert nu["zero16"].dtype == nu["tiny16"].dtype == nu["big16"].dtype == jnp.float32
+    assert nu["b32"].dtype == jnp.float32 and nu["bb16"].dtype == jnp.bfloat16
+    # negative control: plain optax.adamw on the float16 leaves fails both ways
+    f16 = {k: params[k] for k in ("zero16", "tiny16", "big16")}
+    _, raw, _ = _run(adam, f16, [{k: g[k] for k in f16} for g in grads])
+    assert np.all(np.isnan(np.asarray(raw[0]["zero16"])))
+    assert np.all(np.isinf(np.asarray(raw[0]["tiny16"])))
+    assert not np.allclose(np.asarray(raw[0]["big16"], np.float32),
+                           np.asarray(ups[0]["big16"], np.float32), rtol=0.1)
+
+
 def test_custom_fallback_and_scale_by_muon_pass_through():
     params = {"w": jnp.asarray(_normal(9, (4, 6))), "b": jnp.asarray(_normal(10, (6,)))}
     g = {"w": jnp.asarray(_normal(11, (4, 6))), "b": jnp.asarray(_normal(12, (6,)))}
