@@ -192,15 +192,14 @@ _SCRIPT = textwrap.dedent(r'''
         x = jax.random.normal(next(key), (13, 24, 16))
         for mesh_name in ("fsdp8",):
             oc = OwnerComputes(meshes[mesh_name])
-            for method in ("polar_express", "qdwh"):
+            for method in ("polar_express",):  # qdwh: in the slow sweep (polargrad)
                 fn = lambda y, method=method: linalg.orthogonalize(y, method)
                 xs = jax.device_put(x, NamedSharding(meshes[mesh_name], P(None, "fsdp", None)))
                 got = np.asarray(jax.jit(lambda y: oc.apply(fn, y))(xs))
                 padded = jnp.concatenate([x, jnp.zeros((3, 24, 16))])  # 13 -> 16 = 8 x 2
                 chunks = np.concatenate([np.asarray(jax.jit(fn)(padded[2 * i:2 * i + 2]))
                                          for i in range(8)])[:13]
-                # eagerly (op by op: slow for looped methods, so one method)
-                eager = np.asarray(oc.apply(fn, xs)) if method == "polar_express" else chunks
+                eager = np.asarray(oc.apply(fn, xs))  # eagerly, op by op
                 exact[f"{mesh_name}/{method}"] = [bool(np.array_equal(got, chunks)),
                                                   rel_err(eager, chunks)]
         # negative control of the bitwise check: the whole batch at once differs in rounding
