@@ -46,7 +46,6 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
 
 SMOKE = os.environ.get("OPTZOO_SMOKE", "0").lower() not in ("", "0", "false", "no")
 
@@ -74,9 +73,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pandas as pd  # noqa: E402
-from IPython.display import Markdown, display  # noqa: E402
+from IPython.display import display  # noqa: E402
 
-from optzoo import linalg, testing  # noqa: E402
+from optzoo import testing  # noqa: E402
 
 # Full float32 matrix products (GPUs would default to TF32, whose ~1e-3 rounding would blur
 # the line between "exact" and "broken"; no effect on CPUs).
@@ -92,61 +91,21 @@ print(f"SMOKE={SMOKE}: matrix {M}×{N}, {STEPS} steps; jax {jax.__version__}")
 # %% [markdown]
 # ## The optimizers
 #
-# Muon and row-norm come from optzoo's public API when it exports them (`optzoo.muon`,
-# `optzoo.rownorm`). Where an optzoo version does not export them yet, the cell below builds
-# the same direction maps from `optzoo.linalg` (`orthogonalize`, `row_normalize`, `center`)
-# inside a minimal `optax.GradientTransformation` (EMA momentum, then the map) and says so.
-# Every learning rate is 1: the kit measures *relative* errors, and in the pictures the
-# updates are then in units of the learning rate.
+# Muon and row-norm (plain and centered) from optzoo's public API, next to optax's Adam and
+# optzoo's Lion. Every learning rate is 1: the kit measures *relative* errors, and in the
+# pictures the updates are then in units of the learning rate.
 
 # %%
-class EmaDirectionState(NamedTuple):
-    count: jax.Array
-    mu: Any
-
-
-def direction_transform(direction, beta: float = 0.95) -> optax.GradientTransformation:
-    """EMA momentum ``M ← βM + (1 − β)G`` followed by a matrix map ``f(M)`` (lr 1, descent)."""
-
-    def init(params):
-        return EmaDirectionState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
-
-    def update(updates, state, params=None):
-        del params
-        mu = jax.tree.map(lambda m, g: beta * m + (1 - beta) * g, state.mu, updates)
-        return jax.tree.map(lambda m: -direction(m), mu), EmaDirectionState(state.count + 1, mu)
-
-    return optax.GradientTransformation(init, update)
-
-
-def public(name: str):
-    """``optzoo.<name>`` if it is an exported optimizer factory (a module is not)."""
-    obj = getattr(optzoo, name, None)
-    return obj if callable(obj) else None
-
-
 OPTIMIZERS: dict[str, optax.GradientTransformation] = {
     "adam (optax)": optax.adam(1.0),
     "lion (optzoo)": optzoo.lion(1.0),
+    "muon": optzoo.muon(1.0),
+    "row-norm": optzoo.rownorm(1.0, unit_axis=0),
+    "centered row-norm": optzoo.rownorm(1.0, unit_axis=0, center=True),
 }
-sources = {"adam (optax)": "optax.adam", "lion (optzoo)": "optzoo.lion"}
-if public("muon"):
-    OPTIMIZERS["muon"] = optzoo.muon(1.0)
-    sources["muon"] = "optzoo.muon"
-else:
-    OPTIMIZERS["muon"] = direction_transform(lambda m: linalg.orthogonalize(m))
-    sources["muon"] = "stand-in: EMA + linalg.orthogonalize (optzoo.muon not exported)"
-if public("rownorm"):
-    OPTIMIZERS["row-norm"] = optzoo.rownorm(1.0, unit_axis=0)
-    OPTIMIZERS["centered row-norm"] = optzoo.rownorm(1.0, unit_axis=0, center=True)
-    sources["row-norm"] = "optzoo.rownorm(unit_axis=0)"
-    sources["centered row-norm"] = "optzoo.rownorm(unit_axis=0, center=True)"
-else:
-    OPTIMIZERS["row-norm"] = direction_transform(lambda m: linalg.row_normalize(m))
-    OPTIMIZERS["centered row-norm"] = direction_transform(
-        lambda m: linalg.center(linalg.row_normalize(linalg.center(m))))
-    sources["row-norm"] = "stand-in: EMA + linalg.row_normalize (optzoo.rownorm not exported)"
-    sources["centered row-norm"] = "stand-in: EMA + center(row_normalize(center(·)))"
+sources = {"adam (optax)": "optax.adam", "lion (optzoo)": "optzoo.lion", "muon": "optzoo.muon",
+           "row-norm": "optzoo.rownorm(unit_axis=0)",
+           "centered row-norm": "optzoo.rownorm(unit_axis=0, center=True)"}
 display(pd.DataFrame({"built from": sources}))
 
 # %% [markdown]
@@ -355,66 +314,62 @@ plt.show()
 # acts on the columns of gate/up `(d, f)` and the rows of down `(f, d)` with the *same*
 # permutation. `optzoo.symmetry_compatible` gives each block its compatible map (row-norm
 # embedding, centered row-norm head, Muon MLP, AdamW vectors), so it commutes with all of
-# this at once; AdamW does not. (Run only when optzoo exports `symmetry_compatible`.)
+# this at once; AdamW does not.
 
 # %%
-if public("symmetry_compatible"):
-    V, d, f = (24, 8, 16) if SMOKE else (64, 16, 32)
-    shapes = {"embed": {"embedding": (V, d)}, "lm_head": {"kernel": (d, V)},
-              "layers": {"0": {"mlp": {"gate_proj": {"kernel": (d, f)},
-                                       "up_proj": {"kernel": (d, f)},
-                                       "down_proj": {"kernel": (f, d)}}}},
-              "final_norm": {"scale": (d,)}}
+V, d, f = (24, 8, 16) if SMOKE else (64, 16, 32)
+shapes = {"embed": {"embedding": (V, d)}, "lm_head": {"kernel": (d, V)},
+          "layers": {"0": {"mlp": {"gate_proj": {"kernel": (d, f)},
+                                   "up_proj": {"kernel": (d, f)},
+                                   "down_proj": {"kernel": (f, d)}}}},
+          "final_norm": {"scale": (d,)}}
 
-    def is_shape(s):
-        return isinstance(s, tuple)
+def is_shape(s):
+    return isinstance(s, tuple)
 
-    model_params = jax.tree.map(lambda s: jnp.zeros(s, jnp.float32), shapes, is_leaf=is_shape)
-    model_grads = [jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32),
-                                shapes, is_leaf=is_shape) for _ in range(STEPS)]
+model_params = jax.tree.map(lambda s: jnp.zeros(s, jnp.float32), shapes, is_leaf=is_shape)
+model_grads = [jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32),
+                            shapes, is_leaf=is_shape) for _ in range(STEPS)]
 
-    def compose(*actions):
-        """Apply ``actions`` left to right (each is an optzoo.testing.Action)."""
-        return testing.Action(lambda x, t: functools.reduce(lambda y, a: a(y, t), actions, x),
-                              " then ".join(a.name for a in actions))
+def compose(*actions):
+    """Apply ``actions`` left to right (each is an optzoo.testing.Action)."""
+    return testing.Action(lambda x, t: functools.reduce(lambda y, a: a(y, t), actions, x),
+                          " then ".join(a.name for a in actions))
 
-    Q, NEURONS, TOKENS = 11, 12, 13  # seeds: the same seed gives the same Q / permutation
-    gate_up = compose(testing.permutation((d, f), 1, NEURONS), testing.left_orthogonal((d, f), Q))
-    model_action = testing.per_leaf({
-        "embed": {"embedding": compose(testing.permutation((V, d), 0, TOKENS),
-                                       testing.right_orthogonal((V, d), Q))},
-        "lm_head": {"kernel": compose(testing.permutation((d, V), 1, TOKENS),
-                                      testing.left_orthogonal((d, V), Q))},
-        "layers": {"0": {"mlp": {"gate_proj": {"kernel": gate_up},
-                                 "up_proj": {"kernel": gate_up},
-                                 "down_proj": {"kernel": compose(
-                                     testing.permutation((f, d), 0, NEURONS),
-                                     testing.right_orthogonal((f, d), Q))}}}},
-        "final_norm": {"scale": None},
-    })
-    model_errors = {
-        "optzoo.symmetry_compatible": testing.equivariance_error(
-            optzoo.symmetry_compatible(1e-2), model_params, model_grads, model_action),
-        "optax.adamw": testing.equivariance_error(optax.adamw(1e-2), model_params, model_grads,
-                                                  model_action),
-    }
-    fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-    ax.barh(list(model_errors), [max(v, FLOOR) for v in model_errors.values()],
-            color=["C2", "C0"], label="error after the run")
-    ax.axvline(RESPECT_TOL, color="k", ls="--", lw=1, label="'respects' threshold 1e-4")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_xscale("log")
-    ax.set_xlabel("equivariance error ‖W′ − g·W‖/‖g·W‖ (relative; dashed: 1e-4)")
-    ax.set_ylabel("optimizer")
-    ax.set_title("Whole model under a residual rotation + token and neuron permutations")
-    ax.grid(alpha=0.3, axis="x", which="both")
-    plt.show()
-    print({k: f"{v:.1e}" for k, v in model_errors.items()})
-    assert model_errors["optzoo.symmetry_compatible"] <= RESPECT_TOL, model_errors
-    assert model_errors["optax.adamw"] >= BREAK_TOL, model_errors
-else:
-    display(Markdown("*`optzoo.symmetry_compatible` is not exported by this optzoo version: "
-                     "whole-model section skipped.*"))
+Q, NEURONS, TOKENS = 11, 12, 13  # seeds: the same seed gives the same Q / permutation
+gate_up = compose(testing.permutation((d, f), 1, NEURONS), testing.left_orthogonal((d, f), Q))
+model_action = testing.per_leaf({
+    "embed": {"embedding": compose(testing.permutation((V, d), 0, TOKENS),
+                                   testing.right_orthogonal((V, d), Q))},
+    "lm_head": {"kernel": compose(testing.permutation((d, V), 1, TOKENS),
+                                  testing.left_orthogonal((d, V), Q))},
+    "layers": {"0": {"mlp": {"gate_proj": {"kernel": gate_up},
+                             "up_proj": {"kernel": gate_up},
+                             "down_proj": {"kernel": compose(
+                                 testing.permutation((f, d), 0, NEURONS),
+                                 testing.right_orthogonal((f, d), Q))}}}},
+    "final_norm": {"scale": None},
+})
+model_errors = {
+    "optzoo.symmetry_compatible": testing.equivariance_error(
+        optzoo.symmetry_compatible(1e-2), model_params, model_grads, model_action),
+    "optax.adamw": testing.equivariance_error(optax.adamw(1e-2), model_params, model_grads,
+                                              model_action),
+}
+fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+ax.barh(list(model_errors), [max(v, FLOOR) for v in model_errors.values()],
+        color=["C2", "C0"], label="error after the run")
+ax.axvline(RESPECT_TOL, color="k", ls="--", lw=1, label="'respects' threshold 1e-4")
+ax.legend(fontsize=8, loc="lower right")
+ax.set_xscale("log")
+ax.set_xlabel("equivariance error ‖W′ − g·W‖/‖g·W‖ (relative; dashed: 1e-4)")
+ax.set_ylabel("optimizer")
+ax.set_title("Whole model under a residual rotation + token and neuron permutations")
+ax.grid(alpha=0.3, axis="x", which="both")
+plt.show()
+print({k: f"{v:.1e}" for k, v in model_errors.items()})
+assert model_errors["optzoo.symmetry_compatible"] <= RESPECT_TOL, model_errors
+assert model_errors["optax.adamw"] >= BREAK_TOL, model_errors
 
 # %% [markdown]
 # ## Summary
