@@ -33,7 +33,8 @@ an already-sharded matrix (at most a small all-reduce), so they do not use it.
 
 Example::
 
-    mesh = jax.make_mesh((8,), ("fsdp",))
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+    # (an Explicit mesh works too, but pads a replicated copy: an all-gather, not all-to-all)
     oc = optzoo.OwnerComputes(mesh)              # matrices distributed over all mesh axes
     tx = optzoo.muon(0.02, owner_computes=oc)     # jit the train step as usual
 """
