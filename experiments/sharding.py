@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -60,6 +60,7 @@ __all__ = [
     "AXES",
     "BATCH_AXES",
     "FSDP_MIN_SIZE",
+    "fsdp_axis",
     "mesh_shape",
     "make_mesh",
     "parse_spec",
@@ -204,9 +205,12 @@ def _entry_size(entry: Any, sizes: dict[str, int]) -> int:
     return math.prod(sizes[n] for n in names)
 
 
-def _fsdp_axis(shape: tuple[int, ...], taken: set[int], fsdp: int) -> int | None:
-    """The largest axis not in ``taken`` divisible by ``fsdp`` (first on ties), or None."""
-    if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+def fsdp_axis(shape: Sequence[int], fsdp: int, *, taken: Collection[int] = (),
+              min_size: int = FSDP_MIN_SIZE) -> int | None:
+    """The FSDP rule: the largest axis not in ``taken`` divisible by ``fsdp`` (first on ties);
+    ``None`` (replicated) when there is none, ``fsdp == 1`` or the leaf has fewer than
+    ``min_size`` elements."""
+    if fsdp == 1 or math.prod(shape) < min_size:
         return None
     best = None
     for axis, dim in enumerate(shape):
@@ -237,8 +241,8 @@ def _default_spec(path: str, shape: tuple[int, ...], sizes: dict[str, int]) -> P
                                  f"{axis} (size {shape[axis]}) of parameter '{path}' {shape}, "
                                  "which tensor parallelism shards on mesh axis 'tp'")
             entries[axis] = "tp"
-    axis = _fsdp_axis(shape, {i for i, e in enumerate(entries) if e is not None},
-                      sizes["fsdp"])
+    taken = {i for i, e in enumerate(entries) if e is not None}
+    axis = fsdp_axis(shape, sizes["fsdp"], taken=taken)
     if axis is not None:
         entries[axis] = "fsdp"
     return P(*entries) if any(e is not None for e in entries) else P()
@@ -333,7 +337,7 @@ def opt_state_specs(opt_state: Any, params: Any, specs: Any, mesh: Any) -> Any:
             return P()
         if hit[0] == shape:
             return hit[1]
-        axis = _fsdp_axis(shape, set(), sizes["fsdp"])
+        axis = fsdp_axis(shape, sizes["fsdp"])
         return P() if axis is None else P(*["fsdp" if a == axis else None
                                             for a in range(len(shape))])
 

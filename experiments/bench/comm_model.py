@@ -142,15 +142,13 @@ def gpt2_leaves(d_model: int, n_layers: int, optimizer: str, *, vocab: int = 502
 
 
 def fsdp_axis(shape: tuple[int, ...], n: int) -> int | None:
-    """The axis FSDP shards over ``n`` devices: the largest axis divisible by ``n`` (the first
-    of equal ones), ``None`` (replicated) when no axis is or ``n == 1``."""
-    if n == 1:
-        return None
-    best = None
-    for ax, size in enumerate(shape):
-        if size % n == 0 and (best is None or size > shape[best]):
-            best = ax
-    return best
+    """The axis FSDP shards over ``n`` devices: the harness's rule
+    (:func:`experiments.sharding.fsdp_axis`: the largest axis divisible by ``n``, the first of
+    equal ones; ``None`` (replicated) when no axis is or ``n == 1``) without its minimum leaf
+    size, so that every leaf of the model is placed the same way."""
+    from experiments.sharding import fsdp_axis as harness_rule
+
+    return harness_rule(shape, n, min_size=0)
 
 
 def _ortho_flops(view: tuple[int, int, int], method: str, steps: int) -> int:
@@ -339,27 +337,16 @@ def _optimizer(name: str, mesh: Any, owner: bool, head_dim: int) -> Any:
     import optax
 
     import optzoo
+    from experiments.bench.trees import hidden_layout
 
     oc = optzoo.OwnerComputes(mesh) if owner else None
     if name == "adamw":
         return optax.adamw(1e-3)
     if name == "muon":  # hidden matrices only, as gpt2_leaves models it
         return optzoo.muon(0.02, ortho_method="newton_schulz", owner_computes=oc,
-                           layout=_hidden_layout)
+                           layout=hidden_layout)
     return optzoo.symmetry_compatible(0.02, head_dim=head_dim, ortho_method="newton_schulz",
                                       owner_computes=oc)
-
-
-def _hidden_layout(params: Any) -> Any:
-    import jax
-
-    from optzoo.layout import MatrixLayout
-
-    def pick(path, x):
-        return MatrixLayout() if jax.tree_util.keystr(path).startswith("['layers']") and (
-            x.ndim == 2) else None
-
-    return jax.tree_util.tree_map_with_path(pick, params)
 
 
 def measure(optimizer: str, leaves: list[Matrix], mesh: Any, *, owner: bool,

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optzoo
-from experiments.bench.trees import gpt2_small_like_tree
+from experiments.bench.trees import gpt2_small_like_tree, hidden_layout
 
 
 def build_tree(layers: int | None) -> dict[str, Any]:
@@ -66,15 +66,6 @@ def fsdp_shardings(tree: Any, mesh: Mesh) -> Any:
         return NamedSharding(mesh, P())
 
     return jax.tree.map(one, tree)
-
-
-def hidden_layout(params: Any) -> Any:
-    """``MatrixLayout()`` for the kernels under ``layers/``, ``None`` elsewhere (AdamW)."""
-    def pick(path, x):
-        p = jax.tree_util.keystr(path)
-        return optzoo.layout.MatrixLayout() if "layers" in p and "kernel" in p else None
-
-    return jax.tree_util.tree_map_with_path(pick, params)
 
 
 def time_variant(tx: optax.GradientTransformation, params: Any, grads: Any, shardings: Any,

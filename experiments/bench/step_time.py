@@ -48,8 +48,12 @@ import jax.numpy as jnp
 import optax
 
 import optzoo
-from experiments.bench.trees import GPT2_SMALL, gpt2_small_like_tree
-from optzoo.layout import MatrixLayout
+from experiments.bench.trees import (
+    GPT2_SMALL,
+    gpt2_small_like_tree,
+    hidden_layout,
+    is_hidden_kernel,
+)
 from optzoo.muon import muon as zoo_muon
 
 __all__ = ["OPTIMIZERS", "BASELINE", "hidden_layout", "make_tree", "time_step", "run", "main"]
@@ -59,23 +63,12 @@ BASELINE = "optax.contrib.muon"
 LR, ADAM_LR, ADAM_B2 = 0.02, 3e-4, 0.95
 
 
-def _is_hidden(path: tuple[Any, ...], x: Any) -> bool:
-    keys = [getattr(k, "key", None) for k in path]
-    return bool(keys) and keys[0] == "layers" and keys[-1] == "kernel" and len(x.shape) >= 2
-
-
-def hidden_layout(params: Any) -> Any:
-    """``MatrixLayout()`` (last two axes; leading axes batch) on hidden kernels, else ``None``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: MatrixLayout() if _is_hidden(p, x) else None, params)
-
-
 def _optax_dimension_numbers(params: Any) -> Any:
     """The same partition for optax.contrib.muon: last two axes, ``None`` off the hidden set."""
     dn = optax.contrib.MuonDimensionNumbers
 
     def pick(p, x):
-        return dn(len(x.shape) - 2, len(x.shape) - 1) if _is_hidden(p, x) else None
+        return dn(len(x.shape) - 2, len(x.shape) - 1) if is_hidden_kernel(p, x) else None
 
     return jax.tree_util.tree_map_with_path(pick, params)
 

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gpt2_small_like_tree", "GPT2_SMALL"]
+__all__ = ["gpt2_small_like_tree", "GPT2_SMALL", "is_hidden_kernel", "hidden_layout"]
 
 GPT2_SMALL = dict(vocab=50257, context=1024, d_model=768, n_layers=12, d_ff=3072)
 
@@ -95,3 +95,19 @@ def gpt2_small_like_tree(
     if not tie_embeddings:
         tree["lm_head"] = {"kernel": leaf(d, v, per_layer=False)}
     return tree
+
+
+def is_hidden_kernel(path: tuple[Any, ...], x: Any) -> bool:
+    """Whether the leaf at ``path`` is a hidden matrix of these trees: a ``kernel`` under
+    ``layers/`` with at least two axes (embeddings, norms and biases are not)."""
+    keys = [getattr(k, "key", None) for k in path]
+    return bool(keys) and keys[0] == "layers" and keys[-1] == "kernel" and len(x.shape) >= 2
+
+
+def hidden_layout(params: Any) -> Any:
+    """``MatrixLayout()`` (last two axes; leading axes batch) on the hidden kernels
+    (:func:`is_hidden_kernel`), ``None`` elsewhere: the Muon / AdamW split of the benchmarks."""
+    from optzoo.layout import MatrixLayout
+
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: MatrixLayout() if is_hidden_kernel(p, x) else None, params)
