@@ -55,6 +55,7 @@ from optzoo._symmetric_core import check_choice, pair_rows, unit_layout, unpair_
 from optzoo._tree import path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 from optzoo.layout import MatrixLayout
+from optzoo.muon import scale_by_muon
 from optzoo.symmetric import (
     HYBRID_ORDERS,
     scale_by_hybrid,
@@ -264,10 +265,6 @@ def _direction(group: str, choice: str, *, rules, head_dim, beta, muon_beta, alp
         adam = optax.scale_by_adam(b1=adam_b1, b2=adam_b2, eps=adam_eps, mu_dtype=mu_dtype)
         return _partition.float16_in_float32(adam), "adamw", True
     if choice == "muon":
-        try:
-            from optzoo.muon import scale_by_muon
-        except ImportError as e:  # pragma: no cover - muon ships with optzoo
-            raise ImportError("symmetry_compatible: Muon roles need optzoo.muon") from e
         inner = scale_by_muon(muon_beta, nesterov=True, ortho_method=ortho_method,
                               ns_steps=ns_steps, ortho_dtype=ortho_dtype, shape_scale="jordan",
                               mu_dtype=mu_dtype, owner_computes=owner_computes)

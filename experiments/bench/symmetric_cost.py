@@ -7,8 +7,7 @@ Compares, on one parameter tree:
   preset ``paper``: row-norm embedding, centered row-norm LM head / router, head-wise Muon
   attention, Muon MLP, AdamW vectors);
 * ``muon[all matrices]`` — ``optzoo.muon.muon`` with its default layout, i.e. Muon on *every*
-  leaf with >= 2 axes, embeddings and LM head included, AdamW on the rest (skipped with a
-  message if ``optzoo.muon`` is not available).
+  leaf with >= 2 axes, embeddings and LM head included, AdamW on the rest.
 
 State bytes come from the state pytree of ``jax.eval_shape(tx.init, params)`` (nothing is
 allocated). Step time is the median wall time of a jitted, buffer-donating
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments.bench.trees import gpt2_small_like_tree
+from optzoo.muon import muon
 from optzoo.symmetric_stack import PRESETS, symmetry_compatible
 
 __all__ = ["state_bytes", "step_time", "optimizers", "measure", "format_table", "main"]
@@ -78,23 +78,17 @@ def step_time(tx: optax.GradientTransformation, params: Any, grads: Any,
 
 
 def optimizers(preset: str, head_dim: int | None,
-               ortho_dtype: Any) -> list[tuple[str, Callable[[], Any] | None, str]]:
-    """``(name, factory or None, note)`` rows; ``None`` marks a skipped optimizer."""
-    rows: list[tuple[str, Callable[[], Any] | None, str]] = [
+               ortho_dtype: Any) -> list[tuple[str, Callable[[], Any], str]]:
+    """``(name, factory, note)`` rows."""
+    return [
         ("adamw", lambda: optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1), ""),
         (f"symmetry_compatible[{preset}]",
          lambda: symmetry_compatible(PRESETS[preset]["learning_rate"], preset=preset,
                                      head_dim=head_dim, ortho_dtype=ortho_dtype), ""),
+        ("muon[all matrices]",
+         lambda: muon(0.02, ortho_method="polar_express", ortho_dtype=ortho_dtype),
+         "Muon on every >=2-D leaf incl. embeddings / head"),
     ]
-    try:
-        from optzoo.muon import muon
-    except ImportError as e:  # the Muon module ships separately during development
-        rows.append(("muon[all matrices]", None, f"skipped: optzoo.muon unavailable ({e})"))
-    else:
-        rows.append(("muon[all matrices]",
-                     lambda: muon(0.02, ortho_method="polar_express", ortho_dtype=ortho_dtype),
-                     "Muon on every >=2-D leaf incl. embeddings / head"))
-    return rows
 
 
 def _tree(model: str, dtype: Any) -> tuple[Any, int | None, str]:
@@ -127,21 +121,19 @@ def measure(model: str = "gpt2_small_tree", preset: str = "paper", dtype: str = 
                              abstract)
     rows = []
     for name, make, note in optimizers(preset, head_dim, odt):
-        row: dict[str, Any] = {"optimizer": name, "note": note}
-        if make is not None:
-            tx = make()
-            row["state_bytes"] = state_bytes(tx, abstract)
-            if time_steps:
-                first, times = step_time(tx, concrete, grads, steps)
-                row["first_call_s"] = first
-                row["step_ms_median"] = 1e3 * statistics.median(times)
-                row["step_ms_min"] = 1e3 * min(times)
+        tx = make()
+        row: dict[str, Any] = {"optimizer": name, "note": note,
+                               "state_bytes": state_bytes(tx, abstract)}
+        if time_steps:
+            first, times = step_time(tx, concrete, grads, steps)
+            row["first_call_s"] = first
+            row["step_ms_median"] = 1e3 * statistics.median(times)
+            row["step_ms_min"] = 1e3 * min(times)
         rows.append(row)
     base = rows[0]
     for r in rows:
-        if "state_bytes" in r:
-            r["state_ratio_vs_adamw"] = r["state_bytes"] / base["state_bytes"]
-            r["bytes_per_param"] = r["state_bytes"] / n_params
+        r["state_ratio_vs_adamw"] = r["state_bytes"] / base["state_bytes"]
+        r["bytes_per_param"] = r["state_bytes"] / n_params
         if "step_ms_median" in r:
             r["step_ratio_vs_adamw"] = r["step_ms_median"] / base["step_ms_median"]
     return {"tree": desc, "model": model, "params": n_params, "dtype": dtype,
@@ -156,9 +148,6 @@ def format_table(result: dict[str, Any]) -> str:
             f"{'step ms':>9} {'vs AdamW':>9} {'1st call s':>10}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
-        if "state_bytes" not in r:
-            lines.append(f"{r['optimizer']:<34} {r['note']}")
-            continue
         step = (f"{r['step_ms_median']:>9.2f} {r['step_ratio_vs_adamw']:>9.2f} "
                 f"{r['first_call_s']:>10.1f}" if "step_ms_median" in r else "")
         lines.append(f"{r['optimizer']:<34} {r['state_bytes'] / 2**20:>10.1f} "
