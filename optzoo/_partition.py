@@ -3,10 +3,15 @@
 Every matrix alias (``muon``, ``polargrad``, ``ef_muon``, ``fismo``, the symmetric maps) is
 ``optax.partition``: leaves whose resolved layout is a :class:`~optzoo.layout.MatrixLayout`
 go to the matrix transform, the others (vectors, scalars, leaves the layout sends away) to the
-fallback — by default AdamW with its own learning rate (``adam_learning_rate=3e-4``,
-``b1=0.9``, ``b2=0.95``, no weight decay: the Muon reference's setting for non-hidden
-parameters; float16 leaves: moments in float32, see :func:`float16_in_float32`), never
-silently to the matrix rule.
+fallback — by default AdamW (``b1=0.9``, ``b2=0.95``, no weight decay: the Muon reference's
+setting for non-hidden parameters; float16 leaves: moments in float32, see
+:func:`float16_in_float32`), never silently to the matrix rule.
+
+The default AdamW's learning rate follows the method's: ``FALLBACK_LR_RATIO × learning_rate``
+(a schedule is scaled pointwise, an injected value under ``optax.inject_hyperparams`` is
+scaled every step), i.e. 3e-4 when the matrix rate is Muon's reference 0.02 — the reference
+runs every parameter group on one schedule multiplier. An explicit ``adam_learning_rate`` (a
+float or its own schedule) is used as given instead.
 """
 
 from __future__ import annotations
@@ -71,10 +76,30 @@ def float16_in_float32(tx: optax.GradientTransformation) -> optax.GradientTransf
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+#: Default AdamW fallback rate as a multiple of the matrix method's learning rate: the Muon
+#: reference's Adam rate 3e-4 at its Muon rate 0.02.
+FALLBACK_LR_RATIO = 0.015
+
+
+def fallback_learning_rate(adam_learning_rate: optax.ScalarOrSchedule | None,
+                           learning_rate: optax.ScalarOrSchedule | None) -> Any:
+    """The default fallback's learning rate: ``adam_learning_rate`` when given, else
+    ``FALLBACK_LR_RATIO × learning_rate`` (pointwise for a schedule)."""
+    if adam_learning_rate is not None:
+        return adam_learning_rate
+    if learning_rate is None:
+        raise TypeError("the default fallback needs adam_learning_rate or the method's "
+                        "learning_rate to follow")
+    if callable(learning_rate):
+        return lambda count: FALLBACK_LR_RATIO * learning_rate(count)
+    return FALLBACK_LR_RATIO * learning_rate
+
+
 def default_fallback(
     fallback: optax.GradientTransformation | None,
     *,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = 3e-4,
     adam_b1: Any = 0.9,
     adam_b2: Any = 0.95,
     adam_eps: Any = 1e-8,
@@ -83,12 +108,13 @@ def default_fallback(
 ) -> optax.GradientTransformation:
     """``fallback`` (or the default AdamW), with updates kept in the gradients' dtypes.
 
-    The default AdamW keeps the moments of float16 leaves in float32
+    The default AdamW runs at :func:`fallback_learning_rate` (``adam_learning_rate`` or
+    ``FALLBACK_LR_RATIO × learning_rate``) and keeps the moments of float16 leaves in float32
     (:func:`float16_in_float32`); a given ``fallback`` is used as is.
     """
     if fallback is None:
         fallback = float16_in_float32(optax.adamw(
-            adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
+            fallback_learning_rate(adam_learning_rate, learning_rate), b1=adam_b1, b2=adam_b2, eps=adam_eps,
             weight_decay=adam_weight_decay, mu_dtype=mu_dtype))
     return keep_update_dtypes(fallback)
 

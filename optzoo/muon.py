@@ -32,16 +32,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _partition, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
-__all__ = ["SHAPE_SCALES", "ScaleByMuonState", "scale_by_muon", "muon"]
+__all__ = ["PRECONDITIONINGS", "SHAPE_SCALES", "ScaleByMuonState", "scale_by_muon", "muon"]
 
 #: Values accepted by ``shape_scale``: Jordan's ``√max(1, fan_out/fan_in)``, Moonshot's
 #: ``rms_scale·√max(fan_in, fan_out)``, or ``None`` (no factor).
 SHAPE_SCALES = ("jordan", "rms", None)
+
+#: Values accepted by ``preconditioning`` (the scaling applied before Newton–Schulz, as in
+#: ``optax.contrib.muon``): ``'frobenius'`` (divide by ``‖X‖_F``, the default), ``'spectral'``
+#: (by ``‖X‖₂``, exact), ``'aol'`` (rows of the wide view scaled by ``(Σ_j |XXᵀ|_ij)^{-1/2}``,
+#: Prach & Lampert's almost-orthogonal layer rescaling: ``‖X‖₂ ≤ 1`` and often much closer to 1
+#: than Frobenius), ``'schatten'`` (by the Schatten-4 norm ``‖XXᵀ‖_F^{1/2}``).
+PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
 
 
 class ScaleByMuonState(NamedTuple):
@@ -81,11 +88,16 @@ def _check_steps(steps: Any, what: str) -> None:
         raise ValueError(f"{what}: ns_steps must be >= 1, got {steps}")
 
 
-def _check_ortho(method: Any, coeffs: Any, what: str) -> None:
+def _check_ortho(method: Any, coeffs: Any, what: str, preconditioning: str = "frobenius") -> None:
     _check_choice(method, "ortho_method", linalg.ORTHOGONALIZERS, what)
     if coeffs is not None and method not in ("newton_schulz", "gram_newton_schulz"):
         raise ValueError(f"{what}: ns_coeffs applies to ortho_method 'newton_schulz' or "
                          f"'gram_newton_schulz', not {method!r}")
+    _checks.choice(preconditioning, "preconditioning", what, PRECONDITIONINGS)
+    if preconditioning != "frobenius" and method != "newton_schulz":
+        raise ValueError(f"{what}: preconditioning={preconditioning!r} applies to "
+                         f"ortho_method='newton_schulz' (optax.contrib.muon's iteration), not "
+                         f"{method!r}")
 
 
 # ------------------------------------------------------------------ shared plumbing
@@ -152,11 +164,67 @@ def _momentum_step(
     return new_mus, dirs
 
 
+def _prescale(y: jax.Array, preconditioning: str, eps: Any) -> jax.Array:
+    """``optax.contrib.muon``'s scaling of a wide ``(b, m, n)`` stack (``m ≤ n``) before NS.
+
+    Every matrix is first divided by its peak entry, so squares stay in range and ``eps`` is
+    relative to the peak (as everywhere in :mod:`optzoo.linalg`): the scaling is then exactly
+    scale-free, where optax's absolute ``eps`` turns inputs below ~1e-4 into 0. For ordinary
+    inputs the two differ by ``O(eps)`` relative. A zero matrix maps to zero.
+    """
+    acc = jnp.promote_types(y.dtype, jnp.float32)
+    z = y.astype(acc)
+    peak = jnp.max(jnp.abs(z), axis=(-2, -1), keepdims=True)
+    z = z / jnp.where(peak > 0, peak, 1)
+    if preconditioning == "spectral":
+        out = z / (jnp.linalg.norm(z, ord=2, axis=(-2, -1), keepdims=True) + eps)
+    elif preconditioning == "schatten":
+        gram = z @ jnp.swapaxes(z, -1, -2)
+        s4_sq = jnp.sqrt(jnp.sum(gram * gram, axis=(-2, -1), keepdims=True))
+        out = z * jax.lax.rsqrt(jnp.maximum(s4_sq, eps))
+    else:  # 'aol': D = row sums of |XXᵀ|; X <- D^{-1/2} X has spectral norm <= 1 (Gershgorin)
+        gram = z @ jnp.swapaxes(z, -1, -2)
+        d = jnp.sum(jnp.abs(gram), axis=-1, keepdims=True)
+        out = z * jax.lax.rsqrt(jnp.maximum(d, eps))
+    return out.astype(y.dtype)
+
+
+def _prescaled_newton_schulz(x: jax.Array, preconditioning: str, steps: int | None,
+                             coeffs: Any, dtype: Any, eps: Any) -> jax.Array:
+    """Newton–Schulz on ``x`` scaled by ``preconditioning`` instead of ``‖x‖_F``.
+
+    The iteration is :func:`optzoo.linalg.newton_schulz`'s on the already-scaled input
+    (``norm_scale`` cannot express a non-Frobenius scaling): wide orientation, products
+    accumulated in float32, one rounding to the compute dtype per step.
+    """
+    table = np.asarray(linalg.JORDAN_QUINTIC if coeffs is None else coeffs, np.float64)
+    if table.ndim == 1:
+        table = np.tile(table, (5 if steps is None else steps, 1))
+    dt = jnp.dtype(dtype) if dtype is not None else x.dtype
+    transposed = x.shape[-2] > x.shape[-1]
+    y = jnp.swapaxes(x, -1, -2) if transposed else x
+    y = _prescale(y, preconditioning, eps).astype(dt)
+    acc = jnp.promote_types(dt, jnp.float32)
+    for a, b, c in table.tolist():
+        gram = jnp.matmul(y, jnp.swapaxes(y, -1, -2), preferred_element_type=acc)
+        gc = gram.astype(dt)
+        poly = (b * gram + c * jnp.matmul(gc, gc, preferred_element_type=acc)).astype(dt)
+        y = (a * y.astype(acc) + jnp.matmul(poly, y, preferred_element_type=acc)).astype(dt)
+    if transposed:
+        y = jnp.swapaxes(y, -1, -2)
+    return jnp.where(jnp.isfinite(x).all(axis=(-2, -1), keepdims=True), y, jnp.nan).astype(
+        x.dtype)
+
+
 def _orthogonalizer(method: str, steps: int | None, coeffs: Any, dtype: Any,
-                    eps: Any) -> Callable[[jax.Array], jax.Array]:
-    """Batched ``(b, m, n) -> (b, m, n)`` polar-factor map of :func:`linalg.orthogonalize`."""
+                    eps: Any, preconditioning: str = "frobenius"
+                    ) -> Callable[[jax.Array], jax.Array]:
+    """Batched ``(b, m, n) -> (b, m, n)`` polar-factor map of :func:`linalg.orthogonalize`
+    (or, with a non-Frobenius ``preconditioning``, of :func:`_prescaled_newton_schulz`)."""
     if coeffs is not None:
         coeffs = np.asarray(coeffs, np.float64)  # concrete: it fixes the unrolled iteration
+    if preconditioning != "frobenius":
+        return lambda x: _prescaled_newton_schulz(x, preconditioning, steps, coeffs, dtype, eps)
 
     def orth(x: jax.Array) -> jax.Array:
         return linalg.orthogonalize(x, method, steps=steps, coeffs=coeffs, dtype=dtype, eps=eps)
@@ -184,7 +252,7 @@ def _matrix_alias(
     layout: layout_lib.LayoutSpec,
     fallback: optax.GradientTransformation | None,
     mu_dtype: Any,
-    adam_learning_rate: optax.ScalarOrSchedule,
+    adam_learning_rate: optax.ScalarOrSchedule | None,
     adam_b1: Any,
     adam_b2: Any,
     adam_eps: Any,
@@ -196,9 +264,22 @@ def _matrix_alias(
     layout may be a callable of the parameters); every leaf must have a floating dtype. The
     fallback's updates are cast to the gradients' dtypes.
     """
+    _checks.learning_rate(learning_rate, "learning_rate", name)
+    _checks.nonnegative(weight_decay, "weight_decay", name)
+    if fallback is None:
+        if adam_learning_rate is not None:
+            _checks.learning_rate(adam_learning_rate, "adam_learning_rate", name)
+        _checks.unit_interval(adam_b1, "adam_b1", name)
+        _checks.unit_interval(adam_b2, "adam_b2", name)
+        _checks.positive(adam_eps, "adam_eps", name)
+        _checks.nonnegative(adam_weight_decay, "adam_weight_decay", name)
+    elif not isinstance(fallback, optax.GradientTransformation):
+        raise TypeError(f"{name}: fallback must be an optax.GradientTransformation or None, "
+                        f"got {type(fallback).__name__}")
     fallback = _partition.default_fallback(
-        fallback, adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2,
-        adam_eps=adam_eps, adam_weight_decay=adam_weight_decay, mu_dtype=mu_dtype)
+        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate,
+        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
+        adam_weight_decay=adam_weight_decay, mu_dtype=mu_dtype)
 
     def layouts_fn(tree):
         return _flat_layouts(tree, layout, name, "parameter")[2]
@@ -229,6 +310,8 @@ def scale_by_muon(
     layout: layout_lib.LayoutSpec = None,
     group: bool = True,
     owner_computes: OwnerComputes | None = None,
+    preconditioning: str = "frobenius",
+    adaptive: bool = False,
 ) -> optax.GradientTransformation:
     r"""Rescales updates to the orthogonalized Nesterov momentum of each matrix (Muon).
 
@@ -290,6 +373,18 @@ def scale_by_muon(
       owner_computes: distribute the orthogonalizations over devices, each matrix computed
         by one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
         (default): wherever XLA places them.
+      preconditioning: scaling before the Newton–Schulz iteration, as ``optax.contrib.muon``'s
+        option of the same name (:data:`PRECONDITIONINGS`): ``'frobenius'`` (default; every
+        ``ortho_method``), or ``'spectral'``, ``'aol'``, ``'schatten'`` (with
+        ``ortho_method='newton_schulz'``). ``'spectral'`` and ``'schatten'`` divide by a
+        unitarily invariant norm, so ``U·Vᵀ`` equivariance is kept; ``'aol'`` scales the rows
+        of the wide view by data-dependent factors: equivariant only under permutations and
+        sign flips (plus rotations on the long side), not under rotations of the short side.
+      adaptive: multiply each matrix's direction ``O`` by ``⟨X, O⟩`` (``= ‖X‖_*`` for an exact
+        polar factor: the dual-norm scaling of Bernstein & Newhouse, ``optax.contrib.muon``'s
+        ``adaptive=True``), per matrix slice. optax sums ``⟨X, O⟩`` over the whole leaf, so the
+        two agree on 2-D leaves and differ on stacked ones (optzoo's is per matrix). The
+        update is then degree-1 homogeneous in the gradient, not scale-invariant.
 
     Returns:
       A :class:`optax.GradientTransformation` with state :class:`ScaleByMuonState`.
@@ -321,17 +416,25 @@ def scale_by_muon(
       Amsel et al., *The Polar Express*, arXiv:2505.16932 (2025) (default orthogonalizer).
     """
     what = "scale_by_muon"
-    _check_unit_interval(beta, "beta", what)
-    _check_ortho(ortho_method, ns_coeffs, what)
+    _checks.unit_interval(beta, "beta", what)
+    _check_ortho(ortho_method, ns_coeffs, what, preconditioning)
     _check_steps(ns_steps, what)
     _check_choice(shape_scale, "shape_scale", SHAPE_SCALES, what)
+    _checks.positive(eps, "eps", what)
+    _checks.positive(rms_scale, "rms_scale", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
+    _checks.float_dtype(ortho_dtype, "ortho_dtype", what)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
-    orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps)
+    orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps, preconditioning)
 
     def matrix_fn(x: jax.Array) -> jax.Array:
         s = _shape_factor(shape_scale, rms_scale, x.shape[-2], x.shape[-1])
         o = orth(x)
+        if adaptive:  # dual-norm scaling <X, O> per matrix, summed in float32 or wider
+            acc = jnp.promote_types(o.dtype, jnp.float32)
+            dual = jnp.sum(x.astype(acc) * o.astype(acc), axis=(-2, -1), keepdims=True)
+            o = (dual * o.astype(acc)).astype(o.dtype)
         return o if s is None else (s * o).astype(o.dtype)
 
     def init_fn(params):
@@ -369,7 +472,7 @@ def muon(
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
     fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
@@ -378,6 +481,8 @@ def muon(
     eps: jax.typing.ArrayLike = 1e-7,
     group: bool = True,
     owner_computes: OwnerComputes | None = None,
+    preconditioning: str = "frobenius",
+    adaptive: bool = False,
 ) -> optax.GradientTransformation:
     r"""Muon on the matrix leaves, an explicit fallback (AdamW by default) on the others.
 
@@ -397,12 +502,17 @@ def muon(
 
     Every other leaf (layout ``None``: by default every leaf with fewer than two axes —
     biases, norm scales) goes to ``fallback``, by default
-    ``optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-    weight_decay=adam_weight_decay, mu_dtype=mu_dtype)`` with the reference README's settings
-    for non-hidden parameters (Adam lr 3e-4, β = (0.9, 0.95)). Unlike ``optax.contrib.muon``,
-    the fallback's learning rate does **not** default to Muon's (0.02 is far too large for
-    Adam) and ``b2`` is 0.95, not 0.999. The fallback's updates (default or given) are cast
-    to the gradients' dtypes.
+    ``optax.adamw(lr_fb, adam_b1, adam_b2, adam_eps, weight_decay=adam_weight_decay,
+    mu_dtype=mu_dtype)`` with the reference README's settings for non-hidden parameters
+    (Adam lr 3e-4 at Muon's 0.02, β = (0.9, 0.95)). Its rate ``lr_fb`` **follows Muon's
+    learning rate**: ``0.015 × learning_rate`` (``optzoo._partition.FALLBACK_LR_RATIO``), a
+    schedule scaled pointwise and an injected value (``optax.inject_hyperparams``) every step
+    — so warmup, decay and a zero learning rate reach the fallback leaves too, as in the
+    reference, where every parameter group shares one schedule multiplier. An explicit
+    ``adam_learning_rate`` (float or schedule) is used exactly as given instead and does not
+    follow ``learning_rate``. Unlike ``optax.contrib.muon``, the fallback's rate is not Muon's
+    own (0.02 is far too large for Adam) and ``b2`` is 0.95, not 0.999. The fallback's
+    updates (default or given) are cast to the gradients' dtypes.
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
@@ -445,7 +555,8 @@ def muon(
       layout: matrix layout spec (see :func:`scale_by_muon`); ``None`` marks non-Muon leaves.
       fallback: transform for leaves without a layout (including its own learning rate);
         ``None`` builds the AdamW above.
-      adam_learning_rate: learning rate of the default fallback.
+      adam_learning_rate: learning rate of the default fallback; ``None`` (default):
+        ``0.015 × learning_rate``, following its schedule (see above).
       adam_b1: ``b1`` of the default fallback.
       adam_b2: ``b2`` of the default fallback.
       adam_eps: ``eps`` of the default fallback.
@@ -456,6 +567,10 @@ def muon(
       owner_computes: distribute the orthogonalizations over devices, each matrix computed
         by one owner (:class:`optzoo.OwnerComputes`, :mod:`optzoo.distributed`); ``None``
         (default): wherever XLA places them.
+      preconditioning: scaling before Newton–Schulz (``optax.contrib.muon``'s option; see
+        :func:`scale_by_muon`).
+      adaptive: dual-norm scaling of each matrix's direction (``optax.contrib.muon``'s
+        ``adaptive=True``; see :func:`scale_by_muon`).
 
     Returns:
       A :class:`optax.GradientTransformation` (an ``optax.partition`` with labels ``'muon'``
@@ -480,7 +595,8 @@ def muon(
         beta, nesterov=nesterov, bias_correction=bias_correction, ortho_method=ortho_method,
         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ortho_dtype=ortho_dtype,
         shape_scale=shape_scale, rms_scale=rms_scale, eps=eps, mu_dtype=mu_dtype,
-        layout=layout, group=group, owner_computes=owner_computes)
+        layout=layout, group=group, owner_computes=owner_computes,
+        preconditioning=preconditioning, adaptive=adaptive)
     return _matrix_alias(
         "muon", tx, learning_rate=learning_rate, weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask, layout=layout, fallback=fallback,

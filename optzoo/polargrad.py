@@ -281,7 +281,10 @@ def polargrad(
       mu_dtype: EMA dtype (also the default fallback's first-moment dtype).
       layout: matrix layout spec; ``None`` marks leaves for the fallback.
       fallback: transform for leaves without a layout; ``None`` builds the AdamW above.
-      adam_learning_rate: learning rate of the default fallback.
+      adam_learning_rate: learning rate of the default fallback (float or schedule). Unlike
+        :func:`optzoo.muon`'s it does not follow ``learning_rate`` by default: PolarGrad's
+        step scales with ``‖M‖_*``, so its rate has no fixed ratio to Adam's; pass a schedule
+        here for warmup/decay of the fallback leaves (``None``: ``0.015 × learning_rate``).
       adam_b1: ``b1`` of the default fallback.
       adam_b2: ``b2`` of the default fallback.
       adam_eps: ``eps`` of the default fallback.
