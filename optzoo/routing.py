@@ -83,6 +83,8 @@ __all__ = [
     "rule_for",
     "classify",
     "layouts",
+    "hidden_layouts",
+    "NON_HIDDEN_ROLES",
     "report",
     "by_role",
 ]
@@ -145,6 +147,13 @@ class Rule:
         the pair ``(gate_j, up_j)``), else ``None``.
       shape: an optional predicate ``shape -> bool`` (e.g. "fewer units than features").
       note: free text shown by :func:`report`-adjacent tooling and error messages.
+      context: ``(pattern, predicate)``: the rule matches only if *another* leaf of the same
+        tree has a (normalized) path matching ``pattern`` — in which ``{parent}`` stands for
+        the matched leaf's path without its last two segments (module and parameter name),
+        regex-escaped — and, if ``predicate`` is given, a shape it accepts. E.g. an MoE router
+        ``mlp/gate/kernel`` is told from a dense gated MLP's ``mlp/gate/kernel`` by its sibling
+        experts: ``(r'^{parent}/experts/', None)``. Without the tree (:func:`rule_for` on one
+        path) a context rule never matches.
     """
 
     pattern: str
@@ -156,6 +165,7 @@ class Rule:
     gate_up_pair: str | None = None
     shape: Callable[[tuple[int, ...]], bool] | None = None
     note: str = ""
+    context: tuple[str, Callable[[tuple[int, ...]], bool] | None] | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -186,13 +196,26 @@ class Rule:
             raise ValueError(f"Rule({self.pattern!r}): head_axis is for attention roles, not "
                              f"{self.role!r}")
 
-    def matches(self, path: str, shape: Sequence[int]) -> bool:
-        """Whether this rule applies to a leaf (``path`` normalized, ``shape``)."""
+    def matches(self, path: str, shape: Sequence[int],
+                tree: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> bool:
+        """Whether this rule applies to a leaf (``path`` normalized, ``shape``); ``tree`` is
+        every leaf's ``(normalized path, shape)``, needed by a ``context`` rule."""
         if self.ndim is not None and len(shape) not in self.ndim:
             return False
         if re.search(self.pattern, path) is None:
             return False
-        return self.shape is None or bool(self.shape(tuple(shape)))
+        if self.shape is not None and not self.shape(tuple(shape)):
+            return False
+        if self.context is None:
+            return True
+        if tree is None:
+            return False
+        pattern, predicate = self.context
+        parent = re.escape(path.rsplit("/", 2)[0]) if path.count("/") >= 2 else ""
+        want = re.compile(pattern.replace("{parent}", parent))
+        return any(other != path and want.search(other) and
+                   (predicate is None or predicate(tuple(other_shape)))
+                   for other, other_shape in tree)
 
     def matrix_layout(self, path: str, shape: Sequence[int]) -> MatrixLayout | None:
         """The leaf's matrix layout under this rule (``None`` for vectors), validated.
@@ -266,13 +289,14 @@ class Report(str):
 
 
 # ----------------------------------------------------------------------- default rules
-def _fewer_units_than_features(shape: tuple[int, ...]) -> bool:
-    return shape[-1] < shape[-2]
-
-
 _ATTN = r"(?i)(attn|attention)[^/]*"
 _STACK2 = (2, 3)       # a 2-D kernel, optionally with a leading scanned-layer axis
 _STACK_E = (2, 3, 4)   # per-expert 2-D, stacked experts, stacked experts in scanned layers
+def _hf_qkv(shape: tuple[int, ...]) -> bool:
+    return shape[-2] == 3 * shape[-1]
+
+
+_CONV1D = MatrixLayout(reduction_axes=(-1,), output_axes=(-2,))  # HF Conv1D (out, in)
 _LINEN_QKV = MatrixLayout(reduction_axes=(-3,), output_axes=(-1,))  # (d, H, d_h): H = batch
 _LINEN_OUT = MatrixLayout(reduction_axes=(-2,), output_axes=(-1,))  # (H, d_h, d): H = batch
 
@@ -280,7 +304,8 @@ _LINEN_OUT = MatrixLayout(reduction_axes=(-2,), output_axes=(-1,))  # (H, d_h, d
 DEFAULT_RULES: tuple[Rule, ...] = (
     # -- vectors: biases and norm parameters of any ndim, then every 0-/1-D leaf.
     Rule(r"(^|/)bias$", "vector", note="biases (also stacked, expert, router biases)"),
-    Rule(r"(?i)(^|/)(\w*norm\w*|ln(_\w+)?)/(scale|bias|weight)$", "vector", note="norms"),
+    Rule(r"(?i)(^|/)(\w*norm(_\d+)?|ln(_\w+)?|ln\d*)/(scale|bias|weight)$", "vector",
+         note="norms: a module name ending in 'norm' (LayerNorm_0, q_norm, input_layernorm)"),
     Rule(r".", "vector", ndim=(0, 1), note="every other 0-/1-D leaf"),
     # -- token embeddings (Flax Embed (V, d): tokens on axis 0).
     Rule(r"(^|/)(embed|embed_tokens|tok_embeddings|token_embedding|token_embedder|wte|"
@@ -289,16 +314,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(r"(^|/)(pos_embed|pos_embedding|position_embedding|position_embeddings|wpe|"
          r"positional_embedding)/embedding$", "other_matrix",
          note="learned positions: positions are not permutable"),
-    # -- untied LM head (Dense kernel (d, V): vocabulary on axis -1).
-    Rule(r"(^|/)(lm_head|output_projection|unembed|logits_dense)/kernel$", "lm_head",
-         unit_axis=-1),
+    # -- untied LM head / classifier (Dense kernel (d, V): vocabulary or classes on axis -1).
+    Rule(r"(^|/)(lm_head|output_projection|unembed|logits_dense|head|classifier)/kernel$",
+         "lm_head", ndim=2, unit_axis=-1),
     # -- MoE routers (Dense kernel (d, E): experts on axis -1).
     Rule(r"(^|/)router/kernel$", "router", unit_axis=-1),
     Rule(r"(?i)(^|/)(moe|block_sparse_moe|sparse_moe|moe_block|moeblock_\d+|switch_moe)/gate/"
          r"kernel$", "router", unit_axis=-1, note="Mixtral/MaxText naming"),
     Rule(r"(^|/)(mlp|feed_forward|ffn)/gate/kernel$", "router", unit_axis=-1,
-         shape=_fewer_units_than_features,
-         note="OLMoE/Qwen-MoE naming; a dense gate (d, f>d) falls through to mlp_gate"),
+         context=(r"^{parent}/experts(/|$)", None),
+         note="OLMoE/Qwen-MoE naming: a router has sibling experts; a dense gated MLP's "
+              "gate (no experts beside it) falls through to mlp_gate"),
     # -- MoE experts: expert axis first (batch), (E, d, f) / (E, f, d), or per-expert 2-D.
     Rule(r"(^|/)experts/gate_up_proj(/kernel)?$", "expert_gate_up", ndim=(3, 4), unit_axis=-1,
          gate_up_pair="interleaved", note="gpt-oss fused (E, d, 2f), interleaved gate/up"),
@@ -311,6 +337,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(_ATTN + r"/key/kernel$", "attn_k", ndim=(3, 4), layout=_LINEN_QKV),
     Rule(_ATTN + r"/value/kernel$", "attn_v", ndim=(3, 4), layout=_LINEN_QKV),
     Rule(_ATTN + r"/out/kernel$", "attn_o", ndim=(3, 4), layout=_LINEN_OUT),
+    # HuggingFace Flax GPT-2 stores its Conv1D kernels (out, in): c_attn (3d, d), c_fc (4d, d),
+    # mlp/c_proj (d, 4d); attn/c_proj (d, d) is told by its sibling c_attn's orientation.
+    Rule(r"(^|/)c_attn/kernel$", "attn_qkv", ndim=2, layout=_CONV1D, head_axis=-2,
+         shape=_hf_qkv, note="HF Flax GPT-2 Conv1D (3d, d) = (out, in)"),
+    Rule(r"(^|/)attn/c_proj/kernel$", "attn_o", ndim=2, layout=_CONV1D, head_axis=-1,
+         context=(r"^{parent}/c_attn/kernel$", _hf_qkv),
+         note="HF Flax GPT-2 Conv1D (d, d) = (out, in)"),
+    Rule(r"(^|/)mlp/c_fc/kernel$", "mlp_up", ndim=2, layout=_CONV1D, unit_axis=-2,
+         shape=lambda s: s[0] > s[1], note="HF Flax GPT-2 Conv1D (4d, d) = (out, in)"),
+    Rule(r"(^|/)mlp/c_proj/kernel$", "mlp_down", ndim=2, layout=_CONV1D, unit_axis=-1,
+         shape=lambda s: s[0] < s[1], note="HF Flax GPT-2 Conv1D (d, 4d) = (out, in)"),
     Rule(r"(?i)(^|/)(qkv_proj|qkv|c_attn|query_key_value|wqkv)/kernel$", "attn_qkv",
          ndim=_STACK2, head_axis=-1, note="fused q|k|v"),
     Rule(r"(^|/)(q_proj|query_proj)/kernel$", "attn_q", ndim=_STACK2, head_axis=-1),
@@ -332,6 +369,21 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          unit_axis=-2),
     Rule(r"(?i)(^|/)(mlp|feed_forward|ffn|mlpblock_\d+)/(wo|proj|c_proj)/kernel$", "mlp_down",
          ndim=_STACK2, unit_axis=-2),
+    # -- generic Flax modules: any 3-D query/key/value/out kernel is a MultiHeadAttention one
+    # (linen nn.MultiHeadAttention / nnx.MultiHeadAttention under any attribute name), linen's
+    # auto-named Dense_<k> / Conv_<k> and NNX Linear/Conv kernels. A classifier's last Dense is
+    # a hidden matrix here unless a rule names it (prepend Rule(r'Dense_3/kernel$', 'lm_head',
+    # unit_axis=-1)).
+    Rule(r"(^|/)query/kernel$", "attn_q", ndim=(3, 4), layout=_LINEN_QKV),
+    Rule(r"(^|/)key/kernel$", "attn_k", ndim=(3, 4), layout=_LINEN_QKV),
+    Rule(r"(^|/)value/kernel$", "attn_v", ndim=(3, 4), layout=_LINEN_QKV),
+    Rule(r"(^|/)out/kernel$", "attn_o", ndim=(3, 4), layout=_LINEN_OUT),
+    Rule(r"(^|/)(Dense|DenseGeneral|Linear)_\d+/kernel$", "other_matrix", ndim=2,
+         note="linen Dense_<k>: a hidden matrix"),
+    *(Rule(r"(^|/)(Conv|ConvTranspose|ConvLocal)_\d+/kernel$", "other_matrix", ndim=nd,
+           layout=MatrixLayout(reduction_axes=tuple(range(-nd, -1)), output_axes=(-1,)),
+           note="conv kernel (*spatial, in, out): spatial axes and in are the fan-in")
+      for nd in (3, 4, 5)),
 )
 
 
@@ -344,20 +396,29 @@ def _rules(rules: Sequence[Rule] | None) -> tuple[Rule, ...]:
     return rules
 
 
-def _match(path: str, shape: tuple[int, ...], rules: tuple[Rule, ...]) -> tuple[int, Rule]:
+def _match(path: str, shape: tuple[int, ...], rules: tuple[Rule, ...],
+           tree: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> tuple[int, Rule]:
     npath = normalize_path(path)
     for i, rule in enumerate(rules):
-        if rule.matches(npath, shape):
+        if rule.matches(npath, shape, tree):
             return i, rule
     raise ValueError(
-        f"routing: no rule covers parameter '{path}' of shape {shape}; every leaf needs a role. "
+        f"routing: no rule covers parameter '{npath}' of shape {shape}; every leaf needs a role. "
         f"Add a rule, e.g. (Rule(r'{re.escape(npath.rsplit('/', 1)[-1])}$', '<role>', ...),) "
         f"+ rules, with a role from {list(ROLES)}")
 
 
-def rule_for(path: str, shape: Sequence[int], rules: Sequence[Rule] | None = None) -> Rule:
-    """The first rule matching a leaf; raises ``ValueError`` naming the path if none does."""
-    return _match(path, tuple(shape), _rules(rules))[1]
+def rule_for(path: str, shape: Sequence[int], rules: Sequence[Rule] | None = None,
+             params: Any = None) -> Rule:
+    """The first rule matching a leaf; raises ``ValueError`` naming the path if none does.
+
+    ``params`` (the whole tree) lets ``context`` rules see the leaf's siblings; without it
+    they do not match (e.g. an ``mlp/gate/kernel`` is then a dense MLP gate, not a router).
+    """
+    tree = None
+    if params is not None:
+        tree = [(normalize_path(p), s) for p, s in _leaves(params)[0]]
+    return _match(path, tuple(shape), _rules(rules), tree)[1]
 
 
 def _leaves(params: Any) -> tuple[list[tuple[str, tuple[int, ...]]], Any]:
@@ -369,9 +430,10 @@ def _resolved(params: Any, rules: Sequence[Rule] | None):
     """``[(path, shape, rule index, rule, layout)]`` and the treedef; validates every leaf."""
     rules = _rules(rules)
     leaves, treedef = _leaves(params)
+    tree = [(normalize_path(p), shape) for p, shape in leaves]
     out = []
     for path, shape in leaves:
-        i, rule = _match(path, shape, rules)
+        i, rule = _match(path, shape, rules, tree)
         out.append((path, shape, i, rule, rule.matrix_layout(path, shape)))
     return out, treedef
 
@@ -395,6 +457,23 @@ def layouts(params: Any, rules: Sequence[Rule] | None = None) -> Any:
     with each rule's ``unit_axis``; usable as the ``layout`` of any optzoo matrix method."""
     resolved, treedef = _resolved(params, rules)
     return treedef.unflatten([lay for *_, lay in resolved])
+
+
+#: Roles that are *not* hidden matrices: Muon-style methods leave them to their fallback.
+NON_HIDDEN_ROLES = ("embedding", "lm_head", "router", "vector")
+
+
+def hidden_layouts(params: Any, rules: Sequence[Rule] | None = None) -> Any:
+    """:func:`layouts` for the hidden matrices only: ``None`` for embeddings, LM heads,
+    routers and vectors (:data:`NON_HIDDEN_ROLES`).
+
+    The one-line way to give a Muon-style optimizer a role-aware layout, so embeddings and
+    heads go to its fallback and multi-axis kernels (linen attention, convs, experts) are read
+    the way their rule says: ``optzoo.muon(0.02, layout=optzoo.routing.hidden_layouts)``.
+    """
+    resolved, treedef = _resolved(params, rules)
+    return treedef.unflatten([None if rule.role in NON_HIDDEN_ROLES else lay
+                              for _, _, _, rule, lay in resolved])
 
 
 # -------------------------------------------------------------------------- partition

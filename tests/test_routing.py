@@ -137,8 +137,10 @@ def test_common_flax_naming():
             "gate": {"kernel": z((8, 4))},
             "experts": {"0": {"w1": {"kernel": z((8, 16))}, "w2": {"kernel": z((16, 8))},
                               "w3": {"kernel": z((8, 16))}}}}},
-        "olmoe": {"mlp": {"gate": {"kernel": z((8, 4))}}},
-        "dense": {"mlp": {"gate": {"kernel": z((8, 24))}, "wo": {"kernel": z((24, 8))}}},
+        "olmoe": {"mlp": {"gate": {"kernel": z((8, 4))},
+                          "experts": {"gate_proj": z((4, 8, 6)), "down_proj": z((4, 6, 8))}}},
+        # a dense gated MLP narrower than d: f=6 < d=8, but no experts beside it
+        "dense": {"mlp": {"gate": {"kernel": z((8, 6))}, "wo": {"kernel": z((6, 8))}}},
         "gptoss": {"experts": {"gate_up_proj": z((4, 8, 12))}},
         "linen": {"MultiHeadDotProductAttention_0": {
             "query": {"kernel": z((8, 2, 4))}, "out": {"kernel": z((2, 4, 8))}}},
@@ -162,8 +164,10 @@ def test_common_flax_naming():
         "mixtral/block_sparse_moe/experts/0/w1/kernel": ("expert_gate_up", 1),
         "mixtral/block_sparse_moe/experts/0/w2/kernel": ("expert_down", 0),
         "mixtral/block_sparse_moe/experts/0/w3/kernel": ("expert_gate_up", 1),
-        "olmoe/mlp/gate/kernel": ("router", 1),          # E=4 < d=8
-        "dense/mlp/gate/kernel": ("mlp_gate", 1),        # f=24 > d=8: a dense gate
+        "olmoe/mlp/gate/kernel": ("router", 1),          # sibling experts: a router
+        "olmoe/mlp/experts/gate_proj": ("expert_gate_up", 2),
+        # repro (before): a (d, f<d) dense gate was classified as a router by its shape alone
+        "dense/mlp/gate/kernel": ("mlp_gate", 1),
         "dense/mlp/wo/kernel": ("mlp_down", 0),
         "gptoss/experts/gate_up_proj": ("expert_gate_up", 2),
         "linen/MultiHeadDotProductAttention_0/query/kernel": ("attn_q", None),
@@ -462,3 +466,106 @@ def test_symmetry_compatible_optax_compatibility():
     testing.check_optax_compatibility(symmetry_compatible,
                                       dict(learning_rate=1e-2, head_dim=2, router="left"),
                                       params, static_args=("head_dim",))
+
+
+# ------------------------------------------------------- everyday Flax trees (issue 17)
+def _hf_gpt2(d=8, vocab=32, positions=16):
+    """HuggingFace Flax GPT-2 parameter names and shapes: FlaxConv1D stores (out, in)."""
+    z = jnp.zeros
+    block = {"ln_1": {"scale": z((d,)), "bias": z((d,))},
+             "attn": {"c_attn": {"kernel": z((3 * d, d)), "bias": z((3 * d,))},
+                      "c_proj": {"kernel": z((d, d)), "bias": z((d,))}},
+             "ln_2": {"scale": z((d,)), "bias": z((d,))},
+             "mlp": {"c_fc": {"kernel": z((4 * d, d)), "bias": z((4 * d,))},
+                     "c_proj": {"kernel": z((d, 4 * d)), "bias": z((d,))}}}
+    return {"transformer": {"wte": {"embedding": z((vocab, d))},
+                            "wpe": {"embedding": z((positions, d))},
+                            "h": {"0": block}, "ln_f": {"scale": z((d,)), "bias": z((d,))}}}
+
+
+def test_hf_flax_gpt2_conv1d_kernels_are_read_out_in():
+    """Repro (before): HF's (out, in) Conv1D kernels were read as (in, out): c_attn (24, 8)
+    split into heads along the input axis, c_fc's units on the input axis, and Muon's shape
+    factor sqrt(max(1, out/in)) inverted (1 instead of 2 for c_fc)."""
+    params = _hf_gpt2()
+    got = roles_by_path(params)
+    h = "transformer/h/0"
+    assert got[f"{h}/attn/c_attn/kernel"] == ("attn_qkv", None)
+    assert got[f"{h}/attn/c_proj/kernel"] == ("attn_o", None)
+    assert got[f"{h}/mlp/c_fc/kernel"] == ("mlp_up", 0)      # neurons: axis 0 of (4d, d)
+    assert got[f"{h}/mlp/c_proj/kernel"] == ("mlp_down", 1)  # neurons: axis 1 of (d, 4d)
+    lays = routing.layouts(params)["transformer"]["h"]["0"]
+    # fan_in x fan_out of the matrix view: c_attn d -> 3d, c_fc d -> 4d, c_proj 4d -> d
+    assert lays["attn"]["c_attn"]["kernel"].matrix_shape((24, 8)) == (1, 8, 24)
+    assert lays["mlp"]["c_fc"]["kernel"].matrix_shape((32, 8)) == (1, 8, 32)
+    assert lays["mlp"]["c_proj"]["kernel"].matrix_shape((8, 32)) == (1, 32, 8)
+    assert lays["attn"]["c_proj"]["kernel"].reduction_axes == (-1,)
+    # Muon's shape factor follows: sqrt(max(1, fan_out/fan_in)) = 2 on c_fc (orthogonal rows)
+    import optzoo
+    g = jnp.asarray(np.random.default_rng(0).standard_normal((32, 8)), jnp.float32)
+    tx = optzoo.scale_by_muon(beta=0.0, ortho_method="svd",
+                              layout=lays["mlp"]["c_fc"]["kernel"])
+    u, _ = tx.update(g, tx.init(g))
+    s = np.linalg.svd(np.asarray(u), compute_uv=False)
+    np.testing.assert_allclose(s, 2.0, rtol=1e-5)
+    # negative control: the Dense-orientation GPT-2 of the test above keeps (in, out)
+    dense = {"h": {"0": {"attn": {"c_attn": {"kernel": jnp.zeros((8, 24))},
+                                  "c_proj": {"kernel": jnp.zeros((8, 8))}}}}}
+    dl = routing.layouts(dense)["h"]["0"]["attn"]
+    assert dl["c_attn"]["kernel"].matrix_shape((8, 24)) == (1, 8, 24)
+    assert dl["c_proj"]["kernel"].reduction_axes == (-2,)
+
+
+def test_linen_and_nnx_module_names_are_covered():
+    """linen auto-names (Dense_k, Conv_k, MultiHeadAttention_k), NNX attribute names with the
+    /value suffix, a 3-D MultiHeadAttention under any attribute name, a classifier head."""
+    z = jnp.zeros
+    linen = {"Conv_0": {"kernel": z((3, 3, 4, 8)), "bias": z((8,))},
+             "Dense_0": {"kernel": z((8, 16)), "bias": z((16,))},
+             "MultiHeadAttention_0": {"query": {"kernel": z((16, 2, 4))},
+                                      "out": {"kernel": z((2, 4, 16))}},
+             "LayerNorm_0": {"scale": z((16,)), "bias": z((16,))},
+             "head": {"kernel": z((16, 10)), "bias": z((10,))}}
+    nnx_state = {"mha": {"query": {"kernel": {"value": z((16, 2, 4))}},
+                         "key": {"kernel": {"value": z((16, 2, 4))}}},
+                 "fc1": {"kernel": {"value": z((16, 32))}},
+                 "classifier": {"kernel": {"value": z((32, 10))}}}
+    got = roles_by_path(linen)
+    assert got["Conv_0/kernel"][0] == "other_matrix"
+    assert got["Dense_0/kernel"][0] == "other_matrix"
+    assert got["MultiHeadAttention_0/query/kernel"][0] == "attn_q"
+    assert got["LayerNorm_0/scale"][0] == "vector"
+    assert got["head/kernel"] == ("lm_head", 1)
+    conv = routing.layouts(linen)["Conv_0"]["kernel"]
+    assert conv.matrix_shape((3, 3, 4, 8)) == (1, 36, 8)  # spatial taps and in: fan-in
+    roles = routing.classify(nnx_state)
+    assert roles["mha"]["query"]["kernel"]["value"] == "attn_q"
+    assert roles["fc1"]["kernel"]["value"] == "mlp_up"
+    assert roles["classifier"]["kernel"]["value"] == "lm_head"
+
+
+def test_uncovered_leaf_message_names_the_normalized_path():
+    """Repro (before): the error printed 'head2/kernel/value' but rules match the path without
+    '/value', so a rule copied from the message never matched."""
+    state = {"head2": {"kernel": {"value": jnp.zeros((4, 3))}}}
+    with pytest.raises(ValueError, match=r"parameter 'head2/kernel' ") as err:
+        routing.classify(state)
+    assert "head2/kernel/value" not in str(err.value)
+
+
+def test_a_norm_named_matrix_is_not_silently_a_vector():
+    """Repro (before): any leaf under a segment containing 'norm' with a scale/bias/weight
+    name was a vector (so a 2-D 'normalizer/weight' matrix got AdamW silently)."""
+    tree = {"normalizer": {"weight": jnp.zeros((8, 8))}}
+    with pytest.raises(ValueError, match="no rule covers parameter 'normalizer/weight'"):
+        routing.classify(tree)
+    assert routing.classify({"q_norm": {"scale": jnp.zeros(4)}})["q_norm"]["scale"] == "vector"
+
+
+def test_hidden_layouts_leave_embeddings_heads_routers_and_vectors_to_the_fallback():
+    params = _hf_gpt2()
+    lays = routing.hidden_layouts(params)
+    assert lays["transformer"]["wte"]["embedding"] is None
+    assert lays["transformer"]["ln_f"]["scale"] is None
+    assert lays["transformer"]["wpe"]["embedding"] is not None  # other_matrix: hidden
+    assert lays["transformer"]["h"]["0"]["mlp"]["c_fc"]["kernel"] is not None
