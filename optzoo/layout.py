@@ -191,9 +191,47 @@ class MatrixLayout:
         return jnp.transpose(y, _inverse_permutation(perm))
 
 
-def default_layout(x: Any) -> MatrixLayout | None:
-    """The layout a matrix method uses when none is given: last two axes for >= 2-D leaves."""
-    return MatrixLayout() if jnp.ndim(x) >= 2 else None
+def default_layout(x: Any, path: str = "<param>") -> MatrixLayout | None:
+    """The layout a matrix method uses when none is given, for the leaf ``x`` at ``path``.
+
+    * vectors — leaves with fewer than two axes, and any leaf :mod:`optzoo.routing`'s rules
+      call a ``vector`` (biases and norm scales of any shape, e.g. a linen attention bias
+      ``(heads, head_dim)``): ``None``, i.e. the method's fallback;
+    * 2-D leaves: ``MatrixLayout()``, a Flax ``(fan_in, fan_out)`` kernel;
+    * everything else raises ``ValueError`` naming the path and the one-line fix, because
+      reading it by default would silently pick *some* matrices: a leaf with more than two
+      axes (a linen ``MultiHeadAttention`` kernel ``(d, heads, head_dim)``, a conv kernel,
+      stacked layers or experts — which axes are the matrix?) and a 2-D leaf the routing
+      rules call an ``embedding`` or ``lm_head`` (Muon-style methods are meant for hidden
+      matrices).
+
+    The fixes: ``layout=optzoo.routing.hidden_layouts`` (role-aware: embeddings, heads,
+    routers and vectors to the fallback, multi-axis kernels read as their rule says),
+    ``layout=optzoo.layout.MatrixLayout()`` (every >= 2-D leaf's last two axes, leading axes
+    as batch axes — the previous default, now an explicit choice), or a layout tree.
+    """
+    from optzoo import routing  # routing imports this module: resolve the role lazily
+
+    shape = tuple(int(s) for s in jnp.shape(x))
+    try:
+        role = routing.rule_for(path, shape).role
+    except ValueError:
+        role = None  # no rule knows this name: judged by its shape alone
+    if role == "vector" or len(shape) < 2:
+        return None
+    fix = ("pass layout=optzoo.routing.hidden_layouts (role-aware), "
+           "layout=optzoo.layout.MatrixLayout() (last two axes, leading axes as batch axes) "
+           "or a layout tree (None sends a leaf to the fallback)")
+    if len(shape) > 2:
+        raise ValueError(f"default layout: parameter '{path}' of shape {shape} has "
+                         f"{len(shape)} axes, and which of them form the matrix (stacked "
+                         "layers or experts? attention heads? conv taps?) is a decision the "
+                         f"default does not make; {fix}")
+    if role in ("embedding", "lm_head"):
+        raise ValueError(f"default layout: parameter '{path}' of shape {shape} is an "
+                         f"{role.replace('_', ' ')} by its name; matrix methods are meant for "
+                         f"hidden matrices, so say what it gets: {fix}")
+    return MatrixLayout()
 
 
 LayoutSpec = MatrixLayout | Callable[[Any], Any] | Any | None
@@ -203,7 +241,9 @@ def resolve(layout: LayoutSpec, params: Any, *, what: str = "matrix method") -> 
     """Returns a tree (structure of ``params``) of ``MatrixLayout | None``, validated.
 
     Args:
-      layout: ``None`` (the :func:`default_layout` of each leaf), a single ``MatrixLayout``
+      layout: ``None`` (the :func:`default_layout` of each leaf: 2-D leaves are matrices,
+        vectors go to the fallback, >2-D leaves, embeddings and heads raise), a single
+        ``MatrixLayout``
         (used for every leaf with at least 2 dimensions; lower-dimensional leaves get ``None``),
         a pytree of ``MatrixLayout | None`` with the structure of ``params``, or a callable
         mapping ``params`` to such a tree.
@@ -240,7 +280,8 @@ def resolve(layout: LayoutSpec, params: Any, *, what: str = "matrix method") -> 
     if callable(layout) and not isinstance(layout, MatrixLayout):
         layout = layout(params)
     if layout is None:
-        tree = jax.tree.map(default_layout, params)
+        tree = jax.tree_util.tree_map_with_path(
+            lambda p, x: default_layout(x, path_str(p)), params)
     elif isinstance(layout, MatrixLayout):
         tree = jax.tree.map(lambda x: layout if jnp.ndim(x) >= 2 else None, params)
     else:

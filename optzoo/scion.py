@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optzoo import _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo import linalg
 from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
@@ -253,8 +253,13 @@ def lmo_bias_rms(
         raise TypeError(f"lmo_bias_rms: expected a floating array, got dtype {x.dtype}")
     acc = jnp.promote_types(x.dtype, jnp.float32)
     xa = x.astype(acc)
-    rms = jnp.sqrt(jnp.mean(jnp.square(xa), axis=axis, keepdims=True))
-    return (-radius * xa / (rms + eps)).astype(x.dtype)
+    # Rescale by the peak before squaring (x/(RMS(x)+eps) = z/(RMS(z)+eps/peak), z = x/peak):
+    # squares of |x| > ~1e19 overflow float32 and the direction became exactly 0.
+    peak = jnp.max(jnp.abs(xa), axis=axis, keepdims=True)
+    safe = jnp.where(peak > 0, peak, 1)
+    z = xa / safe
+    rms = jnp.sqrt(jnp.mean(jnp.square(z), axis=axis, keepdims=True))
+    return (-radius * z / (rms + eps / safe)).astype(x.dtype)
 
 
 # ------------------------------------------------------------------- per-leaf resolution
@@ -355,10 +360,9 @@ def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None,
 
 
 def _check_momentum(momentum: Any) -> None:
-    if isinstance(momentum, numbers.Real) and not isinstance(momentum, bool):
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"scale_by_scion: momentum (Scion's α, the weight of the new "
-                             f"gradient) must lie in (0, 1], got {momentum}")
+    # Scion's α is the weight of the *new* gradient: α = 0 would never move.
+    _checks.real(momentum, "momentum (Scion's α, the weight of the new gradient)",
+                 "scale_by_scion", lo=0.0, hi=1.0, lo_open=True)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -445,6 +449,9 @@ def scale_by_scion(
     """
     what = "scale_by_scion"
     _check_momentum(momentum)
+    _checks.integer(ns_steps, "ns_steps", what, lo=1, allow_none=True)
+    _checks.positive(eps, "eps", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
     if ortho_method not in linalg.ORTHOGONALIZERS:
         raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
                          f"{linalg.ORTHOGONALIZERS}")
@@ -570,6 +577,8 @@ def scion(
       arXiv:2502.07529 (uSCG and SCG, Algorithms 1–2 of the arXiv version; equation numbers
       not re-verified); reference code github.com/LIONS-EPFL/scion.
     """
+    _checks.learning_rate(learning_rate, "learning_rate", "scion")
+    _checks.nonnegative(weight_decay, "weight_decay", "scion")
     if constrained:
         if _is_number(weight_decay) and not isinstance(weight_decay, jax.core.Tracer) and (
                 float(np.asarray(weight_decay)) != 0.0):

@@ -18,6 +18,10 @@ from optzoo import linalg, testing
 from optzoo.layout import MatrixLayout
 from optzoo.muon import ScaleByMuonState, muon, scale_by_muon
 
+# Stacked leaves ([L, m, n], [E, m, n]) are read with an explicit layout: the default reads
+# only 2-D leaves and refuses > 2-D ones (tests/test_default_layout.py).
+STACKED = MatrixLayout()
+
 # Jordan's quintic, written out here (not imported) so the reference is independent.
 QA, QB, QC = 3.4445, -4.7750, 2.0315
 
@@ -69,9 +73,9 @@ COMPAT_PARAMS = {"w": jnp.asarray(_normal(1, (4, 6))), "stack": jnp.asarray(_nor
 
 
 @pytest.mark.parametrize("kwargs,static", [
-    (dict(learning_rate=0.02, weight_decay=0.01), ()),
+    (dict(learning_rate=0.02, weight_decay=0.01, layout=STACKED), ()),
     (dict(learning_rate=0.02, ortho_method="newton_schulz", ns_steps=5, bias_correction=True,
-          shape_scale="rms", mu_dtype=jnp.float32), ("ns_steps", "mu_dtype")),
+          shape_scale="rms", mu_dtype=jnp.float32, layout=STACKED), ("ns_steps", "mu_dtype")),
 ], ids=["defaults", "ns5-biascorr-rms"])
 def test_optax_compatibility(kwargs, static):
     testing.check_optax_compatibility(muon, kwargs, COMPAT_PARAMS, static_args=static)
@@ -160,7 +164,7 @@ def _eq_problem():
 @pytest.mark.parametrize("method", ["auto", "newton_schulz", "gram_newton_schulz", "svd"])
 def test_bi_orthogonal_equivariance_with_momentum_and_decay(method):
     params, grads, action = _eq_problem()
-    tx = muon(0.1, weight_decay=0.5, ortho_method=method)
+    tx = muon(0.1, weight_decay=0.5, ortho_method=method, layout=STACKED)
     # NS-type maps use only X, XXᵀ and ‖X‖_F: exactly equivariant up to float32 rounding of
     # U·X·Vᵀ (measured <= 2.7e-6 over 4 steps, 'auto' includes the Gram path on the 3×9 leaf).
     testing.check_equivariance(tx, params, grads, action, rtol=2e-5)
@@ -178,7 +182,8 @@ def test_direction_is_invariant_to_gradient_scale(c):
     params = _tree(shapes, 3)
     grads = [_tree(shapes, 60 + t) for t in range(3)]
     scaled = [jax.tree.map(lambda x: c * x, g) for g in grads]
-    for tx in (scale_by_muon(), muon(0.02, weight_decay=0.1, ortho_method="newton_schulz")):
+    for tx in (scale_by_muon(layout=STACKED),
+               muon(0.02, weight_decay=0.1, ortho_method="newton_schulz", layout=STACKED)):
         _, u1, _ = _run(tx, params, grads)
         _, u2, _ = _run(tx, params, scaled)
         # Exact in real arithmetic (the eps of the normalization is relative to the peak
@@ -207,9 +212,10 @@ def test_stacked_leaves_equal_per_slice_and_grouping_changes_nothing():
     method = "auto"  # the default; the grouping logic does not depend on the orthogonalizer
     params = _tree(STACK_SHAPES, 4)
     grads = [_tree(STACK_SHAPES, 80 + t) for t in range(3)]
-    grouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method), params, grads)
-    ungrouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method, group=False),
-                           params, grads)
+    grouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method, layout=STACKED),
+                         params, grads)
+    ungrouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method, group=False,
+                                layout=STACKED), params, grads)
     sliced, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method), _slices(params),
                         [_slices(g) for g in grads])
     # Each matrix is processed independently by the same batched kernels: measured bitwise

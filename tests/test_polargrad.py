@@ -13,7 +13,21 @@ import pytest
 
 from optzoo import testing
 from optzoo.layout import MatrixLayout
-from optzoo.polargrad import ScaleByPolarGradState, polargrad, scale_by_polargrad
+from optzoo.polargrad import ScaleByPolarGradState
+from optzoo.polargrad import polargrad as _polargrad
+from optzoo.polargrad import scale_by_polargrad as _scale_by_polargrad
+
+# The stacked leaves of these tests are read with an explicit layout (the default reads only
+# 2-D leaves and refuses > 2-D ones: tests/test_default_layout.py).
+STACKED = MatrixLayout()
+
+
+def polargrad(*args, layout=STACKED, **kwargs):
+    return _polargrad(*args, layout=layout, **kwargs)
+
+
+def scale_by_polargrad(*args, layout=STACKED, **kwargs):
+    return _scale_by_polargrad(*args, layout=layout, **kwargs)
 
 
 def _normal(seed: int, shape, scale: float = 1.0) -> np.ndarray:
@@ -63,12 +77,13 @@ COMPAT_PARAMS = {"w": jnp.asarray(_normal(1, (4, 6))), "stack": jnp.asarray(_nor
 
 
 @pytest.mark.parametrize("kwargs,static", [
-    (dict(learning_rate=1e-3, weight_decay=0.01), ()),  # momentum-first, QDWH
+    (dict(learning_rate=1e-3, weight_decay=0.01, layout=STACKED), ()),  # momentum-first, QDWH
     (dict(learning_rate=1e-3, variant="polar_first", ortho_method="polar_express", ns_steps=5,
-          nesterov=True), ("ns_steps",)),
+          nesterov=True, layout=STACKED), ("ns_steps",)),
 ], ids=["momentum_first-qdwh", "polar_first-polar_express"])
 def test_optax_compatibility(kwargs, static):
-    testing.check_optax_compatibility(polargrad, kwargs, COMPAT_PARAMS, static_args=static)
+    # the real factory (its signature is what inject_hyperparams binds), layout given
+    testing.check_optax_compatibility(_polargrad, kwargs, COMPAT_PARAMS, static_args=static)
 
 
 # ------------------------------------------------------------ float64 re-derivation

@@ -294,7 +294,8 @@ _NORMS = {"w": "spectral", "stack": "spectral", "head": "column", "emb": "row", 
 def test_optax_battery(constrained):
     params = testing.random_like(_PARAMS, seed=1)
     kwargs = dict(learning_rate=0.05, norms=_NORMS, radius=2.0, momentum=0.2,
-                  constrained=constrained, weight_decay=0.0 if constrained else 0.01)
+                  constrained=constrained, weight_decay=0.0 if constrained else 0.01,
+                  layout=MatrixLayout())
     testing.check_optax_compatibility(S.scion, kwargs, params)
 
 
@@ -304,7 +305,8 @@ def test_battery_sign_head_and_callable_norms():
     def norms(path, leaf):
         return "sign" if path == "head" else "auto"
 
-    kwargs = dict(learning_rate=0.05, norms=norms, radius=3.0, ns_steps=4)
+    kwargs = dict(learning_rate=0.05, norms=norms, radius=3.0, ns_steps=4,
+                  layout=MatrixLayout())
     testing.check_optax_compatibility(S.scion, kwargs, params,
                                       static_args=("norms", "ns_steps"))
 
