@@ -21,11 +21,22 @@ This module holds the server-side optax transforms — :func:`scale_by_ringmaste
 as an extra argument) — and the parameter-agnostic schedules. The worker side (timing,
 staleness, cancel-and-restart) is the discrete-event simulator :mod:`optzoo.ringmaster_sim`.
 
+Reference code: the authors' release github.com/vectozavr/ringmaster-lmo (read at commit
+c2ebc8a, ``src/asynchronous/algorithm.py``): ``RingmasterMuonASGD``,
+``ParameterAgnosticRingmasterMuonASGD`` and the baselines ``RennalaMuonSGD`` and
+``DelayAdaptiveMuonASGD`` (:func:`delay_adaptive`; Rennala is ``batch_size=`` of
+:func:`optzoo.ringmaster_sim.simulate`); ``tests/test_ringmaster_reference.py`` ports their
+server loops to numpy and matches the simulator to them.
+
 Parameter-agnostic schedules (Sadiev et al., arXiv:2605.18174, iteration-complexity theorem;
 the released code ``ParameterAgnosticRingmasterMuonASGD`` uses the same), ``k`` = updates
 applied so far: ``η_k = η/(k+1)^{3/4}`` (:func:`agnostic_learning_rate`),
 ``α_0 = 1, α_k = 1/√k`` i.e. ``β_k = 1 − 1/√k`` (:func:`agnostic_beta`), and
-``R_k = max(1, ⌊1/α_k⌋) = max(1, ⌊√k⌋)`` (:func:`agnostic_delay_threshold`).
+``R_k = max(1, ⌊1/α_k⌋) = max(1, ⌊√k⌋)`` (:func:`agnostic_delay_threshold`). In the
+reference the cancellation that follows the update ``k → k+1`` still uses ``R_k`` (the
+threshold is refreshed after it); the simulator does the same. (The reference computes
+``⌊1/(1/√k)⌋`` in floating point, which is ``√k − 1`` at 15 perfect squares below 10⁵, the
+first ``k = 8649``; optzoo uses the exact integer square root.)
 
 Ringmaster ASGD (Maranjyan, Tyurin, Richtárik, arXiv:2501.16168) is the special case
 ``lmo = identity`` (no normalization) with ``β = 0`` — ``ringmaster(γ, lmo=lambda g: g,
@@ -42,10 +53,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optzoo import _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo import linalg
 from optzoo._tree import check_floating, map_with_path
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
@@ -58,6 +70,7 @@ __all__ = [
     "ringmaster",
     "ringmaster_agnostic",
     "discard_stale",
+    "delay_adaptive",
     "agnostic_learning_rate",
     "agnostic_beta",
     "agnostic_delay_threshold",
@@ -145,10 +158,22 @@ def delay_threshold_at(delay_threshold: DelayThreshold, count: int) -> float:
 
 
 # ------------------------------------------------------------------------ directions
-def _check_unit_interval(value: Any, name: str, what: str) -> None:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{what}: {name} must lie in [0, 1], got {value}")
+def _check_direction_args(what: str, *, beta, lmo, vector_lmo, ortho_method, ns_steps,
+                          shape_scale, eps, mu_dtype, nesterov) -> None:
+    """Construction-time checks shared by the Ringmaster factories (each names ``what``)."""
+    if not callable(lmo):
+        _checks.choice(lmo, "lmo", what, LMOS)
+    if vector_lmo is not None and not callable(vector_lmo):
+        _checks.choice(vector_lmo, "vector_lmo", what, VECTOR_LMOS)
+    _checks.choice(shape_scale, "shape_scale", what, ("jordan", None))
+    if not callable(beta):
+        _checks.unit_interval(beta, "beta", what)
+    _checks.choice(ortho_method, "ortho_method", what, linalg.ORTHOGONALIZERS)
+    _checks.integer(ns_steps, "ns_steps", what, lo=1, allow_none=True)
+    _checks.positive(eps, "eps", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
+    if not isinstance(nesterov, bool | np.bool_):
+        raise TypeError(f"{what}: nesterov must be a bool, got {nesterov!r}")
 
 
 def _shape_factor(shape_scale: str | None, m: int, n: int) -> float | None:
@@ -280,20 +305,10 @@ def scale_by_ringmaster_lmo(
       Oracle Momentum Method*, arXiv:2605.18174 (2026), Algorithm 1.
     """
     what = "scale_by_ringmaster_lmo"
-    if not callable(lmo) and lmo not in LMOS:
-        raise ValueError(f"{what}: unknown lmo {lmo!r}; expected one of {list(LMOS)} or a "
-                         "callable")
-    if vector_lmo is not None and not callable(vector_lmo) and vector_lmo not in VECTOR_LMOS:
-        raise ValueError(f"{what}: unknown vector_lmo {vector_lmo!r}; expected one of "
-                         f"{list(VECTOR_LMOS)}, a callable or None")
-    if shape_scale not in ("jordan", None):
-        raise ValueError(f"{what}: unknown shape_scale {shape_scale!r}; expected 'jordan' or "
-                         "None")
-    if not callable(beta):
-        _check_unit_interval(beta, "beta", what)
-    if ortho_method not in linalg.ORTHOGONALIZERS:
-        raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
-                         f"{list(linalg.ORTHOGONALIZERS)}")
+    _check_direction_args(what, beta=beta, lmo=lmo, vector_lmo=vector_lmo,
+                          ortho_method=ortho_method, ns_steps=ns_steps,
+                          shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
+                          nesterov=nesterov)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
@@ -401,6 +416,13 @@ def ringmaster(
       Maranjyan, Tyurin, Richtárik, *Ringmaster ASGD: The First Asynchronous SGD with Optimal
       Time Complexity*, ICML 2025, arXiv:2501.16168.
     """
+    what = "ringmaster"
+    _checks.learning_rate(learning_rate, "learning_rate", what)
+    _checks.nonnegative(weight_decay, "weight_decay", what)
+    _check_direction_args(what, beta=beta, lmo=lmo, vector_lmo=vector_lmo,
+                          ortho_method=ortho_method, ns_steps=ns_steps,
+                          shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
+                          nesterov=nesterov)
     return optax.chain(
         scale_by_ringmaster_lmo(
             beta, lmo, nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
@@ -453,6 +475,12 @@ def ringmaster_agnostic(
       Sadiev, Maranjyan, Ilin, Richtárik, arXiv:2605.18174 (2026): parameter-agnostic
       theorem (``α_k = 1/√k``, ``R_k = ⌊1/α_k⌋``, ``η_k = η/(k+1)^{3/4}``).
     """
+    what = "ringmaster_agnostic"
+    if not callable(learning_rate):
+        _checks.positive(learning_rate, "learning_rate", what)
+    _check_direction_args(what, beta=agnostic_beta, lmo=lmo, vector_lmo=vector_lmo,
+                          ortho_method=ortho_method, ns_steps=ns_steps, shape_scale="jordan",
+                          eps=1e-7, mu_dtype=None, nesterov=nesterov)
     return ringmaster(agnostic_learning_rate(learning_rate), lmo, beta=agnostic_beta,
                       nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
                       ns_steps=ns_steps, layout=layout, owner_computes=owner_computes)
@@ -462,6 +490,8 @@ def ringmaster_agnostic(
 def discard_stale(
     tx: optax.GradientTransformation,
     delay_threshold: DelayThreshold,
+    *,
+    pass_through: tuple[str, ...] = (),
 ) -> optax.GradientTransformationExtraArgs:
     """The Ringmaster server rule as an optax wrapper: apply ``tx`` only if ``delay < R_k``.
 
@@ -474,23 +504,40 @@ def discard_stale(
     (∞) or ``'agnostic'`` (``max(1, ⌊√k⌋)``); callables of ``k`` are not accepted here (``k``
     is traced under jit) — use :func:`optzoo.ringmaster_sim.simulate` for those.
 
+    Any other keyword to ``update`` raises ``TypeError`` naming it (a misspelled ``delays=``
+    would otherwise be dropped silently and every stale gradient applied), unless it is
+    listed in ``pass_through``: those are forwarded to ``tx`` (e.g. ``('value',)`` for an
+    inner line search). The state holds no shared buffers (donating an eagerly built state
+    to a jitted step works).
+
     Args:
       tx: the server update (e.g. :func:`ringmaster`).
       delay_threshold: ``R``.
+      pass_through: names of extra ``update`` keywords forwarded to ``tx``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`DiscardStaleState`.
+
+    Raises:
+      ValueError: a callable, unknown name or number below 1 for ``delay_threshold``.
+      TypeError: (at ``update``) a keyword other than ``delay`` and ``pass_through``.
 
     References:
       Maranjyan, Tyurin, Richtárik, arXiv:2501.16168, Algorithm 4 (Ringmaster ASGD without
       calculation stops); Sadiev et al., arXiv:2605.18174, Algorithm 1.
     """
-    if callable(delay_threshold) or (isinstance(delay_threshold, str)
-                                     and delay_threshold != "agnostic"):
-        raise ValueError("discard_stale: delay_threshold must be a number >= 1, None or "
+    what = "discard_stale"
+    if callable(delay_threshold) or isinstance(delay_threshold, bool) or (
+            isinstance(delay_threshold, str) and delay_threshold != "agnostic"):
+        raise ValueError(f"{what}: delay_threshold must be a number >= 1, None or "
                          f"'agnostic', got {delay_threshold!r}")
-    if isinstance(delay_threshold, numbers.Real) and not delay_threshold >= 1:
-        raise ValueError(f"discard_stale: delay_threshold must be >= 1, got {delay_threshold}")
+    if delay_threshold is not None and not isinstance(delay_threshold, str):
+        if not (isinstance(delay_threshold, numbers.Real) and delay_threshold == math.inf):
+            _checks.real(delay_threshold, "delay_threshold", what, lo=1.0)
+    if isinstance(pass_through, str) or not all(isinstance(k, str) for k in pass_through):
+        raise TypeError(f"{what}: pass_through must be a tuple of keyword names, got "
+                        f"{pass_through!r}")
+    forwarded = frozenset(pass_through)
     inner = optax.with_extra_args_support(tx)
 
     def threshold(count):
@@ -501,10 +548,18 @@ def discard_stale(
         return jnp.asarray(delay_threshold, jnp.float32)
 
     def init_fn(params):
-        zero = jnp.zeros([], jnp.int32)
-        return DiscardStaleState(count=zero, discarded=zero, inner=inner.init(params))
+        # Two separate buffers: one array in both fields cannot be donated to a jitted step.
+        return DiscardStaleState(count=jnp.zeros([], jnp.int32),
+                                 discarded=jnp.zeros([], jnp.int32), inner=inner.init(params))
 
     def update_fn(updates, state, params=None, *, delay=None, **extra_args):
+        unknown = sorted(set(extra_args) - forwarded)
+        if unknown:
+            hint = " (did you mean delay=?)" if any(k.startswith("delay") for k in unknown) \
+                else ""
+            raise TypeError(f"{what}: update() got unexpected keyword argument(s) "
+                            f"{', '.join(repr(k) for k in unknown)}{hint}; it takes delay= and "
+                            f"the names in pass_through={tuple(sorted(forwarded))}")
         new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
         if delay is None:
             accept = jnp.asarray(True)
@@ -519,3 +574,46 @@ def discard_stale(
             inner=kept)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ------------------------------------------------------------------------ baseline
+def delay_adaptive(
+    tx: optax.GradientTransformation,
+    n_workers: int,
+) -> optax.GradientTransformationExtraArgs:
+    """Delay-adaptive asynchronous steps: ``tx``'s update times ``n/max(n, delay)``.
+
+    The baseline of the Ringmaster papers (Mishchenko, Bach, Even, Woodworth, NeurIPS 2022,
+    arXiv:2206.07638; Koloskova, Stich, Jaggi, NeurIPS 2022): every arrival is applied,
+    however stale, but with step size ``η_k = η·min(1, n/δ_k)`` for an arrival of delay
+    ``δ_k`` among ``n`` workers — the authors' ``DelayAdaptiveMuonASGD`` (lr
+    ``γ·n/max(n, δ)`` on the Muon step; the momentum itself is updated as usual). Run it
+    under :func:`optzoo.ringmaster_sim.simulate` with ``delay_threshold=None``.
+
+    ``update(grads, state, params, *, delay)``; without ``delay`` the factor is 1. Other
+    keywords raise ``TypeError`` (as :func:`discard_stale`).
+
+    Args:
+      tx: the server update (e.g. :func:`ringmaster`).
+      n_workers: ``n``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with ``tx``'s state.
+    """
+    what = "delay_adaptive"
+    _checks.integer(n_workers, "n_workers", what, lo=1)
+    inner = optax.with_extra_args_support(tx)
+    n = float(n_workers)
+
+    def update_fn(updates, state, params=None, *, delay=None, **extra_args):
+        if extra_args:
+            raise TypeError(f"{what}: update() got unexpected keyword argument(s) "
+                            f"{', '.join(repr(k) for k in sorted(extra_args))}; it takes "
+                            "delay=")
+        out, state = inner.update(updates, state, params)
+        if delay is None:
+            return out, state
+        factor = n / jnp.maximum(n, jnp.asarray(delay).astype(jnp.float32))
+        return jax.tree.map(lambda u: (factor * u).astype(u.dtype), out), state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)

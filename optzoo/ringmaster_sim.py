@@ -17,15 +17,33 @@ Event loop (asynchronous mode; ``k`` = updates applied so far):
    to computing it at the start) goes through ``tx`` and ``k ← k + 1``; otherwise it is
    discarded. Either way the worker restarts at the current iterate;
 4. with ``cancel_stale`` (Ringmaster *with calculation stops*, the default), every other
-   worker whose delay reached ``R_k`` is cancelled and restarted now; its partial work is
-   lost (counted in ``jobs_cancelled``, not in ``grads_computed``).
+   worker whose delay (counted after this update) reached ``R_k`` — the threshold of this
+   arrival, ``k`` the count *before* its update, as in the authors' simulator
+   (``ParameterAgnosticRingmasterMuonASGD`` refreshes ``R`` only after cancelling) — is
+   cancelled and restarted now; its partial work is lost (counted in ``jobs_cancelled``,
+   not in ``grads_computed``).
 
 Synchronous mode: all ``n`` workers compute at the same iterate, the server waits for the
 slowest, averages the ``n`` gradients and applies one update (minibatch SGD/Muon).
 
+Rennala mode (``batch_size=S``; Tyurin & Richtárik, *Optimal Time Complexities of Parallel
+Stochastic Optimization Methods Under a Fixed Computation Model*, NeurIPS 2023, Method 4;
+the authors' ``RennalaMuonSGD``): every worker computes at the current iterate ``x_k``; a
+worker that finishes hands in its gradient and starts another one *at the same* ``x_k``; once
+``S`` gradients are in, the server averages them, applies one update, and every worker is
+restarted at ``x_{k+1}`` (the jobs still running are cancelled, as the reference's
+``reset_all_nodes``). Fast workers contribute several gradients to a batch, slow ones none.
+
+Delay-adaptive asynchronous SGD (Mishchenko, Bach, Even, Woodworth, *Asynchronous SGD Beats
+Minibatch SGD Under Arbitrary Delays*, NeurIPS 2022; Koloskova, Stich, Jaggi, NeurIPS 2022;
+the authors' ``DelayAdaptiveMuonASGD``) is the asynchronous mode with ``R = ∞`` and the
+server update wrapped in :func:`optzoo.ringmaster.delay_adaptive` (step ``η·n/max(n, δ)``).
+
 Counters: ``grads_computed`` (completed gradient computations, applied or discarded),
-``grads_applied``, ``grads_discarded``, ``jobs_cancelled``. ``history`` samples the loss on a
-uniform simulated-time grid (``eval_interval``) and/or every ``eval_every`` updates.
+``grads_applied``, ``grads_discarded``, ``jobs_cancelled``, and per worker
+``applied_per_worker`` / ``computed_per_worker`` (which workers' gradients the server used:
+at high heterogeneity Ringmaster may apply only the fastest worker's). ``history`` samples
+the loss on a uniform simulated-time grid (``eval_interval``) and/or every ``eval_every`` updates.
 """
 
 from __future__ import annotations
@@ -141,11 +159,12 @@ def fixed_times(n_workers: int, tau: float | Sequence[float] = 1.0) -> ComputeTi
 
 
 def reference_times(n_workers: int, noise: float = 0.05) -> ComputeTimes:
-    """The Ringmaster LMO experiments' profile: ``τ_i = 1 + √(i+1) + |N(0, (noise·√(i+1))²)|``
-    (0-based ``i``; reference code ``build_transport``)."""
+    """The Ringmaster LMO experiments' profile: ``τ_i = √(i+1) + |N(0, (noise·√(i+1))²)|``
+    (0-based ``i``; reference code ``build_transport`` with its default base time 1: the
+    transport returns ``now + delay_i + noise``, ``delay_i = √(i+1)``). Slowest/fastest
+    ``≈ √n``. (Earlier versions added 1 to every ``τ_i``, which the reference does not.)"""
     roots = [math.sqrt(i + 1) for i in range(n_workers)]
-    return ComputeTimes(tuple(1 + r for r in roots), "halfnormal",
-                        tuple(noise * r for r in roots))
+    return ComputeTimes(tuple(roots), "halfnormal", tuple(noise * r for r in roots))
 
 
 def heterogeneous_times(n_workers: int, level: float, noise: float = 0.05) -> ComputeTimes:
@@ -190,9 +209,13 @@ class SimulationResult:
         docstring).
       history: dicts ``{time, updates, grads_computed, grads_discarded, jobs_cancelled,
         loss}`` (``loss`` from ``eval_fn``; ``None`` without one).
-      trace: one dict per applied update ``{time, worker, job, delay, threshold, loss}``
-        (``loss``: the worker's minibatch loss at its snapshot).
+      trace: one dict per applied update ``{time, worker, job, delay, threshold, loss,
+        workers}`` (``loss``: the worker's minibatch loss at its snapshot; ``workers``: the
+        workers whose gradients went into it, one per gradient; ``worker = -1`` for a
+        synchronous or Rennala batch).
       params_trace: parameters after each applied update (``record_params=True``).
+      applied_per_worker / computed_per_worker: per worker, gradients that went into an
+        applied update / gradient computations completed.
     """
 
     params: Any
@@ -206,11 +229,13 @@ class SimulationResult:
     history: list[dict] = dataclasses.field(default_factory=list)
     trace: list[dict] = dataclasses.field(default_factory=list)
     params_trace: list[Any] = dataclasses.field(default_factory=list)
+    applied_per_worker: list[int] = dataclasses.field(default_factory=list)
+    computed_per_worker: list[int] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict:
         """JSON-ready counters, history and trace (no arrays)."""
         keys = ("time", "updates", "grads_computed", "grads_applied", "grads_discarded",
-                "jobs_cancelled")
+                "jobs_cancelled", "applied_per_worker", "computed_per_worker")
         return {**{k: getattr(self, k) for k in keys}, "history": self.history,
                 "trace": self.trace}
 
@@ -229,6 +254,25 @@ def _jitted(fn: Callable, kind: str) -> Callable:
     return cache[kind]
 
 
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _jitted_step(tx: optax.GradientTransformation, pass_delay: bool) -> Callable:
+    """One jitted server step per transform (keyed on its ``update``), so repeated
+    simulations of the same ``tx`` (seeds, thresholds) reuse its compilation."""
+    cache = _STEPS.setdefault(tx.update, {})
+    if pass_delay not in cache:
+        txe = optax.with_extra_args_support(tx)
+
+        def step(p, s, g, delay):
+            extra = {"delay": delay} if pass_delay else {}
+            u, s = txe.update(g, s, p, **extra)
+            return optax.apply_updates(p, u), s
+
+        cache[pass_delay] = jax.jit(step)
+    return cache[pass_delay]
+
+
 def _tree_mean(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]) / len(xs), *trees)
 
@@ -242,6 +286,7 @@ def simulate(
     delay_threshold: DelayThreshold = None,
     cancel_stale: bool = True,
     synchronous: bool = False,
+    batch_size: int | None = None,
     max_updates: int | None = None,
     max_time: float | None = None,
     max_grads: int | None = None,
@@ -268,6 +313,9 @@ def simulate(
       cancel_stale: cancel and restart workers whose delay reached ``R_k`` right after each
         update (with calculation stops) instead of discarding their gradient on arrival.
       synchronous: synchronous minibatch baseline (module docstring).
+      batch_size: Rennala SGD with batch size ``S`` (module docstring): collect ``S``
+        gradients at the current iterate from whichever workers finish first, apply their
+        average, restart everyone. Ignores ``delay_threshold``/``cancel_stale``.
       max_updates: stop after this many applied updates.
       max_time: stop at this simulated time.
       max_grads: stop after this many completed gradient computations.
@@ -293,6 +341,12 @@ def simulate(
     if eval_every is not None and not (isinstance(eval_every, int) and eval_every >= 1):
         raise ValueError(f"simulate: eval_every must be an int >= 1, got {eval_every}")
     delay_threshold_at(delay_threshold, 0)  # validates the spec early
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or \
+                batch_size < 1:
+            raise ValueError(f"simulate: batch_size must be an int >= 1, got {batch_size!r}")
+        if synchronous:
+            raise ValueError("simulate: give synchronous=True or batch_size, not both")
     n = times.n_workers
     rng = np.random.default_rng(seed)
     key0 = jax.random.PRNGKey(seed)
@@ -302,16 +356,12 @@ def simulate(
     def grad_job(p, job):
         return grad_jit(p, key0, job)
 
-    @jax.jit
-    def step(p, s, g, delay):
-        extra = {"delay": delay} if pass_delay else {}
-        u, s = txe.update(g, s, p, **extra)
-        return optax.apply_updates(p, u), s
-
+    step = _jitted_step(tx, pass_delay)
     eval_jit = _jitted(eval_fn, "eval") if eval_fn is not None else None
     state = txe.init(params)
     gated = isinstance(state, DiscardStaleState)
-    res = SimulationResult(params=params, opt_state=state)
+    res = SimulationResult(params=params, opt_state=state, applied_per_worker=[0] * n,
+                           computed_per_worker=[0] * n)
     next_eval = [0.0 if eval_interval is not None else math.inf]
 
     def log(t):
@@ -326,19 +376,22 @@ def simulate(
             log(next_eval[0])
             next_eval[0] += eval_interval
 
-    def apply(g, delay, worker, job, loss, now, threshold):
+    def apply(g, delay, worker, job, loss, now, threshold, workers=None):
+        workers = [worker] if workers is None else list(workers)
         new_params, new_state = step(res.params, res.opt_state, g,
                                      jnp.asarray(delay, jnp.int32))
         if gated and int(new_state.discarded) > int(res.opt_state.discarded):
             res.opt_state = new_state  # the wrapped rule rejected it: params unchanged
-            res.grads_discarded += 1
+            res.grads_discarded += len(workers)
             return
         res.params, res.opt_state = new_params, new_state
         res.updates += 1
-        res.grads_applied += 1
+        res.grads_applied += len(workers)
+        for w in workers:
+            res.applied_per_worker[w] += 1
         res.trace.append({"time": float(now), "worker": worker, "job": job,
                           "delay": int(delay), "threshold": float(threshold),
-                          "loss": float(loss)})
+                          "loss": float(loss), "workers": workers})
         if record_params:
             res.params_trace.append(new_params)
         if eval_every is not None and res.updates % eval_every == 0:
@@ -364,8 +417,49 @@ def simulate(
             next_job += n
             now = finish
             res.grads_computed += n
+            for i in range(n):
+                res.computed_per_worker[i] += 1
             loss = float(np.mean([float(r[0]) for r in results]))
-            apply(_tree_mean([r[1] for r in results]), 0, -1, next_job - n, loss, now, 1.0)
+            apply(_tree_mean([r[1] for r in results]), 0, -1, next_job - n, loss, now, 1.0,
+                  workers=range(n))
+    elif batch_size is not None:
+        heap: list[tuple[float, int, int]] = []
+        started = [0.0] * n
+        current = [-1] * n
+
+        def start_at(i, t):
+            nonlocal next_job
+            current[i], started[i] = next_job, t
+            heapq.heappush(heap, (t + times.sample(i, rng), i, next_job))
+            next_job += 1
+
+        for i in range(n):
+            start_at(i, 0.0)
+        batch: list[tuple[Any, int, int, float]] = []
+        while not done():
+            t, i, job = heapq.heappop(heap)
+            if current[i] != job:
+                continue  # a job cancelled by the last round's restart
+            if max_time is not None and t > max_time:
+                break
+            log_until(t)
+            now = t
+            loss, g = grad_job(res.params, jnp.asarray(job, jnp.int32))
+            res.grads_computed += 1
+            res.computed_per_worker[i] += 1
+            batch.append((g, i, job, float(loss)))
+            if len(batch) < batch_size:
+                start_at(i, now)  # another gradient at the same iterate
+                continue
+            apply(_tree_mean([b[0] for b in batch]), 0, -1, batch[0][2],
+                  float(np.mean([b[3] for b in batch])), now, 1.0,
+                  workers=[b[1] for b in batch])
+            batch = []
+            heap.clear()
+            for j in range(n):  # everyone restarts at the new iterate
+                if j != i and started[j] < now:
+                    res.jobs_cancelled += 1
+                start_at(j, now)
     else:
         jobs: list[tuple[int, int, Any]] = [None] * n  # (job id, k at start, snapshot)
         heap: list[tuple[float, int, int]] = []
@@ -390,6 +484,7 @@ def simulate(
             delay = res.updates - k_start
             threshold = delay_threshold_at(delay_threshold, res.updates)
             res.grads_computed += 1
+            res.computed_per_worker[i] += 1
             if delay < threshold:
                 loss, g = grad_job(snapshot, jnp.asarray(job, jnp.int32))
                 apply(g, delay, i, job, loss, now, threshold)
@@ -397,7 +492,9 @@ def simulate(
                 res.grads_discarded += 1
             start(i, now)
             if cancel_stale:
-                threshold = delay_threshold_at(delay_threshold, res.updates)
+                # The threshold of this arrival, R_k with k the count *before* its update
+                # (the reference refreshes R only after cancelling; R_{k+1} here was an
+                # off-by-one against it).
                 for j in range(n):
                     if j != i and res.updates - jobs[j][1] >= threshold:
                         res.jobs_cancelled += 1

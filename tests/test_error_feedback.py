@@ -89,7 +89,9 @@ def test_ef_identity_delta_plus_error_equals_p_every_step(compressor):
     shapes = {"w": (5, 7), "stack": (2, 4, 3)}
     params = {k: _j(_np(i, s)) for i, (k, s) in enumerate(shapes.items())}
     sched = optax.linear_schedule(0.3, 0.05, 5)
-    tx = EF.scale_by_ef_muon(0.8, compressor=compressor, step_size=sched, nesterov=True)
+    # stacked leaf: an explicit layout (the default layout refuses leaves with > 2 axes)
+    tx = EF.scale_by_ef_muon(0.8, compressor=compressor, step_size=sched, nesterov=True,
+                             layout=MatrixLayout())
     state = tx.init(params)
     for t in range(5):
         g = {k: _j(_np(10 * t + i, s)) for i, (k, s) in enumerate(shapes.items())}
@@ -186,7 +188,7 @@ def test_ef_sign_equivariant_under_signed_permutation():
 def test_stacked_leaf_equals_per_slice(compressor):
     stack = _j(_np(11, (3, 4, 6)))
     grads = [_j(_np(12 + t, (3, 4, 6))) for t in range(3)]
-    tx = EF.scale_by_ef_muon(0.5, compressor=compressor, step_size=0.3)
+    tx = EF.scale_by_ef_muon(0.5, compressor=compressor, step_size=0.3, layout=MatrixLayout())
     s1, s2 = tx.init(stack), tx.init([stack[i] for i in range(3)])
     for g in grads:
         u1, s1 = tx.update(g, s1)
@@ -222,8 +224,9 @@ _PARAMS = {"w": jnp.zeros((4, 6)), "stack": jnp.zeros((2, 3, 5)), "b": jnp.zeros
 @pytest.mark.parametrize("compressor", ["spectral", "sign"])
 def test_optax_battery(compressor):
     params = testing.random_like(_PARAMS, seed=1)
-    kwargs = dict(learning_rate=0.05, beta=0.9, compressor=compressor, weight_decay=0.01)
-    testing.check_optax_compatibility(EF.ef_muon, kwargs, params)
+    kwargs = dict(learning_rate=0.05, beta=0.9, compressor=compressor, weight_decay=0.01,
+                  layout={"w": MatrixLayout(), "stack": MatrixLayout(), "b": None})
+    testing.check_optax_compatibility(EF.ef_muon, kwargs, params, static_args=("layout",))
 
 
 # ------------------------------------------------------------------------ errors
