@@ -16,7 +16,12 @@ With momentum in the whitened coordinates, per matrix ``G ∈ R^{m×n}`` (ALGORI
   M_t = \beta M_{t-1} + (1-\beta)\tilde G_t ,\quad
   \Delta W_t = s\, P_t^{-1/2}\,\mathrm{polar}(M_t)\,Q_t^{-1/2} ,
 
-with ``P_0 = I_m``, ``Q_0 = I_n``, ``M_0 = 0`` and a shape factor ``s`` (Muon's). The factors
+with ``P_0 = I_m``, ``Q_0 = I_n``, ``M_0 = 0`` and a shape factor ``s`` (Muon's). This is
+Algorithm 1 of the paper as quoted by two independent public summaries (the zij canon page
+``math/fismo`` and a nanochat research note; the paper's own code is not public and the PDF
+was not read here): ``P`` is updated first with the previous ``Q_{t-1}^{-1}``, then ``Q`` with
+the NEW ``P_t^{-1}`` — a Gauss–Seidel sweep of the coupled fixed point of the paper's
+Theorem 1, chosen there on purpose over a simultaneous (Jacobi) update. The factors
 are "flip-flop" (Kronecker maximum-likelihood) estimates of the gradient covariance,
 trace-normalized (``tr P = m``, ``tr Q = n``); the whitening uses the inverse *square* roots
 ``P^{-1/2}``, ``Q^{-1/2}`` (not Shampoo's fourth roots), as in the trust-region derivation.
@@ -25,15 +30,30 @@ Implementation choices (DEFAULT (ours) where the source is silent):
 
 * Orientation: ``G`` is the ``(m, n) = (fan_in, fan_out)`` matrix view of the
   :class:`~optzoo.layout.MatrixLayout` (Flax), so ``P`` acts on the fan-in side and ``Q`` on the
-  fan-out side; the method is symmetric in the two sides, so this only fixes which factor is
-  which. Leading axes are batch axes: every slice has its own ``P``, ``Q`` and momentum.
+  fan-out side. The method is NOT symmetric in the two sides, so the orientation matters:
+  the paper's Gauss–Seidel order refreshes the left (fan-in) factor first, and FISMO on
+  ``Gᵀ`` transposed back is FISMO with the right factor refreshed first — it differs from
+  FISMO on ``G`` by ~7 % after one step and 30-110 % later (measured on 5x8 gradients with a
+  row/column structure; ``tests/test_fismo_paper.py`` pins the exact relation), and the
+  ``'jordan'`` shape factor ``√max(1, n/m)`` is not transpose-symmetric either. Leading axes
+  are batch axes: every slice has its own ``P``, ``Q`` and momentum.
 * Inverse roots are computed in float32 (or wider) by :func:`optzoo.linalg.inverse_sqrt_psd`
   every ``precondition_frequency`` steps (first at step 0) and cached; all inverse powers,
   including ``P^{-1} = (P^{-1/2})²`` and ``Q^{-1}`` in the statistics, come from the cache.
   On a refresh step ``P``'s root is recomputed right after ``P_t`` is formed and ``Q``'s
   right after ``Q_t``, so with ``precondition_frequency=1`` the recursion above is followed
   exactly. The roots carry the relative damping ``root_eps`` of ``inverse_sqrt_psd``:
-  ``(P + root_eps·(tr P/m)·I)^{-1/2}``.
+  ``(P + root_eps·(tr P/m)·I)^{-1/2}`` (``root_eps=0``: the exact roots of the paper).
+* Range: the statistics are quadratic in ``G``, so they are formed from ``G/s`` with
+  ``s = max|G|`` per matrix (floored at the dtype's smallest normal number) and ``s`` enters
+  the trace normalization only through ``log s`` (:func:`_factor_step`; exact in real
+  arithmetic, rounding-level changes only); the whitening is ``s·(P^{-1/2}(G/s)Q^{-1/2})``.
+  Every step is finite for every finite gradient up to ~1e36 in float32/bfloat16 (before: NaN
+  from |G| ~ 1e19-1e20). The directions are not scale-free, because the method is not: the
+  damping ``μI`` and the EMA weight of the trace-normalized ``P_{t-1}`` are fixed while the
+  statistic scales as ``|G|²``, so small gradients leave ``P ≈ I`` (Muon-like) and large ones
+  make ``P`` follow the current ``G``. With ``γ = μ = 0`` the recursion is scale-invariant and
+  the computed direction is too, from 1e-30 to 1e30.
 * The damping ``μ·tr(P)/m`` is absolute in gradient units once ``tr P = m``: the whitening
   depends on the gradient scale (for ``‖G‖² ≪ μ·mn`` it tends to the identity and FISMO to
   Muon). This follows the summary of the paper's equations; unverified against the paper.
@@ -49,31 +69,40 @@ orthogonal ``U``, ``V`` (up to the rounding of ``eigh``).
 Cost per ``m×n`` matrix: state ``mn + 2(m² + n²)`` floats (factors and their cached roots);
 ``≈ 4mn(m + n)`` FLOPs per step for the statistics and the whitening, ``O(m³ + n³)`` per
 refresh, plus the orthogonalizer. With ``m`` a vocabulary size the left factor is
-infeasible: route embeddings and heads elsewhere (their layout ``None`` sends them to the
-fallback).
+infeasible (50257x768: 19 GiB): a leaf whose factor side exceeds ``max_factor_dim``
+(default :data:`MAX_FACTOR_DIM` = 16384) is refused at ``init`` with an error naming its path
+and the fix — give it the layout ``None`` (the fallback), or raise / disable
+``max_factor_dim``. A ``(1, N)`` or ``(N, 1)`` leaf with ``N <= max_factor_dim`` is accepted
+and keeps an ``N×N`` factor (``2N²`` floats with its root, for ``N`` parameters): give such
+vector-like leaves the layout ``None`` too.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optzoo import _partition, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
-__all__ = ["SHAPE_SCALES", "ScaleByFismoState", "scale_by_fismo", "fismo"]
+__all__ = ["MAX_FACTOR_DIM", "SHAPE_SCALES", "ScaleByFismoState", "scale_by_fismo", "fismo"]
 
 #: Names accepted by ``shape_scale``.
 SHAPE_SCALES = ("jordan", "rms", "none")
+
+#: Default ``max_factor_dim``: no Kronecker factor larger than 16384 x 16384 (1 GiB in float32,
+#: 2 GiB with its cached root) is allocated unless asked for. Every hidden and MLP width up to
+#: 16384 passes; every common vocabulary (GPT-2 50257, LLaMA 32000 / 128256) is refused.
+MAX_FACTOR_DIM = 16384
 
 
 class ScaleByFismoState(NamedTuple):
@@ -105,6 +134,11 @@ def _shape_factor(kind: str, m: int, n: int, rms_scale: Any) -> Any:
     return 1.0
 
 
+def _identity_stack(b: int, d: int, dtype: Any) -> jax.Array:
+    """``b`` copies of ``I_d`` as one freshly allocated ``(b, d, d)`` array."""
+    return jnp.tile(jnp.eye(d, dtype=dtype)[None], (b, 1, 1))
+
+
 def _sym(a: jax.Array) -> jax.Array:
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
@@ -113,11 +147,46 @@ def _trace(a: jax.Array) -> jax.Array:
     return jnp.trace(a, axis1=-2, axis2=-1)[..., None, None]
 
 
-def _factor_step(factor: jax.Array, stat: jax.Array, gamma: Any) -> jax.Array:
-    """``sym(d·F̃/tr F̃)`` with ``F̃ = γF + (1 − γ)S``: the trace-normalized EMA."""
+def _max_abs(g: jax.Array) -> jax.Array:
+    """``max|G|`` per matrix (shape ``(..., 1, 1)``), floored at the dtype's smallest normal
+    number so that ``G / s`` is safe (and exactly 0 for ``G = 0``)."""
+    s = jnp.max(jnp.abs(g), axis=(-2, -1), keepdims=True)
+    return jnp.maximum(s, jnp.finfo(g.dtype).tiny)
+
+
+def _factor_step(factor: jax.Array, stat: jax.Array, scale: jax.Array, gamma: Any,
+                 damping: Any) -> jax.Array:
+    r"""``sym(d·F̃/tr F̃)`` with ``F̃ = γF + (1 − γ)(s²·S + μ(tr F/d)·I)``: the
+    trace-normalized EMA, evaluated without forming ``s²``.
+
+    ``stat`` is the statistic of the rescaled gradient ``G/s`` (``s = max|G|``, so its entries
+    are ``O(1)``): the true statistic is ``s²·stat``, which overflows float32 for
+    ``|G| >~ 1e19`` and underflows for ``|G| <~ 1e-19``. With ``A = γF + (1 − γ)μ(tr F/d)I``
+    and ``B = (1 − γ)·stat`` (both ``O(1)``), ``F̃ = A + s²B`` and, exactly,
+
+    .. math::
+      rac{d\,	ilde F}{\mathrm{tr}	ilde F}
+        = d\Big(w_A rac{A}{\mathrm{tr}A} + w_B rac{B}{\mathrm{tr}B}\Big),\quad
+      w_B = \sigma(\log r) = 1 - w_A,\quad
+      \log r = 2\log s + \log\mathrm{tr}B - \log\mathrm{tr}A ,
+
+    with ``σ`` the logistic function: every quantity is finite for every finite ``G`` (a zero
+    trace gives weight 0 to its term; if both traces vanish — ``G = 0`` with ``γ = μ = 0`` —
+    the factor is kept).
+    """
     d = factor.shape[-1]
-    mixed = gamma * factor + (1.0 - gamma) * stat
-    return _sym(d * mixed / _trace(mixed))
+    eye = jnp.eye(d, dtype=factor.dtype)
+    a = gamma * factor + ((1.0 - gamma) * damping) * (_trace(factor) / d) * eye
+    b = (1.0 - gamma) * stat
+    ta, tb = _trace(a), _trace(b)
+    log_r = 2.0 * jnp.log(scale) + jnp.log(tb) - jnp.log(ta)
+    both_zero = (ta <= 0) & (tb <= 0)
+    log_r = jnp.where(both_zero, 0.0, log_r)
+    w_a, w_b = jax.nn.sigmoid(-log_r), jax.nn.sigmoid(log_r)
+    part_a = jnp.where(ta > 0, a / jnp.where(ta > 0, ta, 1.0), 0.0)
+    part_b = jnp.where(tb > 0, b / jnp.where(tb > 0, tb, 1.0), 0.0)
+    new = d * (w_a * part_a + w_b * part_b)
+    return _sym(jnp.where(both_zero, factor, new))
 
 
 @functools.cache
@@ -144,10 +213,67 @@ def _root_refresher(method: str) -> Callable[..., jax.Array]:
     return refresher
 
 
-def _check_in(value: Any, name: str, lo: float, hi: float, what: str) -> None:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not lo <= value < hi:
-            raise ValueError(f"{what}: {name} must lie in [{lo}, {hi}), got {value}")
+def _validate(what: str, **kw: Any) -> None:
+    """Construction-time checks of every hyperparameter (optzoo._checks: Python numbers, numpy
+    scalars and 0-d arrays are checked, traced values pass through), naming the argument."""
+    _checks.unit_interval(kw["beta"], "beta", what, hi_open=True)
+    _checks.unit_interval(kw["gamma"], "gamma", what, hi_open=True)
+    _checks.nonnegative(kw["damping"], "damping", what)
+    _checks.integer(kw["precondition_frequency"], "precondition_frequency", what, lo=1)
+    _checks.nonnegative(kw["root_eps"], "root_eps", what)
+    _checks.choice(kw["root_method"], "root_method", what, ("eigh", "newton_schulz"))
+    _checks.choice(kw["shape_scale"], "shape_scale", what, SHAPE_SCALES)
+    _checks.positive(kw["rms_scale"], "rms_scale", what)
+    _checks.choice(kw["ortho_method"], "ortho_method", what, linalg.ORTHOGONALIZERS)
+    _checks.integer(kw["ns_steps"], "ns_steps", what, lo=1, allow_none=True)
+    _checks.float_dtype(kw["mu_dtype"], "mu_dtype", what)
+    _static_dim(kw["max_factor_dim"], what)
+    for name in ("learning_rate", "adam_learning_rate"):
+        if name in kw:
+            _checks.learning_rate(kw[name], name, what)
+    if "weight_decay" in kw:
+        _checks.nonnegative(kw["weight_decay"], "weight_decay", what)
+    if kw.get("fallback") is not None and not isinstance(
+            kw["fallback"], optax.GradientTransformation):
+        raise TypeError(f"{what}: fallback must be an optax.GradientTransformation or None, "
+                        f"got {type(kw['fallback']).__name__}")
+
+
+def _static_dim(value: Any, what: str) -> int | None:
+    """``max_factor_dim`` as a Python int (``None``: no limit, or not known yet).
+
+    Under ``optax.inject_hyperparams`` the (numeric) default arrives as a 0-d integer array —
+    concrete when the state is built, a tracer inside a jitted update — so integer arrays are
+    accepted; a traced value cannot be compared with shapes and skips the check (which has run
+    on the concrete value at ``init``)."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0 and jnp.issubdtype(
+            value.dtype, jnp.integer):
+        value = int(value)
+    _checks.integer(value, "max_factor_dim", what, lo=1)
+    return int(value)
+
+
+def _check_factor_size(lay: layout_lib.MatrixLayout, shape: tuple[int, ...], path: str,
+                       max_factor_dim: Any, what: str) -> None:
+    """Refuses a leaf whose Kronecker factor would be larger than ``max_factor_dim²``."""
+    max_factor_dim = _static_dim(max_factor_dim, what)
+    if max_factor_dim is None:
+        return
+    b, m, n = lay.matrix_shape(shape)
+    if max(m, n) <= max_factor_dim:
+        return
+    d = max(m, n)
+    side = "left (fan-in)" if m >= n else "right (fan-out)"
+    gib = 2 * b * (m * m + n * n) * 4 / 2**30  # factors + cached roots, float32
+    raise ValueError(
+        f"{what}: parameter '{path}' of shape {tuple(shape)} (matrix {m}x{n}) needs a "
+        f"{d}x{d} {side} Kronecker factor, above max_factor_dim={max_factor_dim}: its "
+        f"factors and cached roots would take {gib:.3g} GiB in float32. Embeddings, LM heads "
+        "and other vocabulary-sized leaves belong to the fallback: give this leaf the layout "
+        "None (layout={..., '" + path + "': None} or a callable returning None for it); or "
+        "pass max_factor_dim=None (or a larger int) to accept the cost")
 
 
 def scale_by_fismo(
@@ -165,6 +291,7 @@ def scale_by_fismo(
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
     owner_computes: OwnerComputes | None = None,
+    max_factor_dim: int | None = MAX_FACTOR_DIM,
 ) -> optax.GradientTransformation:
     r"""FISMO direction: ``s·P^{-1/2} polar(M) Q^{-1/2}`` with Kronecker Fisher factors.
 
@@ -180,10 +307,14 @@ def scale_by_fismo(
     ``‖P^{1/2}·Q^{1/2}‖₂`` (learning rate and sign flip come later in the chain). Equivariant
     under ``W ↦ U W Vᵀ`` (orthogonal ``U, V``; the factors are covariant).
 
-    Range (a documented limit): the Kronecker factors accumulate ``G Gᵀ`` and ``Gᵀ G``, which
-    overflow for gradients beyond ~1e18 in float32/bfloat16 (~1e3 in float16, whose factors are
-    computed in float16) and make the roots, the momentum and the update NaN; the experiments
-    harness clips gradients (``grad_clip=1.0``) long before.
+    Not symmetric in the two sides (the left factor is refreshed first, as in the paper's
+    Algorithm 1): FISMO on ``Gᵀ`` is the right-first variant, not the transpose of this.
+
+    Range: the factor statistics are formed from ``G/max|G|`` (rescaled before squaring), so
+    factors, roots, momentum and update are finite for every finite gradient up to ~1e36 in
+    float32/bfloat16 (float16 leaves: factors in float32, momentum in float16 — pass
+    ``mu_dtype=jnp.float32`` when whitened gradients may exceed 65504). Before: NaN from
+    ~1e19-1e20.
 
     Args:
       beta: momentum decay ``β ∈ [0, 1)`` (EMA of the whitened gradients).
@@ -192,7 +323,8 @@ def scale_by_fismo(
         the right).
       precondition_frequency: the cached inverse roots are recomputed every this many steps
         (an int >= 1; list it in ``static_args`` of ``optax.inject_hyperparams``).
-      root_eps: relative damping of the inverse roots (``inverse_sqrt_psd``'s ``eps``).
+      root_eps: relative damping ``>= 0`` of the inverse roots (``inverse_sqrt_psd``'s
+        ``eps``; 0 gives the paper's exact roots).
       root_method: ``'eigh'`` (default) or ``'newton_schulz'`` (coupled iteration, 20 steps).
       shape_scale: ``'jordan'`` (``√max(1, fan_out/fan_in)``), ``'rms'``
         (``rms_scale·√max(fan_in, fan_out)``) or ``'none'``.
@@ -205,15 +337,26 @@ def scale_by_fismo(
       owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
         matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
+      max_factor_dim: largest Kronecker factor side allowed (default
+        :data:`MAX_FACTOR_DIM` = 16384; ``None``: no limit). A leaf whose matrix view has a
+        side above it is refused at ``init``, naming its path, before anything is allocated
+        (a 50257x768 embedding would keep 19 GiB of factors and roots).
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`ScaleByFismoState`; updates keep
+      An ``optax.GradientTransformation`` with state :class:`ScaleByFismoState` (every field
+      its own buffers: an eagerly built state can be donated to a jitted step); updates keep
       the gradients' dtype.
 
     Raises:
-      ValueError: a leaf without a matrix layout (naming it), hyperparameters out of range,
-        unknown ``shape_scale``/``root_method``/``ortho_method``.
-      TypeError: non-floating leaves (naming the path); a non-int ``precondition_frequency``.
+      ValueError: at construction, naming the argument: ``beta``/``gamma`` outside ``[0, 1)``,
+        negative ``damping``/``root_eps``, non-positive ``rms_scale``, non-finite values
+        (Python numbers, numpy scalars and 0-d arrays alike), ``precondition_frequency < 1``,
+        ``ns_steps < 1``, ``max_factor_dim < 1``, an unknown
+        ``shape_scale``/``root_method``/``ortho_method``; at ``init``, a leaf without a matrix
+        layout or with a factor side above ``max_factor_dim`` (naming its path).
+      TypeError: at construction, a non-int ``precondition_frequency``/``ns_steps``/
+        ``max_factor_dim``, a non-floating ``mu_dtype``, a bool/None hyperparameter; at
+        ``init``/``update``, non-floating leaves (naming the path).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -225,33 +368,17 @@ def scale_by_fismo(
 
     References:
       Xu, Yan, Zhang, *FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer*, ICML 2026,
-      arXiv:2601.21750 (the trust-region step and its factor recursion, read from a
-      third-party summary of the paper's equations; defaults are ours, UNVERIFIED).
+      arXiv:2601.21750 (the trust-region step and its factor recursion — Algorithm 1 with the
+      Gauss–Seidel factor order — read from two third-party summaries of the paper; no
+      official code is public; defaults are ours, UNVERIFIED).
     """
     what = "scale_by_fismo"
-    if (isinstance(precondition_frequency, bool)
-            or not isinstance(precondition_frequency, numbers.Integral)):
-        raise TypeError(f"{what}: precondition_frequency must be a Python int, got "
-                        f"{precondition_frequency!r}; under optax.inject_hyperparams list it "
-                        "in static_args")
-    if precondition_frequency < 1:
-        raise ValueError(f"{what}: precondition_frequency must be >= 1, got "
-                         f"{precondition_frequency}")
+    _validate(what, beta=beta, gamma=gamma, damping=damping,
+              precondition_frequency=precondition_frequency, root_eps=root_eps,
+              root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
+              ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
+              max_factor_dim=max_factor_dim)
     every = int(precondition_frequency)
-    _check_in(beta, "beta", 0.0, 1.0, what)
-    _check_in(gamma, "gamma", 0.0, 1.0, what)
-    _check_in(damping, "damping", 0.0, math.inf, what)
-    if isinstance(root_eps, numbers.Real) and not root_eps > 0:
-        raise ValueError(f"{what}: root_eps must be > 0, got {root_eps}")
-    if root_method not in ("eigh", "newton_schulz"):
-        raise ValueError(f"{what}: root_method must be 'eigh' or 'newton_schulz', got "
-                         f"{root_method!r}")
-    if shape_scale not in SHAPE_SCALES:
-        raise ValueError(f"{what}: shape_scale must be one of {SHAPE_SCALES}, got "
-                         f"{shape_scale!r}")
-    if ortho_method not in linalg.ORTHOGONALIZERS:
-        raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
-                         f"{linalg.ORTHOGONALIZERS}")
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def plans(tree, kind):
@@ -266,6 +393,7 @@ def scale_by_fismo(
                     f"{what}: parameter '{path}' of shape {tuple(jnp.shape(x))} has no matrix "
                     "layout; FISMO needs a matrix per leaf. Give it a MatrixLayout, or use "
                     "optzoo.fismo, which sends such leaves to its fallback")
+            _check_factor_size(lay, jnp.shape(x), path, max_factor_dim, what)
             out.append(lay)
         return treedef, out
 
@@ -282,11 +410,15 @@ def scale_by_fismo(
             b, m, n = lay.matrix_shape(jnp.shape(x))
             fdt = jnp.promote_types(jnp.result_type(x), jnp.float32)
             mu.append(jnp.zeros(jnp.shape(x), mu_dtype or jnp.result_type(x)))
-            left.append(jnp.broadcast_to(jnp.eye(m, dtype=fdt), (b, m, m)))
-            right.append(jnp.broadcast_to(jnp.eye(n, dtype=fdt), (b, n, n)))
+            left.append(_identity_stack(b, m, fdt))
+            right.append(_identity_stack(b, n, fdt))
         un = treedef.unflatten
+        # Every field gets its own buffers (the roots start equal to the factors but are not
+        # the same arrays): a state built eagerly can be donated to a jitted step
+        # (``jax.jit(step, donate_argnums=...)``) without "donate the same buffer twice".
         return ScaleByFismoState(jnp.zeros([], jnp.int32), un(mu), un(left), un(right),
-                                 un(left), un(right))
+                                 un([jnp.array(x, copy=True) for x in left]),
+                                 un([jnp.array(x, copy=True) for x in right]))
 
     def update_fn(updates, state, params=None):
         del params
@@ -300,15 +432,18 @@ def scale_by_fismo(
             fdt = p.dtype
             g = lay.to_matrix(g_leaf).astype(fdt)
             m, n = g.shape[-2:]
-            gt = jnp.swapaxes(g, -1, -2)
-            eye_m, eye_n = jnp.eye(m, dtype=fdt), jnp.eye(n, dtype=fdt)
-            stat_l = (g @ (q_root @ q_root) @ gt) / n + damping * (_trace(p) / m) * eye_m
-            p_new = _factor_step(p, stat_l, gamma)
+            # Rescale before squaring: the factor statistics are quadratic in G, so they are
+            # formed from G/s (entries in [-1, 1]) and s enters only through a log-ratio.
+            s = _max_abs(g)
+            gs = g / s
+            gst = jnp.swapaxes(gs, -1, -2)
+            stat_l = (gs @ (q_root @ q_root) @ gst) / n
+            p_new = _factor_step(p, stat_l, s, gamma, damping)
             p_root = maybe_root(refresh, p_new, p_root, root_eps)
-            stat_r = (gt @ (p_root @ p_root) @ g) / m + damping * (_trace(q) / n) * eye_n
-            q_new = _factor_step(q, stat_r, gamma)
+            stat_r = (gst @ (p_root @ p_root) @ gs) / m
+            q_new = _factor_step(q, stat_r, s, gamma, damping)
             q_root = maybe_root(refresh, q_new, q_root, root_eps)
-            white = p_root @ g @ q_root
+            white = (p_root @ gs @ q_root) * s
             mu_mat = beta * lay.to_matrix(mu).astype(fdt) + (1.0 - beta) * white
             whitened.append((mu_mat, p_new, q_new, p_root, q_root))
         # polar(M) of all leaves at once: same-shape matrices batched (and distributed)
@@ -354,6 +489,7 @@ def fismo(
     fallback: optax.GradientTransformation | None = None,
     adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
     owner_computes: OwnerComputes | None = None,
+    max_factor_dim: int | None = MAX_FACTOR_DIM,
 ) -> optax.GradientTransformation:
     r"""FISMO: Muon with Kronecker-factored Fisher whitening (trust region in a Fisher metric).
 
@@ -366,7 +502,8 @@ def fismo(
     where ``P``, ``Q`` are trace-normalized EMA Kronecker factors of the gradient covariance and
     ``M`` the momentum of the whitened gradients ``P^{-1/2} G Q^{-1/2}``
     (:func:`scale_by_fismo`, module docstring). Steepest descent in the spectral norm of the
-    Fisher metric ``‖P^{1/2}·Q^{1/2}‖₂``; equivariant under ``W ↦ U W Vᵀ``.
+    Fisher metric ``‖P^{1/2}·Q^{1/2}‖₂``; equivariant under ``W ↦ U W Vᵀ``; not symmetric
+    under transposition (the left factor is refreshed first, as in the paper).
 
     Leaves without a matrix layout (biases, norm scales, scalars: fewer than two dimensions
     by default) go to ``fallback`` through ``optax.partition``; by default
@@ -377,10 +514,9 @@ def fismo(
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
     (``grad_clip=1.0``) long before.
 
-    Range (a documented limit): the Kronecker factors accumulate ``G Gᵀ`` and ``Gᵀ G``, which
-    overflow for gradients beyond ~1e18 in float32/bfloat16 (~1e3 in float16, whose factors are
-    computed in float16) and make the roots, the momentum and the update NaN; the experiments
-    harness clips gradients (``grad_clip=1.0``) long before.
+    Range: finite for every finite gradient up to ~1e36 in float32/bfloat16 (the factor
+    statistics are formed from ``G/max|G|``; :func:`scale_by_fismo`); the AdamW fallback's own
+    limit is below.
 
     Defaults (ours; the paper's are UNVERIFIED): ``β = γ = 0.95``, ``μ = 1e-3``, roots by
     ``eigh`` in float32 every 10 steps, Muon's shape factor.
@@ -406,6 +542,9 @@ def fismo(
       owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
         matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
+      max_factor_dim: largest Kronecker factor side (default 16384, ``None``: no limit); a
+        matrix leaf above it is refused at ``init`` naming its path — give embeddings and
+        LM heads the layout ``None`` so they go to the fallback.
 
     Returns:
       An ``optax.GradientTransformation``: ``optax.partition`` of
@@ -422,12 +561,20 @@ def fismo(
       Xu, Yan, Zhang, *FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer*, ICML 2026,
       arXiv:2601.21750.
     """
+    _validate("fismo", beta=beta, gamma=gamma, damping=damping,
+              precondition_frequency=precondition_frequency, root_eps=root_eps,
+              root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
+              ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
+              max_factor_dim=max_factor_dim, learning_rate=learning_rate,
+              adam_learning_rate=adam_learning_rate, weight_decay=weight_decay,
+              fallback=fallback)
     matrix_tx = optax.chain(
         scale_by_fismo(beta, gamma=gamma, damping=damping,
                        precondition_frequency=precondition_frequency, root_eps=root_eps,
                        root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
                        ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                       layout=layout, owner_computes=owner_computes),
+                       layout=layout, owner_computes=owner_computes,
+                       max_factor_dim=max_factor_dim),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )

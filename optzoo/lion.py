@@ -15,7 +15,11 @@ decoupled weight decay ``λ`` (ALGORITHMS.md §5):
   inside.
 * ``'l2'``: ``z / ‖z‖₂`` per leaf, 𝒦 = ‖z‖₂ — ℓ₂ ball ``‖x‖₂ ≤ 1/λ`` of each leaf.
 * ``'spectral'``: ``polar(Z)`` per matrix, 𝒦 = ‖Z‖_* (nuclear) — spectral ball
-  ``‖X‖₂ ≤ 1/λ`` of each matrix (Muon-like updates with Lion's momentum).
+  ``‖X‖₂ ≤ 1/λ`` of each matrix (Muon-like updates with Lion's momentum). With an iterative
+  orthogonalizer (the default Polar Express, Newton–Schulz) the computed factor's singular
+  values spread around 1 (up to 1.14 measured), so a final contraction step bounds them by 1
+  (:func:`_bounded_polar`): the ``1/λ`` ball holds for every ``spectral_method``, not only
+  for the exact ``'svd'``/``'qdwh'``.
 * a callable ``z -> ∇𝒦(z)``: whatever the conjugate of its 𝒦 implies.
 
 For every bounded map (``|∇𝒦(z)| ≤ 1`` in the dual norm) and ``0 < ηλ ≤ 1`` the iterates obey
@@ -32,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optzoo import _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo import linalg
 from optzoo._tree import check_floating, map_with_path, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
@@ -83,32 +87,67 @@ def _clip(z: jax.Array, beta: Any) -> jax.Array:
 
 def _l2(z: jax.Array, beta: Any) -> jax.Array:
     del beta
-    # The norm is accumulated in at least float32 so that bfloat16 leaves neither overflow nor
-    # lose the sum; z = 0 maps to 0 (the subgradient of ‖·‖₂ at 0 closest to the origin).
+    # z / ‖z‖₂ computed as y / ‖y‖₂ with y = z / max|z|: the entries of y lie in [-1, 1], so
+    # the sum of squares neither overflows (|z| >~ 1e19 in float32 made ‖z‖ = inf and the
+    # direction exactly 0) nor underflows (|z| <~ 1e-19 flushed it to 0). The scale is floored
+    # at the dtype's smallest normal number, so subnormal inputs divide safely. Accumulated in
+    # at least float32 (bfloat16 leaves neither overflow nor lose the sum); z = 0 maps to 0
+    # (the subgradient of ‖·‖₂ at 0 closest to the origin).
     acc = jnp.promote_types(z.dtype, jnp.float32)
     zf = z.astype(acc)
-    norm = jnp.sqrt(jnp.sum(zf * zf))
+    scale = jnp.maximum(jnp.max(jnp.abs(zf), initial=0.0), jnp.finfo(acc).tiny)
+    y = zf / scale
+    norm = jnp.sqrt(jnp.sum(y * y))
     safe = jnp.where(norm > 0, norm, jnp.ones_like(norm))
-    return (zf / safe).astype(z.dtype)
+    return (y / safe).astype(z.dtype)
 
 
 _ELEMENTWISE = {"sign": _sign, "tanh": _tanh, "clip": _clip, "l2": _l2}
 
 
-def _check_kappa(kappa: Any, name: str, allowed: tuple[str, ...]) -> None:
-    if callable(kappa):
+def _check_kappa(kappa: Any, name: str, allowed: tuple[str, ...], what: str) -> None:
+    """A name in ``allowed`` or a callable ``z -> ∇𝒦(z)`` that maps an array to an array of
+    the same shape (checked abstractly with ``jax.eval_shape`` on a small float32 matrix: no
+    computation runs, so a wrong signature or a shape-changing map fails here, naming the
+    argument, not at the first update)."""
+    if isinstance(kappa, str):
+        _checks.choice(kappa, name, what, allowed)
         return
-    if not isinstance(kappa, str) or kappa not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)} or a callable z -> ∇𝒦(z), "
-                         f"got {kappa!r}")
+    if not callable(kappa):
+        raise ValueError(f"{what}: {name} must be one of {list(allowed)} or a callable "
+                         f"z -> ∇𝒦(z), got {kappa!r}")
+    probe = jax.ShapeDtypeStruct((2, 3), jnp.float32)
+    try:
+        out = jax.eval_shape(kappa, probe)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's map is reported
+        raise TypeError(f"{what}: {name} must be a callable z -> ∇𝒦(z) taking one array; "
+                        f"calling it on a (2, 3) float32 array failed: "
+                        f"{type(err).__name__}: {err}") from None
+    shape = getattr(out, "shape", None)
+    dtype = getattr(out, "dtype", None)
+    if shape != (2, 3) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{what}: {name} must map an array to a floating array of the same "
+                        f"shape; on a (2, 3) float32 array it returned {out!r}")
 
 
-def _check_unit_interval(value: Any, name: str) -> None:
-    # Only concrete Python numbers are checked: under optax.inject_hyperparams the
-    # hyperparameters arrive as (possibly traced) arrays.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+def _validate(what: str, *, b1: Any, b2: Any, kappa: Any = "sign", beta: Any = 1.0,
+              mu_dtype: Any = None, spectral_method: str = "polar_express",
+              spectral_steps: Any = None, vector_kappa: Any = None, **rates: Any) -> None:
+    """Construction-time checks shared by the factories (optzoo._checks: Python numbers,
+    numpy scalars and 0-d arrays are checked; traced values pass through)."""
+    _check_kappa(kappa, "kappa", KAPPAS, what)
+    if vector_kappa is not None:
+        _check_kappa(vector_kappa, "vector_kappa", _VECTOR_KAPPAS, what)
+    _checks.unit_interval(b1, "b1", what)
+    _checks.unit_interval(b2, "b2", what)
+    _checks.positive(beta, "beta", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
+    _checks.choice(spectral_method, "spectral_method", what, linalg.ORTHOGONALIZERS)
+    _checks.integer(spectral_steps, "spectral_steps", what, lo=1, allow_none=True)
+    if "learning_rate" in rates:
+        _checks.learning_rate(rates["learning_rate"], "learning_rate", what)
+    if "weight_decay" in rates:
+        _checks.nonnegative(rates["weight_decay"], "weight_decay", what)
 
 
 def _leaf_map(kappa: KappaLike, beta: Any) -> Callable[[jax.Array], jax.Array]:
@@ -139,8 +178,41 @@ def _spectral_directions(
         return vector_map(z)
 
     return layout_lib.map_matrices(
-        lambda mat: linalg.orthogonalize(mat, method=method, steps=steps), z_tree, layouts,
+        lambda mat: _bounded_polar(mat, method, steps), z_tree, layouts,
         otherwise=otherwise, owner_computes=owner_computes)
+
+
+#: Orthogonalizers whose output is the exact polar factor (singular values 0 or 1 up to
+#: rounding); the others get the final contraction step of :func:`_bounded_polar`.
+_EXACT_POLAR = ("svd", "qdwh")
+
+
+def _bounded_polar(mat: jax.Array, method: str, steps: int | None) -> jax.Array:
+    r"""``polar(Z)`` whose largest singular value is at most 1 (up to rounding).
+
+    The iterative orthogonalizers (Polar Express, Newton–Schulz, their Gram variants) return
+    ``O`` with singular values spread around 1: measured up to 1.14 for the default Polar
+    Express and 1.20 for Jordan's quintic, which would widen Lion-𝒦's spectral ball to
+    ``1.14/λ``. One Newton–Schulz cubic step ``O ← (3O − O Oᵀ O)/2`` — applied in float32 or
+    wider — maps every singular value ``σ ∈ [0, 2]`` to ``p(σ) = (3σ − σ³)/2 ∈ [−1, 1]``, with
+    ``p(σ) ≤ 1`` and equality only at ``σ = 1``; values near 1 move closer to 1
+    (``p(1 + δ) = 1 − 3δ²/2 + O(δ³)``: 1.14 → 0.97, 0.87 → 0.98). It commutes with
+    ``Z ↦ U Z Vᵀ`` and keeps the singular vectors, so the direction stays a polar-factor
+    approximation and Lion-𝒦's ``1/λ`` ball bound holds for every orthogonalizer. Cost: two
+    extra matrix products per matrix. The exact methods (``'svd'``, ``'qdwh'``) are returned
+    as computed.
+    """
+    o = linalg.orthogonalize(mat, method=method, steps=steps)
+    if method in _EXACT_POLAR:
+        return o
+    acc = jnp.promote_types(o.dtype, jnp.float32)
+    of = o.astype(acc)
+    # O Oᵀ O through the smaller Gram matrix (r×r with r = min(m, n)).
+    if of.shape[-2] <= of.shape[-1]:
+        cubic = (of @ jnp.swapaxes(of, -1, -2)) @ of
+    else:
+        cubic = of @ (jnp.swapaxes(of, -1, -2) @ of)
+    return (1.5 * of - 0.5 * cubic).astype(o.dtype)
 
 
 def _check_spectral_coverage(params: Any, layout: layout_lib.LayoutSpec, has_vector: bool):
@@ -206,12 +278,16 @@ def scale_by_lion_kappa(
       beta: sharpness ``β`` of ``'tanh'`` (``∇𝒦(z) = tanh(βz)``); ignored by the other maps.
       mu_dtype: dtype of the momentum buffer; ``None`` uses the parameters' dtype.
       layout: ``'spectral'`` only: how each leaf is read as a batch of matrices (a
-        :class:`optzoo.layout.MatrixLayout`, a tree of them, or a callable; ``None`` uses the
-        last two axes of every leaf with at least two dimensions). See
+        :class:`optzoo.layout.MatrixLayout`, a tree of them, or a callable; ``None`` uses
+        :func:`optzoo.layout.default_layout` of each leaf). See
         :func:`optzoo.layout.resolve`.
       spectral_method: ``'spectral'`` only: the orthogonalizer passed to
-        :func:`optzoo.linalg.orthogonalize` (``'polar_express'``, ``'newton_schulz'``,
-        ``'gram_newton_schulz'``, ``'svd'`` or ``'qdwh'``).
+        :func:`optzoo.linalg.orthogonalize` (``'polar_express'``, ``'auto'``,
+        ``'newton_schulz'``, ``'gram_newton_schulz'``, ``'svd'`` or ``'qdwh'``). The
+        iterative ones are followed by one Newton–Schulz cubic step in float32 that keeps
+        every singular value ``<= 1`` (two extra matrix products), so the direction's
+        operator norm is at most 1 (up to float32 rounding) and the ``1/λ`` spectral ball
+        bound holds with every method.
       spectral_steps: ``'spectral'`` only: iteration count for iterative orthogonalizers
         (``None``: the method's default).
       vector_kappa: ``'spectral'`` only: the map used on leaves without a matrix layout
@@ -226,10 +302,16 @@ def scale_by_lion_kappa(
       A :class:`optax.GradientTransformation` with state :class:`ScaleByLionKappaState`.
 
     Raises:
-      ValueError: for an unknown ``kappa`` name, ``b1``/``b2`` outside ``[0, 1]``, a
-        non-positive ``beta``, or (``'spectral'``) a leaf with no matrix layout and no
-        ``vector_kappa``, or a layout that does not fit a leaf; the message names the path.
-      TypeError: (at ``init``/``update``) for a non-floating leaf, naming its path.
+      ValueError: at construction, naming the argument: an unknown ``kappa``/``vector_kappa``
+        name or ``spectral_method``, ``b1``/``b2`` outside ``[0, 1]`` or non-finite (Python
+        numbers, numpy scalars and 0-d arrays alike), a non-positive ``beta``,
+        ``spectral_steps < 1``; at ``init``, (``'spectral'``) a leaf with no matrix layout and
+        no ``vector_kappa``, or a layout that does not fit a leaf, naming the path.
+      TypeError: at construction, a bool/None/non-number hyperparameter, a non-floating
+        ``mu_dtype``, a non-int ``spectral_steps``, or a callable ``kappa``/``vector_kappa``
+        that does not map a (2, 3) float32 array to a floating array of that shape (checked
+        with ``jax.eval_shape``, no computation); at ``init``/``update``, a non-floating leaf,
+        naming its path.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -246,15 +328,9 @@ def scale_by_lion_kappa(
       Chen, Liu, Liang, Liu, *Lion Secretly Solves Constrained Optimization: As Lyapunov
       Predicts*, arXiv:2310.05898 (ICLR 2024) (Lion-𝒦).
     """
-    _check_kappa(kappa, "kappa", KAPPAS)
-    if vector_kappa is not None:
-        _check_kappa(vector_kappa, "vector_kappa", _VECTOR_KAPPAS)
-    _check_unit_interval(b1, "b1")
-    _check_unit_interval(b2, "b2")
-    if isinstance(beta, (int, float)) and not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    if not isinstance(spectral_method, str):
-        raise ValueError(f"spectral_method must be a string, got {spectral_method!r}")
+    _validate("scale_by_lion_kappa", b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype,
+              spectral_method=spectral_method, spectral_steps=spectral_steps,
+              vector_kappa=vector_kappa)
     check_owner_computes(owner_computes, "scale_by_lion_kappa")
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     spectral = isinstance(kappa, str) and kappa == "spectral"
@@ -348,6 +424,8 @@ def lion(
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, arXiv:2302.06675 (2023),
       Algorithm 2.
     """
+    _validate("lion", b1=b1, b2=b2, mu_dtype=mu_dtype, learning_rate=learning_rate,
+              weight_decay=weight_decay)
     return optax.chain(
         scale_by_lion_kappa(b1=b1, b2=b2, kappa="sign", mu_dtype=mu_dtype),
         optax.add_decayed_weights(weight_decay, mask),
@@ -385,7 +463,10 @@ def lion_kappa(
     (Huber: box plus a quadratic penalty inside); ℓ₂ ball ``‖x‖₂ ≤ 1/λ`` of each leaf for
     ``'l2'``; spectral ball ``‖X‖₂ ≤ 1/λ`` of each matrix for ``'spectral'`` (𝒦 = nuclear
     norm, ∇𝒦 = polar factor: Muon-style updates with Lion's momentum). For these maps and
-    ``0 < ηλ ≤ 1``, ``‖x_t‖ − 1/λ ≤ (1 − ηλ)^t (‖x_0‖ − 1/λ)`` for any gradient stream.
+    ``0 < ηλ ≤ 1``, ``‖x_t‖ − 1/λ ≤ (1 − ηλ)^t (‖x_0‖ − 1/λ)`` for any gradient stream
+    (rounding aside). For ``'spectral'`` this holds with every ``spectral_method``: the
+    iterative orthogonalizers (σ_max up to 1.14 on their own) end with a contraction step
+    that bounds the direction's operator norm by 1.
     The update is steepest descent in the dual norm and equivariant under its isometries:
     signed coordinate permutations (``'sign'``, ``'tanh'``, ``'clip'``), orthogonal maps of a
     flattened leaf (``'l2'``), ``X ↦ U X Vᵀ`` per matrix (``'spectral'``).
@@ -395,10 +476,13 @@ def lion_kappa(
     In ``'spectral'`` mode, leaves without a matrix layout (see ``layout``) use
     ``vector_kappa`` or raise a ``ValueError`` naming the leaf.
 
-    Discretization: as in ``optax.lion``, the direction uses the momentum before its update and
-    the weight decay is explicit and decoupled (``x ← (1 − ηλ)x − η∇𝒦(z)``); the paper's
-    scheme decays implicitly (``x ← (x − η∇𝒦(z))/(1 + ηλ)``). Both keep the ``1/λ`` ball
-    invariant; they differ at second order in ``ηλ``.
+    Discretization: as in ``optax.lion`` and google/automl's Lion, the direction uses the
+    momentum before its update and the weight decay is explicit and decoupled
+    (``x ← (1 − ηλ)x − η∇𝒦(z)``) — the form public summaries of arXiv:2310.05898 quote for
+    its discrete Lion-𝒦 (the PDF was not checked). An implicit variant
+    (``x ← (x − η∇𝒦(z))/(1 + ηλ)``) also keeps the ``1/λ`` ball invariant; it differs at
+    second order in ``ηλ`` and is not what optzoo computes
+    (``tests/test_lion_robustness.py`` tells the two apart).
 
     Under ``optax.inject_hyperparams``, every callable argument other than a schedule —
     a callable ``kappa``, ``vector_kappa``, ``layout`` or ``mask`` — must be listed in
@@ -417,9 +501,10 @@ def lion_kappa(
         radius ``1/λ`` of the implied constraint.
       mask: a tree of booleans (or a callable) selecting the decayed leaves.
       layout: ``'spectral'`` only: the matrix view of each leaf (see
-        :func:`optzoo.layout.resolve`); default: the last two axes of leaves with ``ndim >= 2``.
+        :func:`optzoo.layout.resolve`); default: :func:`optzoo.layout.default_layout`.
       spectral_method: ``'spectral'`` only: orthogonalizer for
-        :func:`optzoo.linalg.orthogonalize`.
+        :func:`optzoo.linalg.orthogonalize` (iterative ones end with the contraction step
+        that keeps the operator norm <= 1; see :func:`scale_by_lion_kappa`).
       spectral_steps: ``'spectral'`` only: iterations of an iterative orthogonalizer.
       vector_kappa: ``'spectral'`` only: map for leaves without a matrix layout.
       owner_computes: ``'spectral'`` only: distribute the orthogonalizations over devices,
@@ -443,6 +528,10 @@ def lion_kappa(
       Predicts*, arXiv:2310.05898 (ICLR 2024).
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, arXiv:2302.06675 (2023).
     """
+    _validate("lion_kappa", b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype,
+              spectral_method=spectral_method, spectral_steps=spectral_steps,
+              vector_kappa=vector_kappa, learning_rate=learning_rate,
+              weight_decay=weight_decay)
     return optax.chain(
         scale_by_lion_kappa(
             b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype, layout=layout,

@@ -174,7 +174,9 @@ def test_spectral_ball_bound_per_matrix(stream):
     grads = None
     if stream == "random":
         grads = jax.tree.map(lambda x: _normal(7, (STEPS,) + x.shape, 5.0), x0)
-    tx = L.lion_kappa(ETA, kappa="spectral", weight_decay=LAM, spectral_method="svd")
+    # explicit layout: the default refuses leaves with more than two axes (stacks)
+    tx = L.lion_kappa(ETA, kappa="spectral", weight_decay=LAM, spectral_method="svd",
+                      layout=MatrixLayout())
     traj = _trajectory(tx, x0, grads)
     for k in x0:
         s_t = jnp.linalg.norm(traj[k], ord=2, axis=(-2, -1))
@@ -279,7 +281,8 @@ def _spectral_equivariance_error(tx):
 
 
 def test_spectral_biorthogonal_equivariance_with_negative_control():
-    spectral = L.lion_kappa(0.1, kappa="spectral", weight_decay=0.3, spectral_method="svd")
+    spectral = L.lion_kappa(0.1, kappa="spectral", weight_decay=0.3, spectral_method="svd",
+                            layout=MatrixLayout())
     # fp32 SVD of a rotated matrix: polar factors agree to ~1e-6; five steps, |x| ~ 1: 1e-5.
     assert _spectral_equivariance_error(spectral) < 1e-5
     # Lion (sign) is not bi-orthogonally equivariant: errors are O(0.1).
@@ -320,7 +323,7 @@ def test_matches_numpy_reference(kappa):
     x0 = _normal(70, (2, 5, 4))
     grads = [_normal(80 + t, (2, 5, 4)) for t in range(8)]
     tx = L.lion_kappa(0.05, kappa=kappa, b1=0.8, b2=0.95, weight_decay=0.2,
-                      spectral_method="svd")
+                      spectral_method="svd", layout=MatrixLayout())
     ours, _ = _run(tx, x0, grads)
     ref = _numpy_lion_kappa(kappa, x0, grads, 0.05, 0.8, 0.95, 0.2)
     # fp32 vs fp64 over 8 steps of size 0.05 with |x| ~ 1: rounding ~1e-7 per step.
@@ -362,7 +365,8 @@ def test_optax_battery_lion():
         # 'sign' runs in test_optax_battery_lion; 'clip' shares every code path with 'tanh'.
         dict(kappa="tanh", beta=2.0),
         dict(kappa="l2"),
-        dict(kappa="spectral", spectral_method="svd", vector_kappa="sign"),
+        dict(kappa="spectral", spectral_method="svd", vector_kappa="sign",
+             layout=MatrixLayout()),
     ],
     ids=lambda kw: kw["kappa"],
 )
@@ -395,7 +399,8 @@ def test_state_count_and_mu_dtype():
 )
 def test_finite_in_finite_out(kappa, shape, log_scale):
     g = jnp.exp2(log_scale) * _normal(0, shape)
-    tx = L.lion_kappa(1e-2, kappa=kappa, spectral_method="svd", vector_kappa="clip")
+    tx = L.lion_kappa(1e-2, kappa=kappa, spectral_method="svd", vector_kappa="clip",
+                      layout=MatrixLayout())
     params = jnp.ones(shape)
     state = tx.init(params)
     for _ in range(2):

@@ -195,12 +195,6 @@ RANGE_LIMITS: tuple[RangeLimit, ...] = (
                "leaf (projected matrices too)",
                _ADAM_EVERY_LEAF, _huge_beyond_float16,
                ("galore", LeafSpec("matrix", (3, 4), "float32", 1e30))),
-    RangeLimit("fismo_gram_overflow",
-               "documented limit: FISMO's Kronecker factors L += G Gᵀ, R += Gᵀ G overflow for "
-               "|g| ≳ 1e18 (float32/bfloat16) or ≳ 1e3 (float16, which computes them in "
-               "float16), and the NaN roots poison mu and the update",
-               ("fismo", "scale_by_fismo"), lambda s: not _adam_leaf(s) and _huge(s),
-               ("scale_by_fismo", LeafSpec("matrix", (3, 4), "float32", 1e30))),
     RangeLimit("one_sided_gram_overflow",
                "documented limit: the one-sided / left spectral maps' Gram matrix M Mᵀ "
                "overflows for |m| ≳ 1.8e19 (float32, bfloat16) and (M Mᵀ)^(-1/2) M returns NaN",
