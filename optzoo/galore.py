@@ -48,13 +48,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optzoo import _checks
 from optzoo import layout as _layout
 from optzoo._partition import float16_in_float32
 from optzoo._tree import check_floating, path_str
 
 __all__ = [
+    "GALORE_STATIC_ARGS",
+    "SCALE_BY_GALORE_STATIC_ARGS",
     "SIDES",
     "GaLoreState",
     "scale_by_galore",
@@ -83,25 +87,60 @@ class GaLoreState(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_int(name: str, value: Any, minimum: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what}: `{name}` must be a Python int, got {value!r}; under "
-                        f"optax.inject_hyperparams list '{name}' in static_args")
-    if value < minimum:
-        raise ValueError(f"{what}: `{name}` must be >= {minimum}, got {value}")
-    return int(value)
+#: Arguments of :func:`scale_by_galore` that ``optax.inject_hyperparams`` cannot trace (shapes,
+#: step gaps, strings, dtypes, trees and callables): pass them as ``static_args``.
+SCALE_BY_GALORE_STATIC_ARGS = ("rank", "update_proj_gap", "side", "mu_dtype", "base_optimizer",
+                               "layout")
+#: The same for :func:`galore` (also ``galore.static_args``).
+GALORE_STATIC_ARGS = SCALE_BY_GALORE_STATIC_ARGS + ("weight_decay_mask",)
 
 
-def _check_positive(name: str, value: Any, what: str) -> None:
-    # Arrays (inject_hyperparams) may be tracers: only Python / numpy scalars are checked.
-    if isinstance(value, numbers.Real) and not value > 0:
-        raise ValueError(f"{what}: `{name}` must be > 0, got {value}")
+def _static_int(value: Any, name: str, what: str, lo: int, static: tuple[str, ...]) -> int:
+    """A static integer argument; an array (what ``optax.inject_hyperparams`` passes for a
+    numeric argument not listed in ``static_args``) is refused with the whole static list,
+    so one error tells the user every argument to list."""
+    if isinstance(value, jax.Array | np.ndarray | jax.core.Tracer):
+        raise TypeError(
+            f"{what}: {name} must be a static Python int, got an array; under "
+            f"optax.inject_hyperparams pass static_args={static!r} (also available as "
+            f"optzoo.{what}.static_args)")
+    return int(_checks.integer(value, name, what, lo=lo))
 
 
-def _check_side(side: Any, what: str) -> str:
-    if side not in SIDES:
-        raise ValueError(f"{what}: `side` must be one of {SIDES}, got {side!r}")
+def _check_adam(b1: Any, b2: Any, eps: Any, mu_dtype: Any, what: str) -> None:
+    """The default inner Adam's arguments: ``b1, b2 ∈ [0, 1)`` (``b = 1`` zeroes the bias
+    correction), ``eps > 0`` (a zero gradient would give ``0/0``), a floating ``mu_dtype``."""
+    _checks.unit_interval(b1, "b1", what, hi_open=True)
+    _checks.unit_interval(b2, "b2", what, hi_open=True)
+    _checks.positive(eps, "eps", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
+
+
+def _check_common(scale: Any, side: Any, base_optimizer: Any, what: str) -> str:
+    _checks.positive(scale, "scale", what)
+    _checks.choice(side, "side", what, SIDES)
+    if base_optimizer is not None and not (hasattr(base_optimizer, "init")
+                                           and hasattr(base_optimizer, "update")):
+        raise TypeError(f"{what}: base_optimizer must be an optax GradientTransformation or "
+                        f"None, got {base_optimizer!r}")
     return side
+
+
+def _as_float32(x: Any) -> Any:
+    """A Python/numpy real rounded to the nearest float32, as a Python float; arrays unchanged.
+
+    ``optax.inject_hyperparams`` hands ``b1``/``b2`` to the factory as float32 arrays, so
+    optax's Adam computes ``1 - b2`` in float32 from ``float32(0.999)``
+    (``0.00099998713``), while a Python ``0.999`` gives ``1 - b2 = 0.001`` in float64: a
+    ``1.3e-5`` relative difference in the second moment (``6.6e-6`` in ``optax.adam``'s own
+    update under ``inject_hyperparams``; ``1.2e-5`` here, where rank-deficient projected
+    gradients make Adam sensitive). Rounding the constant once at construction makes both
+    paths compute the same numbers; the bias correction ``1 - b2**t`` already used the float32
+    value, so for a constant gradient ``v̂`` is now ``g²`` up to float32 rounding.
+    """
+    if isinstance(x, numbers.Real) and not isinstance(x, bool):
+        return float(np.float32(x))
+    return x
 
 
 def _use_left(side: str, m: int, n: int) -> bool:
@@ -113,10 +152,12 @@ def _use_left(side: str, m: int, n: int) -> bool:
 
 
 def _default_base(base_optimizer, b1, b2, eps, mu_dtype):
-    """The inner optimizer: ``base_optimizer``, or Adam with float16 leaves in float32."""
+    """The inner optimizer: ``base_optimizer``, or Adam with float16 leaves in float32
+    (``b1``/``b2`` rounded to float32, see :func:`_as_float32`)."""
     if base_optimizer is None:
         return float16_in_float32(
-            optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype))
+            optax.scale_by_adam(b1=_as_float32(b1), b2=_as_float32(b2), eps=eps,
+                                mu_dtype=mu_dtype))
     return optax.with_extra_args_support(base_optimizer)
 
 
@@ -334,16 +375,31 @@ def scale_by_galore(
       base_optimizer: inner transform replacing Adam (``b1, b2, eps, mu_dtype`` are then
         ignored).
       layout: ``MatrixLayout``, tree of ``MatrixLayout | None`` or callable (see
-        :func:`optzoo.layout.resolve`); default: the last two axes of every leaf with at
-        least 2 axes, leading axes being batch axes.
+        :func:`optzoo.layout.resolve`); default ``None``: :func:`optzoo.layout.default_layout`
+        per leaf (2-D leaves are matrices, vectors go unprojected to the inner optimizer,
+        leaves with more axes, embeddings and heads raise asking for a decision);
+        ``MatrixLayout()`` reads every leaf with at least 2 axes as its last two axes, leading
+        axes being batch axes (``optax.contrib.galore`` leaves non-2-D leaves unprojected:
+        give those leaves ``None`` in a layout tree for that).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`GaLoreState`.
 
     Raises:
-      ValueError: ``rank < 1``, ``update_proj_gap < 1``, unknown ``side``, bad layout.
-      TypeError: non-integer ``rank``/``update_proj_gap``; a non-float parameter (at init,
-        naming its path).
+      ValueError: ``rank < 1``, ``update_proj_gap < 1``, unknown ``side``, ``scale <= 0``,
+        ``b1``/``b2`` outside ``[0, 1)``, ``eps <= 0``, non-finite values, bad layout.
+      TypeError: non-integer ``rank``/``update_proj_gap`` (an array, as under
+        ``optax.inject_hyperparams`` without ``static_args``, gets the list of every static
+        argument), bool or ``None`` reals, an integer ``mu_dtype``, a ``base_optimizer`` that
+        is not a transformation; a non-float parameter (at init, naming its path).
+
+    ``optax.inject_hyperparams``: pass ``static_args=scale_by_galore.static_args``
+    (``rank, update_proj_gap, side, mu_dtype, base_optimizer, layout``); the float
+    hyperparameters can be injected. ``b1``/``b2`` given as Python numbers are rounded to
+    float32 at construction, the value an injected hyperparameter has, so the wrapped and the
+    plain transformation compute the same numbers (this moves ``1 - b2`` by ``1.3e-5``
+    relative against a float64 ``1 - 0.999``: ``optax.contrib.galore``'s Adam, which keeps
+    the Python constant, differs from ``side='optax-like'`` by a few ``1e-6`` relative).
 
     Example:
       >>> import jax.numpy as jnp, optax, optzoo
@@ -358,9 +414,11 @@ def scale_by_galore(
       ICML 2024, arXiv:2403.03507 (Algorithm 1; projector of Sec. 4.1).
     """
     what = "scale_by_galore"
-    rank = _check_int("rank", rank, 1, what)
-    gap = _check_int("update_proj_gap", update_proj_gap, 1, what)
-    _check_side(side, what)
+    static = SCALE_BY_GALORE_STATIC_ARGS
+    rank = _static_int(rank, "rank", what, 1, static)
+    gap = _static_int(update_proj_gap, "update_proj_gap", what, 1, static)
+    _check_common(scale, side, base_optimizer, what)
+    _check_adam(b1, b2, eps, mu_dtype, what)
     base = _default_base(base_optimizer, b1, b2, eps, mu_dtype)
 
     def init_fn(params):
@@ -434,6 +492,14 @@ def galore(
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
 
+    Raises:
+      As :func:`scale_by_galore` (named ``galore``), and ``learning_rate`` ``None``,
+      negative or non-finite, ``weight_decay < 0``.
+
+    ``optax.inject_hyperparams``: ``static_args=galore.static_args`` (``rank,
+    update_proj_gap, side, mu_dtype, base_optimizer, layout, weight_decay_mask``); see
+    :func:`scale_by_galore` for the float32 rounding of ``b1``/``b2``.
+
     Example:
       >>> import jax, jax.numpy as jnp, optax, optzoo
       >>> tx = optzoo.galore(1e-2, rank=4, update_proj_gap=100, weight_decay=0.01)
@@ -447,6 +513,13 @@ def galore(
       Zhao et al., "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection",
       ICML 2024, arXiv:2403.03507.
     """
+    what = "galore"
+    _checks.learning_rate(learning_rate, "learning_rate", what)
+    _static_int(rank, "rank", what, 1, GALORE_STATIC_ARGS)
+    _static_int(update_proj_gap, "update_proj_gap", what, 1, GALORE_STATIC_ARGS)
+    _check_common(scale, side, base_optimizer, what)
+    _check_adam(b1, b2, eps, mu_dtype, what)
+    _checks.nonnegative(weight_decay, "weight_decay", what)
     return optax.chain(
         scale_by_galore(rank, update_proj_gap=update_proj_gap, scale=scale, side=side, b1=b1,
                         b2=b2, eps=eps, mu_dtype=mu_dtype, base_optimizer=base_optimizer,
@@ -454,3 +527,7 @@ def galore(
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+scale_by_galore.static_args = SCALE_BY_GALORE_STATIC_ARGS
+galore.static_args = GALORE_STATIC_ARGS

@@ -21,6 +21,25 @@ Projector: the paper's one-sided ``P_t`` (GaLore's), chosen by ``side``. The rel
 instead uses a Tucker decomposition on all modes (for a matrix ``Uᵀ G V``, an ``r×r`` core);
 we follow the paper (ALGORITHMS.md §6.2). The history is kept across projector refreshes,
 like the Adam moments (its old entries are then in the old basis).
+
+Against the release (``selfsupervised-ai/Natural-GaLore`` @ ``e23336d``,
+``code/natural_galore/subspace_adamw.py`` and ``galore_projector_tensor.py``; checked by a
+numpy port in ``tests/test_natural_galore.py``):
+
+* same: FIFO history of ``s = 20`` flattened low-rank gradients with the current one appended
+  before the solve, ``F̂ = λI + GGᵀ`` with ``λ = 1e-3`` and no ``1/s``, refresh at steps
+  ``0, T, 2T, ...`` (``T = 200``), Adam ``β = (0.9, 0.999)``, ``ε = 1e-6`` (the release's
+  ``SubSpaceAdamW`` default, which its training script keeps), ``scale`` applied after the
+  lift (0.25 in the release's scripts), weight decay in the full space.
+* different, on purpose: (1) the projector is the paper's one-sided SVD ``P`` (the release
+  uses a Tucker decomposition on every mode, for a matrix ``Uᵀ G V``); (2) ``F̂⁻¹g`` is
+  computed in the push-through form ``G S⁻¹e₁/λ`` (the same number as the release's
+  ``g/λ − G S⁻¹Gᵀg/λ²``, without its float32 cancellation); (3) Adam's ``ε`` is added to
+  ``√v̂`` (optax) rather than to the uncorrected ``√v`` with the bias corrections folded into
+  the step size (the release, from HF's AdamW): the two differ only through ``ε``, by
+  ``ε(1/√(1−β₂ᵗ) − 1)`` in the denominator; (4) decoupled weight decay is ``W − η(u + λW)``
+  (optax); the release decays the already-updated weight, ``(W − ηu)(1 − ηλ)``, a
+  difference of ``η²λu`` per step.
 """
 
 from __future__ import annotations
@@ -32,23 +51,45 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.linalg import solve_triangular
 
+from optzoo import _checks
 from optzoo import layout as _layout
 from optzoo.galore import (
-    _check_int,
-    _check_positive,
-    _check_side,
+    _check_adam,
+    _check_common,
     _compute_dtype,
     _Core,
     _default_base,
     _init_pieces,
+    _static_int,
 )
 
 __all__ = [
+    "NATURAL_GALORE_STATIC_ARGS",
+    "SCALE_BY_NATURAL_GALORE_STATIC_ARGS",
     "NaturalGaLoreState",
     "scale_by_natural_galore",
     "natural_galore",
     "woodbury_inverse_product",
 ]
+
+
+#: Arguments of :func:`scale_by_natural_galore` that ``optax.inject_hyperparams`` cannot
+#: trace: pass them as ``static_args`` (also ``scale_by_natural_galore.static_args``).
+SCALE_BY_NATURAL_GALORE_STATIC_ARGS = ("rank", "update_proj_gap", "history", "side",
+                                       "mu_dtype", "base_optimizer", "layout")
+#: The same for :func:`natural_galore` (also ``natural_galore.static_args``).
+NATURAL_GALORE_STATIC_ARGS = SCALE_BY_NATURAL_GALORE_STATIC_ARGS + ("weight_decay_mask",)
+
+
+def _check_natural(rank, update_proj_gap, history, damping, scale, side, b1, b2, eps,
+                   mu_dtype, base_optimizer, what, static):
+    rank = _static_int(rank, "rank", what, 1, static)
+    gap = _static_int(update_proj_gap, "update_proj_gap", what, 1, static)
+    s = _static_int(history, "history", what, 1, static)
+    _checks.positive(damping, "damping", what)
+    _check_common(scale, side, base_optimizer, what)
+    _check_adam(b1, b2, eps, mu_dtype, what)
+    return rank, gap, s
 
 
 class NaturalGaLoreState(NamedTuple):
@@ -109,13 +150,17 @@ def _fisher_inverse_newest(history: jax.Array, damping: Any) -> jax.Array:
     ``F̂⁻¹ g = G S⁻¹ e₁ / λ``: the same number as the Woodbury form, with the same ``s×s``
     Cholesky of ``S = I + GᵀG/λ``, without the ``g/λ − Gz/λ²`` cancellation.
     """
-    lam = jnp.asarray(damping, history.dtype)
+    # Multiplications by 1/λ, not divisions by λ: with a constant λ XLA may rewrite x/λ as
+    # x·(1/λ), with an injected (traced) λ it cannot; written this way both programs round
+    # alike (the divisions made inject_hyperparams(natural_galore) differ from the plain
+    # transformation by up to 5e-3 relative on entries of a rank-deficient history).
+    inv = 1.0 / jnp.asarray(damping, history.dtype)
     s = history.shape[-2]
     gram = history @ jnp.swapaxes(history, -1, -2)
-    s_mat = jnp.eye(s, dtype=history.dtype) + gram / lam
+    s_mat = jnp.eye(s, dtype=history.dtype) + gram * inv
     e1 = jnp.zeros(history.shape[:-2] + (s, 1), history.dtype).at[..., 0, 0].set(1.0)
     w = _cholesky_solve(s_mat, e1)
-    return (jnp.swapaxes(w, -1, -2) @ history)[..., 0, :] / lam
+    return (jnp.swapaxes(w, -1, -2) @ history)[..., 0, :] * inv
 
 
 def scale_by_natural_galore(
@@ -128,7 +173,7 @@ def scale_by_natural_galore(
     damping: float = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
-    eps: float = 1e-8,
+    eps: float = 1e-6,
     mu_dtype: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
     layout: _layout.LayoutSpec = None,
@@ -164,7 +209,7 @@ def scale_by_natural_galore(
       damping: ``λ > 0``.
       b1: Adam ``β₁``.
       b2: Adam ``β₂``.
-      eps: Adam ``ε``.
+      eps: Adam ``ε`` (``1e-6``, the release's; added to ``√v̂``).
       mu_dtype: dtype of Adam's first moment.
       base_optimizer: params-free inner transform replacing Adam.
       layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
@@ -174,8 +219,10 @@ def scale_by_natural_galore(
 
     Raises:
       ValueError: ``rank < 1``, ``update_proj_gap < 1``, ``history < 1``, ``damping <= 0``,
-        unknown ``side``.
-      TypeError: non-integer ``rank``/``update_proj_gap``/``history``; a non-float parameter.
+        ``scale <= 0``, ``b1``/``b2`` outside ``[0, 1)``, ``eps <= 0``, unknown ``side``.
+      TypeError: non-integer ``rank``/``update_proj_gap``/``history`` (an array lists every
+        static argument, ``scale_by_natural_galore.static_args``), an integer ``mu_dtype``;
+        a non-float parameter.
 
     Example:
       >>> import jax.numpy as jnp, optax, optzoo
@@ -190,11 +237,9 @@ def scale_by_natural_galore(
       Zhao et al., arXiv:2403.03507 (the projection).
     """
     what = "scale_by_natural_galore"
-    rank = _check_int("rank", rank, 1, what)
-    gap = _check_int("update_proj_gap", update_proj_gap, 1, what)
-    s = _check_int("history", history, 1, what)
-    _check_positive("damping", damping, what)
-    _check_side(side, what)
+    rank, gap, s = _check_natural(rank, update_proj_gap, history, damping, scale, side, b1,
+                                  b2, eps, mu_dtype, base_optimizer, what,
+                                  SCALE_BY_NATURAL_GALORE_STATIC_ARGS)
     base = _default_base(base_optimizer, b1, b2, eps, mu_dtype)
 
     def init_fn(params):
@@ -250,7 +295,7 @@ def natural_galore(
     damping: float = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
-    eps: float = 1e-8,
+    eps: float = 1e-6,
     mu_dtype: Any | None = None,
     weight_decay: float = 0.0,
     weight_decay_mask: Any | None = None,
@@ -263,7 +308,13 @@ def natural_galore(
       W_{t+1} = W_t - \eta_t (u_t + \lambda_{wd} W_t),
 
     with ``u_t`` the :func:`scale_by_natural_galore` direction. Defaults follow the released
-    scripts (``s = 20``, ``λ = 1e-3``, ``T = 200``, ``α = 0.25``).
+    code and scripts (``s = 20``, ``λ = 1e-3``, ``T = 200``, ``α = 0.25``, Adam ``ε = 1e-6``;
+    the differences from the release are listed in the module docstring).
+
+    ``optax.inject_hyperparams``: pass ``static_args=natural_galore.static_args``
+    (``rank, update_proj_gap, history, side, mu_dtype, base_optimizer, layout,
+    weight_decay_mask``); ``b1``/``b2`` are rounded to float32 at construction (see
+    :func:`optzoo.scale_by_galore`).
 
     Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
     Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
@@ -280,7 +331,7 @@ def natural_galore(
       damping: ``λ > 0`` of ``F̂ = λI + GGᵀ``.
       b1: Adam ``β₁``.
       b2: Adam ``β₂``.
-      eps: Adam ``ε``.
+      eps: Adam ``ε`` (``1e-6``, the release's; added to ``√v̂``).
       mu_dtype: dtype of Adam's first moment.
       weight_decay: ``λ_wd``, decoupled weight decay in the full parameter space.
       weight_decay_mask: tree of booleans or callable, as ``optax.add_decayed_weights``.
@@ -301,6 +352,11 @@ def natural_galore(
       A. Das, "Natural GaLore: Accelerating GaLore for memory-efficient LLM training and
       fine-tuning", arXiv:2410.16029.
     """
+    what = "natural_galore"
+    _checks.learning_rate(learning_rate, "learning_rate", what)
+    _check_natural(rank, update_proj_gap, history, damping, scale, side, b1, b2, eps, mu_dtype,
+                   base_optimizer, what, NATURAL_GALORE_STATIC_ARGS)
+    _checks.nonnegative(weight_decay, "weight_decay", what)
     return optax.chain(
         scale_by_natural_galore(rank, update_proj_gap=update_proj_gap, scale=scale, side=side,
                                 history=history, damping=damping, b1=b1, b2=b2, eps=eps,
@@ -309,3 +365,7 @@ def natural_galore(
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+scale_by_natural_galore.static_args = SCALE_BY_NATURAL_GALORE_STATIC_ARGS
+natural_galore.static_args = NATURAL_GALORE_STATIC_ARGS

@@ -4,6 +4,34 @@ Instead of an SVD every ``update_proj_gap`` steps, each matrix leaf's projector 
 optimizer step per update on the online-PCA loss of the normalized gradient (ALGORITHMS.md
 §6.3); the inner optimizer runs on the projected gradient exactly as in :mod:`optzoo.galore`,
 whose projection code (side rules, layouts, rank clipping, non-matrix leaves) is shared.
+
+Against the authors' release (``kyleliang919/Online-Subspace-Descent`` @ ``e694775``,
+``galore_torch/galore_projector.py`` with ``proj_type='continuous'`` and
+``galore_torch/adamw.py``; checked step by step by a numpy port in
+``tests/test_subspace_descent.py``):
+
+* same: the projector starts as the top-``r`` singular vectors of the first gradient and is
+  **not moved on that step** (the release creates its AdamW there and the step finds no
+  gradient: at the SVD the PCA-loss gradient is exactly zero, so an Adam step would only
+  normalize rounding noise into a full-size move, which made jit and eager runs differ by
+  ~2.5 % from step 1); afterwards one AdamW step per update on
+  ``‖PPᵀX̃ − X̃‖²`` (``X̃ = G/‖G‖_F``, no orthogonality term), taken after ``P`` was used
+  for the step's projection; the projector's AdamW has torch's defaults
+  ``β = (0.9, 0.999)``, ``ε = 1e-8``, weight decay ``0.01``, and learning rate
+  ``1/update_proj_gap`` (``update_proj_gap = 200`` in the release's README); the main Adam
+  ``ε = 1e-6`` (the release's ``GaLoreAdamW`` default, kept by its training script);
+  ``scale = 0.25`` (the README's command; its argparse default is 1.0).
+* different, on purpose: (1) with a learning-rate *schedule* the release multiplies the
+  projector's rate by ``η_t/η_0``; an optax schedule has no base value to divide by, so
+  :func:`online_subspace_descent` keeps ``1/update_proj_gap`` unless ``projector_lr_ratio``
+  or ``projector_learning_rate`` is given (pass
+  ``projector_learning_rate=lambda t: sched(t) / (T * peak)`` to reproduce it); (2) the
+  projector and its moments stay in float32 (the release casts it to the parameter dtype:
+  in bfloat16 the steps of size ``~1/T`` relative would round away); (3) main Adam's
+  ``ε`` is added to ``√v̂`` (optax), not to the uncorrected ``√v`` (a difference only
+  through ``ε``); (4) decoupled weight decay ``W − η(u + λW)`` (optax) instead of the
+  release's ``(W − ηu)(1 − ηλ)`` (``η²λu`` per step); (5) a zero gradient leaves the
+  projector's loss at 0 instead of dividing by ``‖G‖ = 0``.
 """
 
 from __future__ import annotations
@@ -12,24 +40,39 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optzoo import _checks
 from optzoo import layout as _layout
 from optzoo.galore import (
-    _check_int,
-    _check_side,
+    _as_float32,
+    _check_adam,
+    _check_common,
     _compute_dtype,
     _Core,
     _default_base,
     _init_pieces,
+    _static_int,
 )
 
 __all__ = [
+    "ONLINE_SUBSPACE_DESCENT_STATIC_ARGS",
+    "SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS",
     "OnlineSubspaceDescentState",
     "pca_loss",
     "scale_by_online_subspace_descent",
     "online_subspace_descent",
 ]
+
+#: Arguments of :func:`scale_by_online_subspace_descent` that ``optax.inject_hyperparams``
+#: cannot trace: pass them as ``static_args`` (also ``.static_args`` on the function).
+SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = ("rank", "side", "mu_dtype", "base_optimizer",
+                                                "layout")
+#: The same for :func:`online_subspace_descent` (also ``online_subspace_descent.static_args``).
+#: (``update_proj_gap`` only sets the default projector rate ``1/T``, so it may be injected.)
+ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = ("rank", "side", "mu_dtype", "weight_decay_mask",
+                                       "base_optimizer", "layout")
 
 
 class OnlineSubspaceDescentState(NamedTuple):
@@ -40,7 +83,10 @@ class OnlineSubspaceDescentState(NamedTuple):
       base_optimizer_state: the inner optimizer's state on the low-rank tree (as in GaLore).
       projector: per matrix leaf, the projector *for the next step*, float32 (or wider), shape
         as in :class:`GaLoreState`; ``optax.MaskedNode()`` for non-matrix leaves.
-      projector_optimizer_state: state of the Adam(W) that moves the projectors.
+      projector_optimizer_state: state of the projectors' AdamW direction,
+        ``(ScaleByAdamState, EmptyState)`` (Adam, then the decoupled weight decay; the
+        learning rate is applied from ``count``). Its Adam count lags ``count`` by one: the
+        projector is not moved on the step that initializes it.
     """
 
     count: jax.Array
@@ -72,14 +118,17 @@ def pca_loss(p: jax.Array, x: jax.Array, orth_penalty: float) -> jax.Array:
 def scale_by_online_subspace_descent(
     rank: int = 128,
     *,
-    projector_learning_rate: optax.ScalarOrSchedule = 0.05,
-    projector_weight_decay: float = 0.0,
+    projector_learning_rate: optax.ScalarOrSchedule = 0.005,
+    projector_weight_decay: float = 0.01,
+    projector_b1: float = 0.9,
+    projector_b2: float = 0.999,
+    projector_eps: float = 1e-8,
     orth_penalty: float = 0.0,
-    scale: float = 1.0,
+    scale: float = 0.25,
     side: str = "std",
     b1: float = 0.9,
     b2: float = 0.999,
-    eps: float = 1e-8,
+    eps: float = 1e-6,
     mu_dtype: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
     layout: _layout.LayoutSpec = None,
@@ -87,20 +136,28 @@ def scale_by_online_subspace_descent(
     r"""Online Subspace Descent direction: low-rank Adam with an online-PCA-updated projector.
 
     Per matrix slice ``G_t`` (``X_t = G_t`` for a left projector ``P ∈ R^{m×r}``,
-    ``X_t = G_tᵀ`` for a right one ``Q ∈ R^{n×r}``; ``X̃_t = X_t / ‖X_t‖_F``):
+    ``X_t = G_tᵀ`` for a right one ``Q ∈ R^{n×r}``; ``X̃_t = X_t / ‖X_t‖_F``), steps
+    ``t = 0, 1, ...``:
 
     .. math::
       P_0 = \mathrm{top}_r\,\mathrm{SVD}(G_0),\qquad R_t = P_t^\top X_t\ (\text{left}),
-      \qquad u_t = \alpha\, P_t\, \mathrm{Adam}(R_{1..t}),
+      \qquad u_t = \alpha\, P_t\, \mathrm{Adam}(R_{0..t}),
 
     .. math::
       L_t(P) = \|P P^\top \tilde X_t - \tilde X_t\|_F^2 + \mu \|P^\top P - I\|_F^2,\qquad
-      P_{t+1} = P_t - \eta_P \bigl(\mathrm{Adam}(\nabla L_t(P_t)) + \lambda_P P_t\bigr).
+      P_{t+1} = \begin{cases} P_0 & t = 0 \\
+        P_t - \eta_{P,t} \bigl(\mathrm{Adam}_P(\nabla L_1(P_1), \dots, \nabla L_t(P_t))
+        + \lambda_P P_t\bigr) & t \ge 1. \end{cases}
 
-    So the projector used at step ``t`` was fitted to gradients up to ``t-1`` (and the SVD of
-    ``G_0`` at ``t = 0``); the moments of the inner optimizer are never reset. Projectors and
-    their Adam moments are kept in float32 (or wider): they move by small increments that
-    bfloat16 would round away. The projector's Adam uses the same ``b1, b2, eps``.
+    The projector used at step ``t`` was fitted to gradients up to ``t-1``. It is **not**
+    moved on step 0, as in the authors' release: ``P_0`` minimizes ``L_0`` (with ``μ = 0``),
+    so ``∇L_0(P_0)`` is rounding noise, which Adam's normalization would turn into a
+    full-size step (before this rule jit and eager runs differed by ~2.5 % from step 1).
+    ``Adam_P``'s bias correction therefore starts at step 1. ``η_{P,t}`` is
+    ``projector_learning_rate`` (a schedule is evaluated at ``t``, the count of this block).
+    The inner optimizer's moments are never reset. Projectors and their Adam moments are
+    kept in float32 (or wider): they move by small increments that bfloat16 would round
+    away. Defaults are the release's (module docstring, with its list of deviations).
 
     Geometry/symmetry: as GaLore's within the subspace; the projector dynamics are the
     Hamiltonian-descent view of the paper (any projector update rule converges).
@@ -112,23 +169,36 @@ def scale_by_online_subspace_descent(
 
     Args:
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
-      projector_learning_rate: ``η_P`` (float or schedule) of the projector's Adam.
-      projector_weight_decay: ``λ_P``, decoupled weight decay of the projector.
+      projector_learning_rate: ``η_P`` (float or schedule) of the projector's AdamW; default
+        ``1/200``, the release's ``1/update_proj_gap`` at its README's ``update_proj_gap``.
+      projector_weight_decay: ``λ_P``, decoupled weight decay of the projector (``0.01``,
+        torch AdamW's default, which the release uses).
+      projector_b1: ``β₁`` of the projector's Adam (torch's 0.9).
+      projector_b2: ``β₂`` of the projector's Adam (torch's 0.999).
+      projector_eps: ``ε`` of the projector's Adam (torch's 1e-8).
       orth_penalty: ``μ``, weight of ``‖PᵀP − I‖²`` in the PCA loss. Default 0 (the released
         code's loss has no such term; the SVD start is orthonormal and the reconstruction
         term keeps ``P`` near the Stiefel manifold on the gradient's range).
-      scale: ``α`` multiplying the lifted update of matrix leaves.
-      side: ``'std'``, ``'optax-like'``, ``'left'`` or ``'right'`` (see the module docstring).
-      b1: Adam ``β₁`` (inner optimizer and projector).
-      b2: Adam ``β₂`` (inner optimizer and projector).
-      eps: Adam ``ε`` (inner optimizer and projector).
+      scale: ``α > 0`` multiplying the lifted update of matrix leaves (0.25, the release's
+        README command).
+      side: ``'std'``, ``'optax-like'``, ``'left'`` or ``'right'`` (see :mod:`optzoo.galore`).
+      b1: Adam ``β₁`` of the inner optimizer.
+      b2: Adam ``β₂`` of the inner optimizer.
+      eps: Adam ``ε`` of the inner optimizer (``1e-6``, the release's; added to ``√v̂``).
       mu_dtype: dtype of the inner Adam's first moment.
       base_optimizer: params-free inner transform replacing Adam on the low-rank gradients.
-      layout: matrix layout spec (see :func:`scale_by_galore`).
+      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
       :class:`OnlineSubspaceDescentState`.
+
+    Raises:
+      ValueError / TypeError: as :func:`optzoo.scale_by_galore` for the shared arguments;
+        ``projector_learning_rate`` ``None``/negative, ``projector_weight_decay < 0``,
+        ``projector_b1``/``projector_b2`` outside ``[0, 1)``, ``projector_eps <= 0``,
+        ``orth_penalty < 0``. Under ``optax.inject_hyperparams`` pass
+        ``static_args=scale_by_online_subspace_descent.static_args``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optzoo
@@ -139,17 +209,20 @@ def scale_by_online_subspace_descent(
 
     References:
       Liang, Liu, Chen, Liu, "Memory-Efficient LLM Training with Online Subspace Descent",
-      NeurIPS 2024, arXiv:2408.12857 (the online-PCA projector update). The SVD
-      initialization of ``P`` is our default (it is also what the authors' code does).
+      NeurIPS 2024, arXiv:2408.12857 (the online-PCA projector update); the SVD start and
+      the skipped first projector step follow the authors' code.
     """
     what = "scale_by_online_subspace_descent"
-    rank = _check_int("rank", rank, 1, what)
-    _check_side(side, what)
+    rank = _static_int(rank, "rank", what, 1, SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS)
+    _checks.learning_rate(projector_learning_rate, "projector_learning_rate", what)
+    _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
+               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
+               base_optimizer, what)
     base = _default_base(base_optimizer, b1, b2, eps, mu_dtype)
     proj_tx = optax.chain(
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.scale_by_adam(b1=_as_float32(projector_b1), b2=_as_float32(projector_b2),
+                            eps=projector_eps),
         optax.add_decayed_weights(projector_weight_decay),
-        optax.scale_by_learning_rate(projector_learning_rate),
     )
 
     def init_fn(params):
@@ -162,8 +235,9 @@ def scale_by_online_subspace_descent(
     def update_fn(updates, state, params=None, **extra_args):
         del params
         core = _Core(updates, layout, rank, side, what)
+        first = state.count == 0
         old = core.flat(state.projector)
-        proj = jax.lax.cond(state.count == 0, lambda: core.svd_projectors(old), lambda: old)
+        proj = jax.lax.cond(first, lambda: core.svd_projectors(old), lambda: old)
         low_rank = core.project(proj)
         low_upd, base_state = core.base_step(base, low_rank, state.base_optimizer_state,
                                              extra_args)
@@ -181,27 +255,57 @@ def scale_by_online_subspace_descent(
             mu = jnp.asarray(orth_penalty, pb.dtype)
             grads.append(p.unbatched(_pca_loss_grad(pb, x.astype(pb.dtype), mu)))
         proj_tree = core.treedef.unflatten(proj)
-        p_upd, p_state = proj_tx.update(core.treedef.unflatten(grads),
-                                        state.projector_optimizer_state, proj_tree)
-        new_proj = optax.apply_updates(proj_tree, p_upd)
+
+        def move():
+            direction, p_state = proj_tx.update(core.treedef.unflatten(grads),
+                                                state.projector_optimizer_state, proj_tree)
+            lr = (projector_learning_rate(state.count) if callable(projector_learning_rate)
+                  else projector_learning_rate)
+            moved = jax.tree.map(lambda x, d: (x - jnp.asarray(lr, x.dtype) * d).astype(x.dtype),
+                                 proj_tree, direction)
+            return moved, p_state
+
+        def keep():
+            return proj_tree, state.projector_optimizer_state
+
+        new_proj, p_state = jax.lax.cond(first, keep, move)
         return out, OnlineSubspaceDescentState(optax.safe_int32_increment(state.count),
                                                base_state, new_proj, p_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
+               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
+               base_optimizer, what):
+    if projector_learning_rate is not None:
+        _checks.learning_rate(projector_learning_rate, "projector_learning_rate", what)
+    _checks.nonnegative(projector_weight_decay, "projector_weight_decay", what)
+    _checks.unit_interval(projector_b1, "projector_b1", what, hi_open=True)
+    _checks.unit_interval(projector_b2, "projector_b2", what, hi_open=True)
+    _checks.positive(projector_eps, "projector_eps", what)
+    _checks.nonnegative(orth_penalty, "orth_penalty", what)
+    _check_common(scale, side, base_optimizer, what)
+    _check_adam(b1, b2, eps, mu_dtype, what)
+
+
 def online_subspace_descent(
     learning_rate: optax.ScalarOrSchedule,
     rank: int = 128,
     *,
-    projector_lr_ratio: float = 5.0,
-    projector_weight_decay: float | None = None,
+    update_proj_gap: int = 200,
+    projector_lr_ratio: float | None = None,
+    projector_learning_rate: optax.ScalarOrSchedule | None = None,
+    projector_weight_decay: float = 0.01,
+    projector_b1: float = 0.9,
+    projector_b2: float = 0.999,
+    projector_eps: float = 1e-8,
     orth_penalty: float = 0.0,
-    scale: float = 1.0,
+    scale: float = 0.25,
     side: str = "std",
     b1: float = 0.9,
     b2: float = 0.999,
-    eps: float = 1e-8,
+    eps: float = 1e-6,
     mu_dtype: Any | None = None,
     weight_decay: float = 0.0,
     weight_decay_mask: Any | None = None,
@@ -212,10 +316,23 @@ def online_subspace_descent(
 
     .. math::
       W_{t+1} = W_t - \eta_t (u_t + \lambda W_t),\qquad
-      P_{t+1} = P_t - \eta_{P,t}\bigl(\mathrm{Adam}(\nabla_P L_t(P_t)) + \lambda_P P_t\bigr),
+      P_{t+1} = P_t - \eta_{P,t}\bigl(\mathrm{Adam}_P(\nabla_P L_t(P_t)) + \lambda_P P_t\bigr)
+      \quad (t \ge 1;\ P_1 = P_0 = \text{SVD of } G_0),
 
-    with ``u_t`` and ``L_t`` as in :func:`scale_by_online_subspace_descent`,
-    ``η_P = projector_lr_ratio · η`` (schedules follow) and ``λ_P = λ`` unless given.
+    with ``u_t`` and ``L_t`` as in :func:`scale_by_online_subspace_descent`. The projector's
+    learning rate, first rule that applies:
+
+    * ``projector_learning_rate`` given: that (float or schedule);
+    * ``projector_lr_ratio`` given: ``η_P = projector_lr_ratio · η_t`` (schedules follow);
+    * default: ``η_P = 1 / update_proj_gap``, the release's rule for a constant ``η``
+      (``update_proj_gap = 200`` as in its README). With a schedule the release also
+      multiplies by ``η_t/η_0``; pass ``projector_learning_rate`` to reproduce that.
+
+    ``update_proj_gap`` only sets that default rate (the projector moves every step).
+    Defaults are the release's: ``scale = 0.25``, main Adam ``ε = 1e-6``, projector AdamW
+    ``(0.9, 0.999, 1e-8)`` with weight decay ``0.01``; the deviations are listed in the
+    module docstring. (Before this alignment: ``η_P = 5η``, ``scale = 1``, ``ε = 1e-8``,
+    ``λ_P = λ``.)
 
     Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
     Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
@@ -225,8 +342,15 @@ def online_subspace_descent(
     Args:
       learning_rate: ``η``, a float or an optax schedule.
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
-      projector_lr_ratio: ``η_P / η`` (the paper recommends about 5).
-      projector_weight_decay: ``λ_P``; ``None`` uses ``weight_decay``.
+      update_proj_gap: ``T >= 1``; the default projector rate is ``1/T`` (may be injected by
+        ``optax.inject_hyperparams``, it is only used through ``1/T``).
+      projector_lr_ratio: ``η_P / η`` (``>= 0``), or ``None``.
+      projector_learning_rate: ``η_P`` itself (float or schedule), or ``None``; not together
+        with ``projector_lr_ratio``.
+      projector_weight_decay: ``λ_P`` of the projector's AdamW.
+      projector_b1: ``β₁`` of the projector's Adam.
+      projector_b2: ``β₂`` of the projector's Adam.
+      projector_eps: ``ε`` of the projector's Adam.
       orth_penalty: ``μ`` of the PCA loss (default 0, see the block's docstring).
       scale: ``α`` multiplying the lifted update of matrix leaves.
       side: ``'std'``, ``'optax-like'``, ``'left'`` or ``'right'``.
@@ -237,10 +361,17 @@ def online_subspace_descent(
       weight_decay: ``λ``, decoupled weight decay in the full parameter space.
       weight_decay_mask: tree of booleans or callable, as ``optax.add_decayed_weights``.
       base_optimizer: params-free inner transform replacing Adam.
-      layout: matrix layout spec (see :func:`scale_by_galore`).
+      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError / TypeError: as :func:`scale_by_online_subspace_descent` (named
+        ``online_subspace_descent``), and ``learning_rate`` ``None``/negative,
+        ``update_proj_gap < 1``, ``projector_lr_ratio < 0``, both projector rates given,
+        ``weight_decay < 0``. Under ``optax.inject_hyperparams`` pass
+        ``static_args=online_subspace_descent.static_args``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optzoo
@@ -251,21 +382,46 @@ def online_subspace_descent(
 
     References:
       Liang, Liu, Chen, Liu, "Memory-Efficient LLM Training with Online Subspace Descent",
-      NeurIPS 2024, arXiv:2408.12857.
+      NeurIPS 2024, arXiv:2408.12857; code: github.com/kyleliang919/Online-Subspace-Descent.
     """
-    if callable(learning_rate):
+    what = "online_subspace_descent"
+    _checks.learning_rate(learning_rate, "learning_rate", what)
+    static = ONLINE_SUBSPACE_DESCENT_STATIC_ARGS
+    _static_int(rank, "rank", what, 1, static)
+    if isinstance(update_proj_gap, jax.Array | np.ndarray):  # injected: used as 1/T only
+        _checks.real(update_proj_gap, "update_proj_gap", what, lo=1.0)
+        gap = update_proj_gap
+    else:
+        gap = int(_checks.integer(update_proj_gap, "update_proj_gap", what, lo=1))
+    if projector_lr_ratio is not None and projector_learning_rate is not None:
+        raise ValueError(f"{what}: give projector_lr_ratio or projector_learning_rate, not "
+                         "both")
+    if projector_lr_ratio is not None:
+        _checks.nonnegative(projector_lr_ratio, "projector_lr_ratio", what)
+    _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
+               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
+               base_optimizer, what)
+    _checks.nonnegative(weight_decay, "weight_decay", what)
+    if projector_learning_rate is not None:
+        projector_lr = projector_learning_rate
+    elif projector_lr_ratio is None:
+        projector_lr = 1.0 / gap
+    elif callable(learning_rate):
         def projector_lr(count):
             return projector_lr_ratio * learning_rate(count)
     else:
         projector_lr = projector_lr_ratio * learning_rate
-    if projector_weight_decay is None:
-        projector_weight_decay = weight_decay
     return optax.chain(
         scale_by_online_subspace_descent(
             rank, projector_learning_rate=projector_lr,
-            projector_weight_decay=projector_weight_decay, orth_penalty=orth_penalty,
+            projector_weight_decay=projector_weight_decay, projector_b1=projector_b1,
+            projector_b2=projector_b2, projector_eps=projector_eps, orth_penalty=orth_penalty,
             scale=scale, side=side, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype,
             base_optimizer=base_optimizer, layout=layout),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+scale_by_online_subspace_descent.static_args = SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS
+online_subspace_descent.static_args = ONLINE_SUBSPACE_DESCENT_STATIC_ARGS

@@ -80,8 +80,12 @@ def test_optax_like_matches_optax_contrib_galore(mask):
     u1, s1 = _run(ours, PARAMS, grads)
     u2, s2 = _run(ref, PARAMS, grads)
     for t in range(7):
-        # Same float32 operations in the same order (SVD, matmuls, Adam): agreement to a few
-        # ulps; 1e-6 absolute on O(0.1) updates leaves room for XLA fusion differences.
+        # Same float32 operations in the same order (SVD, matmuls, Adam), except that optzoo
+        # rounds b1/b2 to float32 at construction (inject_hyperparams equality, see
+        # test_galore_inject.py) while optax's Adam keeps the Python 0.999: 1 - b2 differs by
+        # 1.3e-5 relative, measured 3.4e-7 absolute here (0.0 with
+        # base_optimizer=optax.scale_by_adam(), which optzoo does not round); 1e-6 absolute on
+        # O(0.1) updates.
         np.testing.assert_allclose(np.asarray(u1[t]["tall"]), np.asarray(u2[t]["tall"]),
                                    atol=1e-6, rtol=1e-6, err_msg=f"step {t}")
         np.testing.assert_allclose(np.asarray(u1[t]["wide"]), np.asarray(u2[t]["wide"]),
@@ -235,6 +239,10 @@ def _state_bytes(tx, params):
                for x in jax.tree.leaves(shapes))
 
 
+#: stacked (>2-D) leaves need an explicit layout (the default refuses to guess): the last two
+#: axes are the matrix, leading axes a batch of independent matrices
+LAY = MatrixLayout()
+
 MEM_PARAMS = {"a": jax.ShapeDtypeStruct((12, 5), jnp.float32),
               "b": jax.ShapeDtypeStruct((4, 10), jnp.float32),
               "s": jax.ShapeDtypeStruct((3, 6, 8), jnp.float32),
@@ -257,10 +265,13 @@ def test_state_bytes_exact(rank):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank 5 > min(4, 10): clipping tested elsewhere
         got = {
-            "std": _state_bytes(scale_by_galore(rank), MEM_PARAMS),
-            "opt": _state_bytes(scale_by_galore(rank, side="optax-like"), MEM_PARAMS),
-            "nat": _state_bytes(scale_by_natural_galore(rank, history=4), MEM_PARAMS),
-            "osd": _state_bytes(scale_by_online_subspace_descent(rank), MEM_PARAMS),
+            "std": _state_bytes(scale_by_galore(rank, layout=LAY), MEM_PARAMS),
+            "opt": _state_bytes(scale_by_galore(rank, side="optax-like", layout=LAY),
+                                MEM_PARAMS),
+            "nat": _state_bytes(scale_by_natural_galore(rank, history=4, layout=LAY),
+                                MEM_PARAMS),
+            "osd": _state_bytes(scale_by_online_subspace_descent(rank, layout=LAY),
+                                MEM_PARAMS),
         }
     assert got["std"] == f * (std + adam_vec) + 2 * counts
     assert got["opt"] == f * (opt + adam_vec) + 2 * counts
@@ -272,10 +283,12 @@ def test_state_bytes_exact(rank):
 
 # --------------------------------------------------------------- stacked = per slice
 FACTORIES = {
-    "galore": lambda **kw: galore(0.05, 2, update_proj_gap=2, weight_decay=0.1, **kw),
+    "galore": lambda **kw: galore(0.05, 2, update_proj_gap=2, weight_decay=0.1, layout=LAY,
+                                  **kw),
     "natural_galore": lambda **kw: natural_galore(0.05, 2, update_proj_gap=2, history=3,
-                                                  **kw),
-    "online_subspace_descent": lambda **kw: online_subspace_descent(0.05, 2, **kw),
+                                                  layout=LAY, **kw),
+    "online_subspace_descent": lambda **kw: online_subspace_descent(0.05, 2, layout=LAY,
+                                                                    **kw),
 }
 
 
@@ -303,7 +316,8 @@ def test_batch_axis_in_the_middle():
     tx_mid = galore(0.05, 2, update_proj_gap=2, layout=lay)
     u_mid, _ = _run(tx_mid, {"w": x.transpose(1, 0, 2)},
                     [{"w": g.transpose(1, 0, 2)} for g in gs])
-    u_lead, _ = _run(galore(0.05, 2, update_proj_gap=2), {"w": x}, [{"w": g} for g in gs])
+    u_lead, _ = _run(galore(0.05, 2, update_proj_gap=2, layout=LAY), {"w": x},
+                     [{"w": g} for g in gs])
     for t in range(3):
         np.testing.assert_allclose(np.asarray(u_mid[t]["w"]).transpose(1, 0, 2),
                                    np.asarray(u_lead[t]["w"]), atol=1e-6, rtol=1e-5)
@@ -358,7 +372,8 @@ def test_osd_first_step_is_galore_and_projector_moves():
     params = {"tall": PARAMS["tall"], "wide": PARAMS["wide"]}
     grads = _grad_seq(params, 3, seed=6)
     u_g, s_g = _run(galore(0.05, 2, scale=1.0, update_proj_gap=100), params, grads)
-    u_o, s_o = _run(online_subspace_descent(0.05, 2, orth_penalty=0.5), params, grads)
+    u_o, s_o = _run(online_subspace_descent(0.05, 2, orth_penalty=0.5, scale=1.0,
+                                            projector_learning_rate=0.05), params, grads)
     for k in params:
         np.testing.assert_allclose(np.asarray(u_o[0][k]), np.asarray(u_g[0][k]),
                                    atol=1e-6, rtol=1e-5)
@@ -379,11 +394,11 @@ COMPAT_PARAMS = {"stack": jnp.asarray(_normal(71, (2, 5, 3))),
 
 @pytest.mark.parametrize("case", [
     (galore, dict(learning_rate=1e-2, rank=2, update_proj_gap=2, side="std",
-                  weight_decay=0.01), ("rank", "update_proj_gap", "side")),
+                  weight_decay=0.01, layout=LAY), galore.static_args),
     (natural_galore, dict(learning_rate=1e-2, rank=2, update_proj_gap=2, history=3,
-                          damping=1e-2), ("rank", "update_proj_gap", "history", "side")),
-    (online_subspace_descent, dict(learning_rate=1e-2, rank=2, orth_penalty=0.1),
-     ("rank", "side")),
+                          damping=1e-2, layout=LAY), natural_galore.static_args),
+    (online_subspace_descent, dict(learning_rate=1e-2, rank=2, orth_penalty=0.1, layout=LAY),
+     online_subspace_descent.static_args),
 ], ids=["galore", "natural_galore", "online_subspace_descent"])
 def test_optax_compatibility(case):
     factory, kwargs, static = case
@@ -398,7 +413,10 @@ def test_converges_on_least_squares(name):
         "galore": galore(0.05, 2, update_proj_gap=10, scale=1.0),
         "galore-optax-like": galore(0.05, 2, update_proj_gap=10, scale=1.0, side="optax-like"),
         "natural_galore": natural_galore(0.05, 2, update_proj_gap=10, scale=1.0, history=4),
-        "online_subspace_descent": online_subspace_descent(0.05, 2),
+        # the pre-alignment projector rate (5x the weight rate) and scale 1: the test is
+        # about the mechanism (rank 2 of a rank-6 target needs a moving projector)
+        "online_subspace_descent": online_subspace_descent(0.05, 2, scale=1.0,
+                                                           projector_lr_ratio=5.0),
     }[name]
     a = jnp.asarray(_normal(80, (40, 10)))
     b = a @ jnp.asarray(_normal(81, (10, 6)))

@@ -68,7 +68,7 @@ def _optimizers(rank: int, history: int) -> list[tuple[str, str, Callable[[], An
         ("lion", "-", lambda: optax.lion(lr)),
         ("optax.contrib.galore", "all", lambda: optax.contrib.galore(lr, rank)),
     ]
-    for scope, lay in (("all", None), ("blocks", blocks_only_layout)):
+    for scope, lay in (("all", MatrixLayout()), ("blocks", blocks_only_layout)):
         rows += [
             ("galore[std]", scope, lambda lay=lay: galore(lr, rank, layout=lay)),
             ("galore[optax-like]", scope,
