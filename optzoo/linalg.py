@@ -15,7 +15,16 @@ Orthogonalizers approximate the polar factor ``polar(X) = U_r V_rᵀ`` of ``X = 
 * :func:`gram_newton_schulz` — the same polynomial map evaluated on the small ``r×r`` Gram
   matrix: for an ``m×n`` input with ``m ≪ n`` it costs ``4m²n + O(T m³)`` FLOPs instead of
   ``T(4m²n + 2m³)``.
-* ``svd`` and ``qdwh`` (through :func:`orthogonalize`) — exact references.
+* ``svd`` and ``qdwh`` (through :func:`orthogonalize`) — exact references: ``U_r V_rᵀ``
+  with the rank counted as the singular values above ``max(m, n)·ε·σ_max`` (``ε`` of the
+  compute dtype, float32 or wider; :func:`polar_svd`), also on rank-deficient input.
+
+Scale: every map here rescales by an (exact) power of two of the max-abs entry before
+squaring or summing, so results are finite and scale-free over the whole float32/bfloat16
+range (1e-38..3e38; entries below ``finfo.tiny`` are read as 0 by flush-to-zero hardware and
+are lost before any code runs). Arguments are checked: ``eps`` finite and ``>= 0``, step
+counts ``>= 1`` (ValueError/TypeError naming the function and the argument; traced ``eps``
+under ``optax.inject_hyperparams`` passes).
 
 Non-finite inputs: an iterative orthogonalizer fed a NaN/Inf would return a matrix that is
 partly NaN and partly plausible. Instead, every function here returns a matrix slice that
@@ -34,6 +43,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optzoo import _checks
 
 __all__ = [
     "JORDAN_QUINTIC",
@@ -128,20 +139,73 @@ def _dot_t(a: jax.Array) -> jax.Array:
     return _dot(a, jnp.swapaxes(a, -1, -2))
 
 
-def _frobenius_normalize(x: jax.Array, scale: float, eps: float, dtype: Any) -> jax.Array:
+def _pow2(k: jax.Array, dt: Any) -> jax.Array:
+    """``2**k`` in dtype ``dt`` (float32/float64), exact, for integer ``k`` in the normal
+    exponent range (built from the exponent bits: no ``pow`` rounding)."""
+    info = jnp.finfo(dt)
+    itype = jnp.int32 if info.bits == 32 else jnp.int64
+    bias = int(info.maxexp) - 1
+    k = jnp.clip(k.astype(itype), int(info.minexp), int(info.maxexp) - 1)
+    return jax.lax.bitcast_convert_type((k + bias) << int(info.nmant), dt)
+
+
+def _ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
+    """``x·2**k`` for ``|k| <= 2·maxexp``, exact unless the result leaves the normal range.
+
+    Two multiplications by ``2**(k//2)`` and ``2**(k − k//2)``: each factor stays a normal
+    number even when ``2**k`` itself would overflow or flush to zero (float32 ``2**-140``).
+    """
+    half = k // 2
+    return x * _pow2(half, x.dtype) * _pow2(k - half, x.dtype)
+
+
+def _peak_exponent(peak: jax.Array) -> jax.Array:
+    """Integer ``e`` with ``peak = f·2**e``, ``f ∈ [0.5, 1)``; 0 where peak is 0 or not finite.
+
+    Dividing by ``2**e`` (:func:`_ldexp`) is exact, so rescaling by it changes no rounding:
+    results computed on ``x·2**-e`` and scaled back are bitwise those of ``x`` wherever the
+    unscaled computation neither overflowed nor underflowed.
+    """
+    _, e = jnp.frexp(peak)
+    return jnp.where(jnp.isfinite(peak) & (peak > 0), e, 0)
+
+
+def _frobenius_normalize(x: jax.Array, scale: Any, eps: Any, dtype: Any) -> jax.Array:
     """x / (scale·‖x‖_F + eps), computed without overflow/underflow for any input magnitude.
 
     The norm is taken of ``x / max|x|`` (so squares neither overflow for 1e30 inputs nor
     underflow for 1e-30 inputs) in float32 or wider; ``eps`` is therefore relative to the
-    largest entry, and a zero matrix maps to zero.
+    largest entry, and a zero matrix maps to zero (also with ``eps = 0``).
+
+    ``x / max|x|`` is evaluated as ``(x·2⁻ᵉ) / (max|x|·2⁻ᵉ)`` with ``2ᵉ`` (about) the power of
+    two of the peak: the same quotient bit for bit (power-of-two scaling is exact), but XLA's
+    rewrite of a division by a broadcast scalar into a multiplication by its reciprocal can no
+    longer flush: before, ``1/max|x|`` is subnormal for ``max|x| > 8.5e37`` in float32, read as
+    0 on flush-to-zero hardware, and the orthogonalizers returned all zeros.
     """
     acc = jnp.promote_types(x.dtype, jnp.float32)
     xa = x.astype(acc)
     peak = jnp.max(jnp.abs(xa), axis=(-2, -1), keepdims=True)
-    peak = jnp.where(peak > 0, peak, jnp.ones_like(peak))
-    y = xa / peak
+    # One multiplication by a normal power of two (clipped to the normal exponent range:
+    # the scaled peak then lies in [2⁻²², 4), enough to keep 1/peak normal); one per entry
+    # more than before, so the iteration's cost is unchanged (see orthogonalizer_flops).
+    factor = _pow2(-_peak_exponent(peak), acc)
+    peak = jnp.where(peak > 0, peak * factor, jnp.ones_like(peak))
+    y = (xa * factor) / peak
     norm = jnp.sqrt(jnp.sum(jnp.square(y), axis=(-2, -1), keepdims=True))
-    return (y / (scale * norm + eps)).astype(dtype)
+    denom = scale * norm + eps
+    denom = jnp.where(denom > 0, denom, jnp.ones_like(denom))  # zero matrix with eps = 0
+    return (y / denom).astype(dtype)
+
+
+def _check_eps(eps: Any, what: str, name: str = "eps") -> Any:
+    """``eps`` finite and >= 0 (traced values pass: optax.inject_hyperparams)."""
+    return _checks.nonnegative(eps, name, what)
+
+
+def _check_steps(steps: Any, what: str, name: str = "steps", allow_none: bool = True) -> Any:
+    """A static iteration count >= 1 (``None`` where the function has a default)."""
+    return _checks.integer(steps, name, what, lo=1, allow_none=allow_none)
 
 
 def _to_wide(x: jax.Array) -> tuple[jax.Array, bool]:
@@ -198,13 +262,17 @@ def newton_schulz(
         (3.4445, −4.7750, 2.0315)) or a per-step table of shape ``(steps, 3)``.
       steps: number of iterations (default 5 for a single triple; must match a table).
       dtype: compute dtype (default: the input's). Products accumulate in float32.
-      eps: added to the (peak-relative) Frobenius norm.
+      eps: added to the (peak-relative) Frobenius norm; finite, >= 0 (0 is allowed: a zero
+        matrix still maps to 0).
       norm_scale: the norm is multiplied by this before dividing (>1 adds a safety margin).
       nonfinite: ``'nan'``, ``'zero'`` or ``'raise'`` (module docstring).
 
     Returns:
       Array of the input's shape and dtype. FLOPs: ``T(4r²c + 2r³)`` per matrix,
       ``r = min(m, n)``, ``c = max(m, n)``.
+
+    Raises:
+      ValueError: ``steps < 1``, ``eps`` negative or not finite, ``norm_scale <= 0``.
 
     Example:
       >>> o = newton_schulz(jnp.ones((4, 8)) + jnp.eye(4, 8))
@@ -215,6 +283,9 @@ def newton_schulz(
     name = "newton_schulz"
     x = _check_matrix(x, name)
     dt = _compute_dtype(x, dtype, name)
+    _check_steps(steps, name)
+    _check_eps(eps, name)
+    _checks.positive(norm_scale, "norm_scale", name)
     table = _coefficient_table(coeffs, steps, name)
     _check_nonfinite_mode(nonfinite, x, name)
     y, transposed = _to_wide(x)
@@ -354,6 +425,8 @@ def polar_express(
     References:
       Amsel et al., arXiv:2505.16932.
     """
+    _check_steps(steps, "polar_express", allow_none=False)
+    _check_eps(eps, "polar_express")
     table = polar_express_coefficients(steps, lower=lower)
     return newton_schulz(x, table, dtype=dtype, eps=eps,
                          norm_scale=_PE_SAFETY, nonfinite=nonfinite)
@@ -399,6 +472,11 @@ def gram_newton_schulz(
     Returns:
       Array of the input's shape and dtype.
 
+    Raises:
+      ValueError: ``steps < 1`` (0 steps would return the normalized input, not an
+        orthogonal factor), restarts outside ``1..T−1``, ``eps`` negative or not finite,
+        ``norm_scale <= 0``. TypeError: non-integer ``steps``/``restarts``.
+
     References:
       Gram Newton–Schulz as integrated in DeepSpeed's Muon and Dao AI Lab's write-up
       (iterate on XXᵀ); the polynomial map is Jordan's / Polar Express's (see above).
@@ -406,6 +484,14 @@ def gram_newton_schulz(
     name = "gram_newton_schulz"
     x = _check_matrix(x, name)
     dt = _compute_dtype(x, dtype, name)
+    _check_steps(steps, name)
+    _check_eps(eps, name)
+    _checks.positive(norm_scale, "norm_scale", name, allow_none=True)
+    if restarts is not None:
+        if isinstance(restarts, str) or not isinstance(restarts, Sequence):
+            raise TypeError(f"{name}: restarts must be a sequence of ints, got {restarts!r}")
+        for r in restarts:
+            _checks.integer(r, "restarts", name)
     if coeffs is None:
         table = polar_express_coefficients(5 if steps is None else steps)
         scale = _PE_SAFETY if norm_scale is None else norm_scale
@@ -452,57 +538,124 @@ def _default_restarts(steps: int) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------ exact references
+def _rank_rtol(rtol: Any, shape: Sequence[int], dt: Any, what: str) -> float:
+    """The rank tolerance of the exact polar paths: ``rtol`` (checked) or the default
+    ``max(m, n)·ε(dt)``."""
+    _checks.real(rtol, "rtol", what, lo=0.0, allow_none=True)
+    if rtol is None:
+        return max(shape[-2:]) * float(jnp.finfo(dt).eps)
+    return rtol
+
+
+_RANK_DOC = """
+    **Rank tolerance.** A singular value counts only when ``σᵢ > rtol·σ_max`` (per matrix);
+    the others are treated as exact zeros, so a rank-deficient input gives the partial
+    isometry ``U_r V_rᵀ`` on its range (0 on its null space), never an orthogonal completion.
+    The default ``rtol = max(m, n)·ε`` with ``ε = finfo(compute dtype).eps`` (float32 or
+    wider: 1.19e-7) is the default of ``numpy.linalg.matrix_rank`` and
+    ``jax.numpy.linalg.matrix_rank`` (``jax.numpy.linalg.pinv`` uses ten times as much): it
+    bounds the singular values that rounding alone creates — storing a rank-``r`` matrix in
+    the compute dtype perturbs it by ``‖E‖₂ ≲ √(mn)·ε/2·max|xᵢⱼ| ≤ max(m, n)·ε·σ_max/2`` — so
+    below it a direction cannot be told from rounding noise, and above it (e.g. ``10×`` the
+    tolerance) it counts. ``ε`` is that of the compute dtype, not of a bfloat16 input (whose
+    ``max(m, n)·ε_bf16`` exceeds 1 from 128 columns on); pass ``rtol`` to truncate at the
+    input's own noise level. ``rtol = 0`` keeps every positive singular value.
+"""
+
+
 def polar_svd(x: jax.typing.ArrayLike, *, dtype: Any = None, rtol: float | None = None,
               nonfinite: str = "nan") -> jax.Array:
     """Exact polar factor ``U_r V_rᵀ`` from a thin SVD (the accuracy reference).
 
-    Singular values below ``rtol·σ_max`` count as zero, so a rank-deficient input gives the
-    partial isometry on its range (not an arbitrary completion). Computed in float32 or
-    wider (``dtype``); the default ``rtol`` is ``max(m, n)·ε(dtype)``.
+    Singular values at or below ``rtol·σ_max`` count as zero (see the rank tolerance below).
+    Computed in float32 or wider (``dtype``) on the input scaled by its largest entry.
     """
     name = "polar_svd"
     x = _check_matrix(x, name)
     dt = jnp.promote_types(_compute_dtype(x, dtype, name), jnp.float32)
     _check_nonfinite_mode(nonfinite, x, name)
+    rtol = _rank_rtol(rtol, x.shape, dt, name)
     xs = _frobenius_normalize(x, 1.0, 0.0, dt)  # scale-free: no overflow for huge inputs
     safe = jnp.where(jnp.isfinite(xs), xs, 0)
     u, s, vt = jnp.linalg.svd(safe, full_matrices=False)
-    if rtol is None:
-        rtol = max(x.shape[-2:]) * float(jnp.finfo(dt).eps)
     keep = (s > rtol * s[..., :1]).astype(dt)
     out = (u * keep[..., None, :]) @ vt
     return _mask_nonfinite(x, out.astype(x.dtype), nonfinite)
 
 
+polar_svd.__doc__ += _RANK_DOC
+
+
 def polar_qdwh(x: jax.typing.ArrayLike, *, dtype: Any = None, max_iterations: int = 10,
-               nonfinite: str = "nan") -> jax.Array:
+               rtol: float | None = None, nonfinite: str = "nan") -> jax.Array:
     """Polar factor by QDWH (``jax.lax.linalg.qdwh``), float32 or wider, batched by vmap.
 
-    QDWH assumes full rank; on rank-deficient input the zero directions are mapped to zero
-    only up to rounding. A zero matrix returns zero.
+    QDWH (Nakatsukasa, Bai, Gygi 2010) iterates a rational map that sends every positive
+    singular value to 1; it assumes full rank, and on a rank-deficient input the rounding-level
+    singular values of the null space are driven to 1 as well, so it returns an orthogonal
+    completion ``U_r V_rᵀ + U₀W V₀ᵀ`` (relative error 1.73 against ``U_r V_rᵀ`` on a 48×24
+    matrix of rank 6 before this was handled). Here the result is projected onto the range:
+    with ``X = U_p H`` (tall orientation; QDWH returns both factors) the spectral projector
+    ``P`` of ``H`` onto its eigenvalues above ``rtol·λ_max`` gives ``U_p P = U_r V_rᵀ``.
+
+    Cost: the projector needs an ``n×n`` eigendecomposition (``n`` the small side), so it is
+    only computed when some matrix of the batch may be rank-deficient — a Cholesky
+    factorization of ``H − 2·rtol·‖X‖_F·I`` fails (``σ_min <= 2·rtol·‖X‖_F``, a
+    superset of ``σ_min <= rtol·σ_max``; the factor 2 covers the Cholesky rounding). Full-rank
+    inputs take the plain branch: their result is the QDWH factor itself (no projection).
+    A zero matrix returns zero.
     """
     name = "polar_qdwh"
     x = _check_matrix(x, name)
     dt = jnp.promote_types(_compute_dtype(x, dtype, name), jnp.float32)
     _check_nonfinite_mode(nonfinite, x, name)
+    _checks.integer(max_iterations, "max_iterations", name, lo=1)
+    rtol = _rank_rtol(rtol, x.shape, dt, name)
     y, transposed = x, False
     if x.shape[-2] < x.shape[-1]:  # qdwh wants tall input
         y, transposed = jnp.swapaxes(x, -1, -2), True
-    y = _frobenius_normalize(y, 1.0, 0.0, dt)
+    y = _frobenius_normalize(y, 1.0, 0.0, dt)  # ‖y‖_F = 1: σ_max ∈ [1/√n, 1]
     y = jnp.where(jnp.isfinite(y), y, 0)
     batch = y.shape[:-2]
     flat = y.reshape((-1,) + y.shape[-2:])
+    out = _qdwh_partial_isometry(flat, max_iterations=int(max_iterations), rtol=float(rtol))
+    out = out.reshape(batch + y.shape[-2:])
+    if transposed:
+        out = jnp.swapaxes(out, -1, -2)
+    return _mask_nonfinite(x, out.astype(x.dtype), nonfinite)
+
+
+polar_qdwh.__doc__ += _RANK_DOC
+
+
+@functools.partial(jax.jit, static_argnames=("max_iterations", "rtol"))
+def _qdwh_partial_isometry(flat: jax.Array, *, max_iterations: int, rtol: float) -> jax.Array:
+    """QDWH of a ``(b, m, n)`` stack of tall, Frobenius-normalized matrices, projected onto
+    the range where some matrix may be rank-deficient (see :func:`polar_qdwh`). Jitted so
+    that eager calls compile the ``lax.cond`` once per shape."""
+    n = flat.shape[-1]
+    dt = flat.dtype
+    eye = jnp.eye(n, dtype=dt)
 
     def one(mat):
         zero = jnp.all(mat == 0)
         safe = jnp.where(zero, jnp.eye(*mat.shape, dtype=mat.dtype), mat)
-        u = jax.lax.linalg.qdwh(safe, max_iterations=max_iterations)[0]
-        return jnp.where(zero, jnp.zeros_like(u), u)
+        u, h, _, _ = jax.lax.linalg.qdwh(safe, max_iterations=max_iterations)
+        h = 0.5 * (h + h.T)
+        chol = jnp.linalg.cholesky(h - (2.0 * rtol) * eye)
+        maybe_deficient = ~jnp.all(jnp.isfinite(chol)) & ~zero
+        return jnp.where(zero, jnp.zeros_like(u), u), h, maybe_deficient
 
-    out = jax.vmap(one)(flat).reshape(batch + y.shape[-2:])
-    if transposed:
-        out = jnp.swapaxes(out, -1, -2)
-    return _mask_nonfinite(x, out.astype(x.dtype), nonfinite)
+    u, h, flags = jax.vmap(one)(flat)
+
+    def project(args):
+        u, h, flags = args
+        w, v = jnp.linalg.eigh(h)  # ascending; eigenvalues of H are the singular values
+        keep = (w > rtol * w[..., -1:]).astype(dt)
+        proj = (v * keep[..., None, :]) @ jnp.swapaxes(v, -1, -2)
+        return jnp.where(flags[:, None, None], u @ proj, u)
+
+    return jax.lax.cond(jnp.any(flags), project, lambda args: args[0], (u, h, flags))
 
 
 # --------------------------------------------------------------------------- dispatcher
@@ -549,6 +702,8 @@ def orthogonalize(
       Array of the input's shape and dtype.
     """
     x = _check_matrix(x, "orthogonalize")
+    _check_steps(steps, "orthogonalize")
+    _check_eps(eps, "orthogonalize")
     if method not in ORTHOGONALIZERS:
         raise ValueError(f"orthogonalize: unknown method {method!r}; expected one of "
                          f"{ORTHOGONALIZERS}")
@@ -627,31 +782,61 @@ def inverse_sqrt_psd(
 
     Methods:
       * ``'eigh'`` — eigendecomposition (the reference), eigenvalues clipped at 0.
+        ``eps = 0`` gives the pseudo-inverse root: eigenvalues at or below
+        ``n·ε(dtype)·λ_max`` (rounding level, the rank tolerance of :func:`polar_svd`) map
+        to 0 instead of ``1/√0``.
       * ``'newton_schulz'`` — the coupled Newton–Schulz iteration ``Y₀ = A/s``, ``Z₀ = I``,
         ``T = (3I − Z_k Y_k)/2``, ``Y ← Y T``, ``Z ← T Z`` (``Z_k → (A/s)^{-1/2}``), with
-        ``s = ‖A‖_F`` so that the spectrum lies in (0, 1]; ``steps`` iterations. Converges
-        quadratically once eigenvalues are near 1; slow for small eigenvalues (use enough
-        steps or ``eigh``).
+        ``s = ‖A‖_F`` so that the spectrum lies in (0, 1]; ``steps`` (>= 1) iterations.
+        Converges quadratically once eigenvalues are near 1; slow for small eigenvalues (use
+        enough steps or ``eigh``). It diverges on a matrix that is not PSD beyond the damping
+        (e.g. a Gram formed from entries so small that its products underflowed); such
+        matrices, detected by a non-finite result, are recomputed with ``'eigh'``.
+
+    Any scale: the matrix is first divided by the power of two ``2ᵉ`` of its largest entry
+    (exact), the trace is taken of that, and ``2^{−e/2}`` is applied at the end, so neither
+    the trace nor ``tr/n`` can overflow or fall into the subnormal range (before: the Gram of
+    a momentum decayed 0.95× per step for ~870 steps, trace 5.4e-38, had ``tr/n`` subnormal,
+    flushed to 0 and divided by: all NaN). Where ``tr(A)/n`` is a normal number the result is
+    bitwise what the unscaled formula gives. A matrix whose largest entry is 0 (including one
+    made only of subnormals on flush-to-zero hardware) or whose trace is ``<= 0`` gives 0.
 
     Computed in float32 or wider.
+
+    Raises:
+      ValueError: non-square input, unknown ``method``, ``eps`` negative or not finite,
+        ``steps < 1``.
     """
     name = "inverse_sqrt_psd"
     a = _check_matrix(a, name)
     if a.shape[-1] != a.shape[-2]:
         raise ValueError(f"{name}: expected square matrices, got shape {a.shape}")
+    _checks.choice(method, "method", name, ("eigh", "newton_schulz"))
+    _check_eps(eps, name)
+    _check_steps(steps, name, allow_none=False)
     dt = jnp.promote_types(_compute_dtype(a, dtype, name), jnp.float32)
     n = a.shape[-1]
     x = a.astype(dt)
     x = 0.5 * (x + jnp.swapaxes(x, -1, -2))
+    peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    e = _peak_exponent(peak)
+    x = _ldexp(x, -e)  # max entry in [0.5, 1): the trace of a PSD matrix is >= 0.5
     trace = jnp.trace(x, axis1=-2, axis2=-1)[..., None, None]
-    zero = trace <= 0
+    zero = ~(trace > 0) | ~(peak > 0)
     scale = jnp.where(zero, 1.0, trace / n)
     x = x / scale + eps * jnp.eye(n, dtype=dt)  # mean eigenvalue 1 (+eps)
-    if method == "eigh":
+    def eigh_root(x):
         w, v = jnp.linalg.eigh(x)
         w = jnp.maximum(w, eps)
-        root = (v * (1.0 / jnp.sqrt(w))[..., None, :]) @ jnp.swapaxes(v, -1, -2)
-    elif method == "newton_schulz":
+        inv = 1.0 / jnp.sqrt(w)
+        # eps = 0 (possibly traced): drop rounding-level eigenvalues instead of 1/√0.
+        cut = n * float(jnp.finfo(dt).eps) * w[..., -1:]
+        inv = jnp.where((eps > 0) | (w > cut), inv, 0.0)
+        return (v * inv[..., None, :]) @ jnp.swapaxes(v, -1, -2)
+
+    if method == "eigh":
+        root = eigh_root(x)
+    else:
         s = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
         y = x / s
         eye = jnp.eye(n, dtype=dt)
@@ -660,27 +845,58 @@ def inverse_sqrt_psd(
             t = 0.5 * (3.0 * eye - z @ y)
             y, z = y @ t, t @ z
         root = z / jnp.sqrt(s)
-    else:
-        raise ValueError(f"{name}: unknown method {method!r}; expected 'eigh' or "
-                         "'newton_schulz'")
-    out = root / jnp.sqrt(scale)
+        # A matrix that is not PSD beyond the damping (a Gram whose products underflowed:
+        # entries near 1e-38 lose terms, a few % of its scale) makes the coupled iteration
+        # diverge to inf. Those matrices are redone by eigh (compiled, run only if needed).
+        bad = ~jnp.all(jnp.isfinite(root), axis=(-2, -1), keepdims=True)
+        root = jax.lax.cond(jnp.any(bad), lambda r: jnp.where(bad, eigh_root(x), r),
+                            lambda r: r, root)
+    # out = root / √(2ᵉ·scale): directly where 2ᵉ·scale (the old tr(A)/n) is a normal number
+    # (bitwise the unscaled formula), else as root·2^{−e/2}/√scale (finite for any e).
+    tiny = float(jnp.finfo(dt).tiny)
+    full = _ldexp(scale, e)
+    direct = root / jnp.sqrt(jnp.where(full >= tiny, full, 1.0))
+    half = e // 2
+    odd = (e - 2 * half).astype(dt)  # e = 2·half + odd, odd ∈ {0, 1}
+    split = _ldexp(root / jnp.sqrt(scale * (1.0 + odd)), -half)
+    ok = (full >= tiny) & jnp.isfinite(full)
+    out = jnp.where(ok, direct, split)
     out = jnp.where(zero, 0.0, out)
     return out.astype(a.dtype)
 
 
-def _normalize_along(x: jax.Array, axis: int, eps: float, name: str) -> jax.Array:
+def _norm_along(xa: jax.Array, axis: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(x·2⁻ᵉ, ‖x·2⁻ᵉ‖₂)`` along ``axis`` (keepdims) and ``e``: ``2ᵉ`` is the power of two of
+    each slice's max-abs entry, so the squares neither overflow (|x| > 1.8e19 in float32)
+    nor flush to zero (|x| < 1e-19), and ``‖x‖ = 2ᵉ·‖x·2⁻ᵉ‖`` exactly."""
+    peak = jnp.max(jnp.abs(xa), axis=axis, keepdims=True)
+    e = _peak_exponent(peak)
+    y = _ldexp(xa, -e)
+    return y, jnp.sqrt(jnp.sum(jnp.square(y), axis=axis, keepdims=True)), e
+
+
+def _normalize_along(x: jax.Array, axis: int, eps: Any, name: str) -> jax.Array:
+    """``x/(‖x‖₂ + eps)`` along ``axis`` as ``y/(‖y‖ + eps·2⁻ᵉ)`` with ``y = x·2⁻ᵉ`` (exact
+    power-of-two rescaling: bitwise the direct formula wherever that one neither overflowed
+    nor underflowed). A zero slice stays zero, also with ``eps = 0``."""
     x = _check_matrix(x, name)
+    _check_eps(eps, name)
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    xa = x.astype(acc)
-    norm = jnp.sqrt(jnp.sum(jnp.square(xa), axis=axis, keepdims=True))
-    return (xa / (norm + eps)).astype(x.dtype)
+    y, norm, e = _norm_along(x.astype(acc), axis)
+    denom = norm + _ldexp(jnp.asarray(eps, acc) * jnp.ones_like(norm), -e)
+    denom = jnp.where(denom > 0, denom, jnp.ones_like(denom))
+    return (y / denom).astype(x.dtype)
 
 
 def row_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-8) -> jax.Array:
     """``D⁻¹X`` with ``D = diag(‖xᵢ‖₂ + eps)``: each row of ``(..., m, n)`` to unit ℓ₂ norm.
 
-    Rows are the units (axis −2). A zero row stays zero; a row of norm ``ρ`` comes out with
-    norm ``ρ/(ρ + eps)``. Norms are accumulated in float32 or wider.
+    Rows are the units (axis −2). A zero row stays zero (also with ``eps = 0``); a row of
+    norm ``ρ`` comes out with norm ``ρ/(ρ + eps)`` (``eps`` is absolute: rows far below
+    ``eps`` come out as ``x/eps``). Norms are accumulated in float32 or wider after an exact
+    power-of-two rescaling by each row's max-abs entry, so the direction is right over the
+    whole float32/bfloat16 range (before: rows above ~1.8e19 squared to inf and came out as
+    exactly 0). ``eps`` must be finite and >= 0.
     """
     return _normalize_along(jnp.asarray(x), -1, eps, "row_normalize")
 
@@ -691,10 +907,19 @@ def col_normalize(x: jax.typing.ArrayLike, *, eps: float = 1e-8) -> jax.Array:
 
 
 def center(x: jax.typing.ArrayLike, *, axis: int = -2) -> jax.Array:
-    """``Π⊥X``: subtract the mean along ``axis`` (default the rows, ``(I − 11ᵀ/m)X``)."""
+    """``Π⊥X``: subtract the mean along ``axis`` (default the rows, ``(I − 11ᵀ/m)X``).
+
+    Safe over the whole float range (the mean is taken after an exact power-of-two rescaling
+    by the max-abs along ``axis``)."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"center: expected a floating dtype, got {x.dtype}")
     acc = jnp.promote_types(x.dtype, jnp.float32)
     xa = x.astype(acc)
-    return (xa - jnp.mean(xa, axis=axis, keepdims=True)).astype(x.dtype)
+    # Power-of-two rescaling by the max-abs along `axis` (exact): the sum inside the mean
+    # cannot overflow (16 rows of 1e38 did: inf − inf = NaN), results are otherwise bitwise
+    # those of the direct formula.
+    peak = jnp.max(jnp.abs(xa), axis=axis, keepdims=True)
+    e = _peak_exponent(peak)
+    y = _ldexp(xa, -e)
+    return _ldexp(y - jnp.mean(y, axis=axis, keepdims=True), e).astype(x.dtype)
