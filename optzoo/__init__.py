@@ -32,6 +32,7 @@ from optzoo.polargrad import ScaleByPolarGradState, polargrad, scale_by_polargra
 from optzoo.ringmaster import (
     DiscardStaleState,
     ScaleByRingmasterLMOState,
+    delay_adaptive,
     discard_stale,
     ringmaster,
     ringmaster_agnostic,
@@ -123,6 +124,7 @@ __all__ = [
     "scale_by_ringmaster_lmo",
     "ScaleByRingmasterLMOState",
     "discard_stale",
+    "delay_adaptive",
     "DiscardStaleState",
     # distribution
     "OwnerComputes",

@@ -210,6 +210,9 @@ ENTRIES: tuple[Entry, ...] = (
     _m("discard_stale",
        lambda: optzoo.discard_stale(optzoo.ringmaster(0.02, layout=_L), delay_threshold=2),
        extra=_delay_extra),
+    _m("delay_adaptive",
+       lambda: optzoo.delay_adaptive(optzoo.ringmaster(0.02, layout=_L), n_workers=2),
+       extra=_delay_extra),
     # guards
     _m("skip_nonfinite", lambda: optzoo.skip_nonfinite(optzoo.muon(0.02, layout=_L))),
 )
