@@ -373,7 +373,7 @@ def ef_muon(
     mu_dtype: jax.typing.DTypeLike | None = None,
     error_dtype: jax.typing.DTypeLike | None = None,
     fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
     owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""EF-Muon: Muon-type compressed momentum steps with error feedback.
@@ -396,8 +396,9 @@ def ef_muon(
 
     Leaves without a matrix layout (biases, norm scales, scalars: fewer than two dimensions
     by default) go to ``fallback`` through ``optax.partition``; by default
-    ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default
-    of the matrix aliases),
+    ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default of the matrix
+    aliases) with ``lr_fb = adam_learning_rate`` or, by default, ``0.015 × learning_rate``
+    following its schedule (as :func:`optzoo.muon`),
     the Muon README's choice for such parameters.
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
@@ -422,7 +423,8 @@ def ef_muon(
       error_dtype: dtype of the error buffer (default float32 or wider).
       fallback: transform for leaves without a matrix layout (gets the full optax update
         contract: it must include its own learning rate).
-      adam_learning_rate: learning rate of the default AdamW fallback.
+      adam_learning_rate: learning rate of the default AdamW fallback; ``None`` (default):
+        ``0.015 × learning_rate``, following its schedule and injected values.
       owner_computes: distribute the spectral compressor's orthogonalizations over
         devices, each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``'sign'`` is local and ignores it.
@@ -466,5 +468,5 @@ def ef_muon(
         optax.scale(-1.0),
     )
     return _partition.split_by_layout(matrix_tx, _partition.default_fallback(
-        fallback, adam_learning_rate=adam_learning_rate), layout,
+        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate), layout,
                           "ef_muon")

@@ -229,7 +229,7 @@ def _validate(what: str, **kw: Any) -> None:
     _checks.float_dtype(kw["mu_dtype"], "mu_dtype", what)
     _static_dim(kw["max_factor_dim"], what)
     for name in ("learning_rate", "adam_learning_rate"):
-        if name in kw:
+        if name in kw and not (name == "adam_learning_rate" and kw[name] is None):
             _checks.learning_rate(kw[name], name, what)
     if "weight_decay" in kw:
         _checks.nonnegative(kw["weight_decay"], "weight_decay", what)
@@ -487,7 +487,7 @@ def fismo(
     ns_steps: int | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
     owner_computes: OwnerComputes | None = None,
     max_factor_dim: int | None = MAX_FACTOR_DIM,
 ) -> optax.GradientTransformation:
@@ -507,8 +507,9 @@ def fismo(
 
     Leaves without a matrix layout (biases, norm scales, scalars: fewer than two dimensions
     by default) go to ``fallback`` through ``optax.partition``; by default
-    ``optax.adamw(adam_learning_rate, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default
-    of the matrix aliases).
+    ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default of the matrix
+    aliases) with ``lr_fb = adam_learning_rate`` or, by default, ``0.015 × learning_rate``
+    following its schedule (as :func:`optzoo.muon`).
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
@@ -538,7 +539,8 @@ def fismo(
       ns_steps: iterations of an iterative orthogonalizer.
       mu_dtype: dtype of the momentum.
       fallback: transform for leaves without a matrix layout (with its own learning rate).
-      adam_learning_rate: learning rate of the default AdamW fallback.
+      adam_learning_rate: learning rate of the default AdamW fallback; ``None`` (default):
+        ``0.015 × learning_rate``, following its schedule and injected values.
       owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
         matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
@@ -579,5 +581,5 @@ def fismo(
         optax.scale_by_learning_rate(learning_rate),
     )
     return _partition.split_by_layout(matrix_tx, _partition.default_fallback(
-        fallback, adam_learning_rate=adam_learning_rate), layout,
+        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate), layout,
                           "fismo")

@@ -337,7 +337,7 @@ def test_max_factor_dim_under_inject_hyperparams():
     (dict(max_factor_dim=0), ValueError, "max_factor_dim must lie in"),
     (dict(max_factor_dim=1e4), TypeError, "max_factor_dim must be an int"),
     (dict(weight_decay=np.float64(-0.1)), ValueError, "weight_decay must lie in"),
-    (dict(adam_learning_rate=None), TypeError, "adam_learning_rate"),
+    (dict(adam_learning_rate=-1.0), ValueError, "adam_learning_rate"),
     (dict(fallback=optax.adam), TypeError, "fallback must be an optax.GradientTransformation"),
     (dict(beta=True), TypeError, "beta must be a real number"),
 ])
