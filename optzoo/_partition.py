@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from optzoo import layout as layout_lib
+from optzoo._tree import path_str
 
 
 def keep_update_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -114,9 +115,34 @@ def default_fallback(
     """
     if fallback is None:
         fallback = float16_in_float32(optax.adamw(
-            fallback_learning_rate(adam_learning_rate, learning_rate), b1=adam_b1, b2=adam_b2, eps=adam_eps,
-            weight_decay=adam_weight_decay, mu_dtype=mu_dtype))
+            fallback_learning_rate(adam_learning_rate, learning_rate), b1=adam_b1,
+            b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay, mu_dtype=mu_dtype))
     return keep_update_dtypes(fallback)
+
+
+def check_update_shapes(tx: optax.GradientTransformation,
+                        what: str) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose ``update`` first checks the updates against ``params`` (when given): the
+    same tree structure and, leaf by leaf, the same shape — else a ``ValueError`` naming the
+    path and both shapes, instead of a broadcasting error from deep inside the method.
+    Shapes are static, so the check costs nothing under ``jit``; states are unchanged."""
+    tx = optax.with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is not None:
+            u_paths, u_def = jax.tree_util.tree_flatten_with_path(updates)
+            p_leaves, p_def = jax.tree.flatten(params)
+            if u_def != p_def:
+                raise ValueError(f"{what}: the updates' tree structure does not match the "
+                                 f"parameters': {u_def} vs {p_def}")
+            for (path, u), p in zip(u_paths, p_leaves, strict=True):
+                if jnp.shape(u) != jnp.shape(p):
+                    raise ValueError(f"{what}: the update of '{path_str(path)}' has shape "
+                                     f"{jnp.shape(u)} but the parameter has shape "
+                                     f"{jnp.shape(p)}")
+        return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def split_by_layout(
@@ -144,4 +170,5 @@ def split_by_layout(
         return treedef.unflatten([matrix_label if lay is not None else "fallback"
                                   for lay in lays])
 
-    return optax.partition({matrix_label: matrix_tx, "fallback": fallback}, labels)
+    return check_update_shapes(
+        optax.partition({matrix_label: matrix_tx, "fallback": fallback}, labels), what)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks
+from optzoo import _checks, _partition
 from optzoo import layout as _layout
 from optzoo._partition import float16_in_float32
 from optzoo._tree import check_floating, path_str
@@ -520,13 +520,13 @@ def galore(
     _check_common(scale, side, base_optimizer, what)
     _check_adam(b1, b2, eps, mu_dtype, what)
     _checks.nonnegative(weight_decay, "weight_decay", what)
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_galore(rank, update_proj_gap=update_proj_gap, scale=scale, side=side, b1=b1,
                         b2=b2, eps=eps, mu_dtype=mu_dtype, base_optimizer=base_optimizer,
                         layout=layout),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "galore")
 
 
 scale_by_galore.static_args = SCALE_BY_GALORE_STATIC_ARGS

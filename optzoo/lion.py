@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo import _checks, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, map_with_path, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
@@ -426,11 +426,11 @@ def lion(
     """
     _validate("lion", b1=b1, b2=b2, mu_dtype=mu_dtype, learning_rate=learning_rate,
               weight_decay=weight_decay)
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_lion_kappa(b1=b1, b2=b2, kappa="sign", mu_dtype=mu_dtype),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "lion")
 
 
 def lion_kappa(
@@ -532,11 +532,11 @@ def lion_kappa(
               spectral_method=spectral_method, spectral_steps=spectral_steps,
               vector_kappa=vector_kappa, learning_rate=learning_rate,
               weight_decay=weight_decay)
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_lion_kappa(
             b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype, layout=layout,
             spectral_method=spectral_method, spectral_steps=spectral_steps,
             vector_kappa=vector_kappa, owner_computes=owner_computes),
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "lion_kappa")

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from optzoo import _checks
+from optzoo import _checks, _partition
 from optzoo import layout as _layout
 from optzoo.galore import (
     _check_adam,
@@ -357,14 +357,14 @@ def natural_galore(
     _check_natural(rank, update_proj_gap, history, damping, scale, side, b1, b2, eps, mu_dtype,
                    base_optimizer, what, NATURAL_GALORE_STATIC_ARGS)
     _checks.nonnegative(weight_decay, "weight_decay", what)
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_natural_galore(rank, update_proj_gap=update_proj_gap, scale=scale, side=side,
                                 history=history, damping=damping, b1=b1, b2=b2, eps=eps,
                                 mu_dtype=mu_dtype, base_optimizer=base_optimizer,
                                 layout=layout),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "natural_galore")
 
 
 scale_by_natural_galore.static_args = SCALE_BY_NATURAL_GALORE_STATIC_ARGS

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, map_with_path
 from optzoo.distributed import OwnerComputes, check_owner_computes
@@ -423,14 +423,14 @@ def ringmaster(
                           ortho_method=ortho_method, ns_steps=ns_steps,
                           shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
                           nesterov=nesterov)
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_ringmaster_lmo(
             beta, lmo, nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
             ns_steps=ns_steps, shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
             layout=layout, owner_computes=owner_computes),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "ringmaster")
 
 
 def ringmaster_agnostic(

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
@@ -588,10 +588,10 @@ def scion(
         decay = 1.0 + weight_decay  # weight_decay is 0 here (an injected 0.0 keeps it traced)
     else:
         decay = weight_decay
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_scion(momentum, norms=norms, radius=radius, layout=layout,
                        ortho_method=ortho_method, ns_steps=ns_steps, eps=eps, mu_dtype=mu_dtype,
                        owner_computes=owner_computes),
         optax.add_decayed_weights(decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "scion")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks
+from optzoo import _checks, _partition
 from optzoo import layout as _layout
 from optzoo.galore import (
     _as_float32,
@@ -411,7 +411,7 @@ def online_subspace_descent(
             return projector_lr_ratio * learning_rate(count)
     else:
         projector_lr = projector_lr_ratio * learning_rate
-    return optax.chain(
+    return _partition.check_update_shapes(optax.chain(
         scale_by_online_subspace_descent(
             rank, projector_learning_rate=projector_lr,
             projector_weight_decay=projector_weight_decay, projector_b1=projector_b1,
@@ -420,7 +420,7 @@ def online_subspace_descent(
             base_optimizer=base_optimizer, layout=layout),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ), "online_subspace_descent")
 
 
 scale_by_online_subspace_descent.static_args = SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS
