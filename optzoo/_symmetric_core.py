@@ -14,10 +14,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optzoo import _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo import linalg
 from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, maybe_apply
 
@@ -75,7 +76,14 @@ def is_masked(x: Any) -> bool:
 # ------------------------------------------------------------------------ layouts
 def user_layouts(layout: layout_lib.LayoutSpec, tree: Any, what: str) -> list[Any]:
     """The layout spec resolved to a flat list aligned with ``jax.tree.leaves(tree)``
-    (masked trees of ``optax.partition`` included: see :func:`optzoo.layout.resolve`)."""
+    (masked trees of ``optax.partition`` included: see :func:`optzoo.layout.resolve`).
+
+    ``None`` means ``MatrixLayout()``: the last two axes are the matrix, leading axes batch
+    axes, fewer than two axes no matrix. The unit maps take an explicit ``unit_axis`` and are
+    meant for embeddings, heads, routers and expert stacks, so they do not use the hidden-matrix
+    default of :func:`optzoo.layout.default_layout` (which refuses those leaves)."""
+    if layout is None:
+        layout = layout_lib.MatrixLayout()
     return jax.tree.structure(tree).flatten_up_to(layout_lib.resolve(layout, tree, what=what))
 
 
@@ -150,31 +158,279 @@ def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=_HIGHEST)
 
 
+def _tiny(x: jax.Array) -> float:
+    """Smallest normal number of ``x``'s dtype: the floor of every scale and trace."""
+    return float(jnp.finfo(x.dtype).tiny)
+
+
+def peak_scale(x: jax.Array, axis: Any = (-2, -1)) -> tuple[jax.Array, jax.Array]:
+    """``(x / s, s)`` with ``s`` the peak ``|x|`` over ``axis`` (kept dims).
+
+    Every map below is written on the peak-normalized matrix, so no square overflows (1e30
+    inputs) or underflows (1e-30 inputs); a matrix whose peak is below the dtype's smallest
+    normal number (a momentum decayed into the subnormal range, which flush-to-zero hardware
+    reads as 0) counts as exactly zero (``s = 1``, ``x / s = 0``) instead of being divided by.
+    """
+    peak = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    live = peak >= _tiny(x)
+    s = jnp.where(live, peak, jnp.ones_like(peak))
+    return jnp.where(live, x / s, jnp.zeros_like(x)), s
+
+
+def _frobenius(x: jax.Array) -> jax.Array:
+    """Per-matrix Frobenius norm ``(b, 1, 1)`` without overflow or underflow."""
+    z, s = peak_scale(x)
+    return s * jnp.sqrt(jnp.sum(jnp.square(z), axis=(-2, -1), keepdims=True))
+
+
 def center_rows(x: jax.Array) -> jax.Array:
-    return linalg.center(x, axis=-2)
+    """``Π⊥X``: subtract the mean row (the mean of ``x/s``, rescaled, so sums cannot overflow)."""
+    z, s = peak_scale(x)
+    return s * (z - jnp.mean(z, axis=-2, keepdims=True))
 
 
 def row_norm(x: jax.Array, eps: Any, threshold: Any) -> jax.Array:
-    y = linalg.row_normalize(x, eps=eps)
+    """``diag(‖xᵢ‖ + eps)⁻¹ X`` (the reference's ``inverse_eps`` mode), scale-safe.
+
+    Each row is divided by its own peak before squaring (``‖xᵢ‖ = sᵢ‖xᵢ/sᵢ‖``), so the norm of a
+    1e30 row neither overflows nor that of a 1e-30 row underflows; rows whose peak is below the
+    dtype's smallest normal number are zero rows.
+    """
+    z, s = peak_scale(x, axis=-1)
+    rel = jnp.sqrt(jnp.sum(jnp.square(z), axis=-1, keepdims=True))  # in [1, √F] or 0
+    eps = jnp.asarray(eps, x.dtype)
+    denom = rel + eps / s  # x / (‖x‖ + eps) = z / (‖z‖ + eps/s); eps/s = inf gives 0
+    y = jnp.where(denom > 0, z, jnp.zeros_like(z)) / jnp.where(denom > 0, denom, 1.0)
     if not is_zero(threshold):
-        norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+        norms = s * rel
         keep = norms > threshold * jnp.max(norms, axis=-2, keepdims=True)
         y = jnp.where(keep, y, jnp.zeros_like(y))
     return y
 
 
-def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
-               gram_steps: int, owner_computes: OwnerComputes | None = None) -> jax.Array:
-    """``Y (YᵀY)^{-1/2}`` (right) or ``(YYᵀ)^{-1/2} Y`` (left); 'auto' inverts the smaller.
+# ------------------------------------------------------------- spectral numerics
+#: ``numerics`` of the spectral maps. ``'exact'``: eigendecomposition of the small Gram (or
+#: an :func:`optzoo.linalg.orthogonalize` method); ``'gram_ns'``: the reference's Gram
+#: Newton-Schulz polar factor (Dao-AILab/gram-newton-schulz as called by
+#: ``HybridPolarGradM_GramNS`` / ``RightPolarGradM_GramNS``); ``'pe_invsqrt'``: the reference's
+#: Polar-Express inverse square root of the Gram (``optim/invsqrt.py``, used by
+#: ``LeftPolarGradM``, ``RightPolarGradM`` and ``HybridPolarGradM``); ``'reference'``: what the
+#: released runs used for that map (:data:`REFERENCE_NUMERICS`).
+NUMERICS = ("exact", "reference", "gram_ns", "pe_invsqrt")
 
-    With ``owner_computes`` the polar factors of the ``(b, U, F)`` stack are computed
-    owner-computes style (:mod:`optzoo.distributed`); the cheap maps around them (row norms,
-    centering, ``ν``) stay where the stack is, so a ``ν`` summed over a leaf is unaffected.
+#: Per map, the numerics of the released runs (train_*.py defaults ``right_optimizer_impl`` =
+#: ``hybrid_optimizer_impl`` = ``'gramns'``, ``backend='polar_express'``, ``inner_steps=5``).
+REFERENCE_NUMERICS = {"hybrid": "gram_ns", "right": "gram_ns", "left": "pe_invsqrt"}
+
+# Polar Express minimax quintics (Amsel et al., arXiv:2505.16932, 8 steps), as tabulated by
+# the reference (optim/invsqrt.py, optim/hybrid.py) and gram_newton_schulz/coefficients.py:
+# every row but the last is evaluated at x/1.05 (safety factor), i.e. (a/1.05, b/1.05³,
+# c/1.05⁵); steps beyond 8 repeat the last row.
+_PE_UNSCALED = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+_SAFETY = 1.05
+REFERENCE_COEFFS = tuple((a / _SAFETY, b / _SAFETY**3, c / _SAFETY**5)
+                         for a, b, c in _PE_UNSCALED[:-1]) + (_PE_UNSCALED[-1],)
+_GNS_EPS = 1e-7          # GramNewtonSchulz(ns_epsilon=1e-7), the released --ns_epsilon
+_GNS_RESTARTS = (2,)     # gram_newton_schulz_reset_iterations default [2]
+_PE_NORM_SAFETY = 1.02   # symmetric_matrix_invsqrt_polar_express: alpha = 1.02·‖A‖_F + eps
+
+
+def reference_coefficients(steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The reference's first ``steps`` rows of :data:`REFERENCE_COEFFS` (last row repeated)."""
+    rows = list(REFERENCE_COEFFS[:steps])
+    return tuple(rows + [REFERENCE_COEFFS[-1]] * (steps - len(rows)))
+
+
+class Numerics(NamedTuple):
+    """Resolved numerics of one spectral map (see :data:`NUMERICS`)."""
+
+    method: str                      # 'exact', 'gram_ns' or 'pe_invsqrt'
+    steps: int = 5
+    coeffs: tuple = ()
+    dtype: Any = None
+
+    def describe(self) -> str:
+        if self.method == "exact":
+            return "exact"
+        return f"{self.method}({self.steps} steps, {jnp.dtype(self.dtype).name})"
+
+
+def resolve_numerics(numerics: Any, kind: str, steps: Any, coeffs: Any, dtype: Any,
+                     what: str) -> Numerics:
+    """Validates ``numerics`` / ``numerics_steps`` / ``numerics_coeffs`` / ``numerics_dtype``
+    at construction (naming the argument) and resolves ``'reference'`` for map ``kind``."""
+    _checks.choice(numerics, "numerics", what, NUMERICS)
+    if numerics == "reference":
+        numerics = REFERENCE_NUMERICS[kind]
+    _checks.integer(steps, "numerics_steps", what, lo=1)
+    _checks.float_dtype(dtype, "numerics_dtype", what)
+    if numerics == "exact":
+        return Numerics("exact")
+    steps = int(steps)
+    if coeffs is None:
+        table = reference_coefficients(steps)
+    else:
+        try:
+            arr = np.asarray(coeffs, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{what}: numerics_coeffs must be a (steps, 3) table or one "
+                            f"(a, b, c) triple of numbers, got {coeffs!r}") from None
+        if arr.shape == (3,):
+            arr = np.tile(arr, (steps, 1))
+        if arr.shape != (steps, 3) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"{what}: numerics_coeffs must be finite with shape "
+                             f"({steps}, 3) (numerics_steps={steps}) or (3,), got shape "
+                             f"{arr.shape}")
+        table = tuple(tuple(float(v) for v in row) for row in arr)
+    if dtype is None:
+        dtype = jnp.float16 if numerics == "gram_ns" else jnp.float32
+    return Numerics(numerics, steps, table, jnp.dtype(dtype))
+
+
+def _isqrt_eigh(c: jax.Array, gram_eps: Any) -> jax.Array:
+    """``(C + gram_eps·tr(C)/n·I)^{-1/2}`` by eigh; 0 where ``tr C`` is below ``n·tiny``."""
+    n = c.shape[-1]
+    c = 0.5 * (c + _t(c))
+    tr = jnp.trace(c, axis1=-2, axis2=-1)[..., None, None]
+    live = tr > n * _tiny(c)
+    scale = jnp.where(live, tr / n, jnp.ones_like(tr))
+    x = c / scale + jnp.asarray(gram_eps, c.dtype) * jnp.eye(n, dtype=c.dtype)
+    w, v = jnp.linalg.eigh(x)
+    w = jnp.maximum(w, jnp.asarray(gram_eps, c.dtype))
+    root = _mm(v * (1.0 / jnp.sqrt(w))[..., None, :], _t(v))
+    return jnp.where(live, root / jnp.sqrt(scale), jnp.zeros_like(root))
+
+
+def _isqrt_pe(c: jax.Array, damping: jax.Array, num: Numerics) -> jax.Array:
+    """The reference's Polar-Express inverse square root (``optim/invsqrt.py``), float32 or
+    ``num.dtype``: ``A = sym(C) + δI``, ``Y₀ = A/α`` (``α = 1.02‖A‖_F + δ``), ``Z₀ = I``, per
+    quintic ``(a, b, c)``: ``R = sym(I − ZY)``, ``P = (a+b+c)I − (b+2c)R + cR²``, ``Y ← YP``,
+    ``Z ← PZ``; returns ``Z/√α``. ``damping`` ``δ`` is per matrix ``(b, 1, 1)`` (the reference's
+    absolute ``eps``, expressed in the units of ``C``)."""
+    dt = jnp.promote_types(num.dtype, jnp.float32)
+    n = c.shape[-1]
+    eye = jnp.eye(n, dtype=dt)
+    a_mat = 0.5 * (c + _t(c)).astype(dt) + damping.astype(dt) * eye
+    alpha = _PE_NORM_SAFETY * _frobenius(a_mat) + damping.astype(dt)
+    alpha = jnp.where(alpha > 0, alpha, jnp.ones_like(alpha))  # padded zero matrices
+    y = a_mat / alpha
+    z = jnp.broadcast_to(eye, y.shape)
+    for a, b, cc in num.coeffs:
+        r = eye - _mm(z, y)
+        r = 0.5 * (r + _t(r))
+        p = (a + b + cc) * eye + (-b - 2 * cc) * r + cc * _mm(r, r)
+        y, z = _mm(y, p), _mm(p, z)
+    return (z / jnp.sqrt(alpha)).astype(c.dtype)
+
+
+def _round_mm(a: jax.Array, b: jax.Array, dt: Any) -> jax.Array:
+    """``a @ b`` from ``dt`` inputs, accumulated in float32 (or wider), rounded to ``dt`` (a
+    half-precision GEMM with a half-precision result, as the reference's torch/quack GEMMs)."""
+    acc = jnp.promote_types(dt, jnp.float32)
+    return jnp.matmul(a, b, preferred_element_type=acc, precision=_HIGHEST).astype(dt)
+
+
+def gram_ns_polar(y: jax.Array, num: Numerics, ns_eps: jax.Array) -> jax.Array:
+    """Port of ``GramNewtonSchulz.__call__`` (gram-newton-schulz 0.1.4, unchanged at HEAD).
+
+    Transposes tall blocks to wide (``m ≤ n``), divides by ``‖X‖_F + ns_eps`` (``ns_eps`` per
+    matrix, in the units of ``y``), casts to the compute dtype (float16 in the released runs)
+    and applies the quintics ``X ← (aI + bR + cR²)X``, ``R = XXᵀ``: through the ``m×m`` Gram
+    for ``m < n`` (``Q`` accumulating the product, a restart ``X ← QX`` before step 2), the
+    plain iteration for square blocks. Every product rounds to the compute dtype.
     """
+    dt = num.dtype
+    tall = y.shape[-2] > y.shape[-1]
+    x = _t(y) if tall else y
+    denom = _frobenius(x) + ns_eps
+    denom = jnp.where(denom > 0, denom, jnp.ones_like(denom))  # padded zero matrices
+    x = (x / denom).astype(dt)
+    m, n = x.shape[-2:]
+    acc = jnp.promote_types(dt, jnp.float32)
+
+    def comb(*terms):  # Σ coef·term in float32, one rounding to dt
+        return sum(k * t.astype(acc) for k, t in terms).astype(dt)
+
+    if m < n:
+        eye = jnp.eye(m, dtype=dt)
+        r = _round_mm(x, _t(x), dt)
+        q = None
+        last = len(num.coeffs) - 1
+        for i, (a, b, c) in enumerate(num.coeffs):
+            restart = i in _GNS_RESTARTS
+            if restart and i != 0:
+                x = _round_mm(q, x, dt)
+                r = _round_mm(x, _t(x), dt)
+            z = comb((b, r), (c, _round_mm(r, r, acc)))
+            if i == 0 or restart:
+                q = comb((1.0, z), (a, eye))
+            else:
+                q = comb((a, q), (1.0, _round_mm(q, z, acc)))
+            if i < last and (i + 1) not in _GNS_RESTARTS:
+                rz = comb((a, r), (1.0, _round_mm(r, z, acc)))
+                r = comb((a, rz), (1.0, _round_mm(z, rz, acc)))
+        x = _round_mm(q, x, dt)
+    else:
+        for a, b, c in num.coeffs:
+            g = _round_mm(x, _t(x), dt)
+            bb = comb((b, g), (c, _round_mm(g, g, acc)))
+            x = comb((a, x), (1.0, _round_mm(bb, x, acc)))
+    x = x.astype(y.dtype)
+    return _t(x) if tall else x
+
+
+def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
+               gram_steps: int, owner_computes: OwnerComputes | None = None,
+               num: Numerics | None = None, scale: jax.Array | None = None,
+               eps: Any = 1e-8) -> jax.Array:
+    """Polar factor of ``y`` (rows = units) under the chosen numerics.
+
+    ``'exact'``: ``Y (YᵀY)^{-1/2}`` (right) or ``(YYᵀ)^{-1/2} Y`` (left), 'auto' inverting the
+    smaller Gram, damped by ``gram_eps`` relative to the mean eigenvalue. ``'pe_invsqrt'``: the
+    same with the reference's iterative inverse root and absolute damping ``eps`` (in the units
+    of the unscaled momentum: ``y`` is ``M/scale``). ``'gram_ns'``: the reference's Gram
+    Newton-Schulz (side-free). With ``owner_computes`` the polar factors of the ``(b, U, F)``
+    stack are computed owner-computes style (:mod:`optzoo.distributed`); the cheap maps around
+    them stay where the stack is.
+    """
+    num = num or Numerics("exact")
     if side == "auto":
         side = "right" if y.shape[-1] <= y.shape[-2] else "left"
+    s = jnp.ones(y.shape[:-2] + (1, 1), y.dtype) if scale is None else scale
+    big = jnp.asarray(1e30, y.dtype)
+    if num.method in ("gram_ns", "pe_invsqrt"):
+        # the per-matrix constant (ns_eps or the damping, in the units of y) travels as an
+        # extra column of the stack, so owner-computes distribution sees one (b, U, F+1) stack
+        if num.method == "gram_ns":
+            const = jnp.minimum(_GNS_EPS / s, big)
+        else:
+            const = jnp.minimum(jnp.asarray(eps, y.dtype) / s / s, big)
+        packed = jnp.concatenate([y, jnp.broadcast_to(const, y.shape[:-1] + (1,))], axis=-1)
+
+        def polar_it(zc):
+            z, k = zc[..., :-1], zc[..., :1, -1:]
+            if num.method == "gram_ns":
+                return gram_ns_polar(z, num, k)
+            if side == "right":
+                return _mm(z, _isqrt_pe(_mm(_t(z), z), k, num))
+            return _mm(_isqrt_pe(_mm(z, _t(z)), k, num), z)
+
+        return maybe_apply(owner_computes, polar_it, packed)
 
     def polar(z: jax.Array) -> jax.Array:
+        if gram_method == "eigh":
+            if side == "right":
+                return _mm(z, _isqrt_eigh(_mm(_t(z), z), gram_eps))
+            return _mm(_isqrt_eigh(_mm(z, _t(z)), gram_eps), z)
         if side == "right":
             r = linalg.inverse_sqrt_psd(_mm(_t(z), z), method=gram_method, eps=gram_eps,
                                         steps=gram_steps)
@@ -186,14 +442,20 @@ def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
     return maybe_apply(owner_computes, polar, y)
 
 
-def nu_factor(y: jax.Array, p: jax.Array, alpha: Any, eps: Any, scope: str) -> Any:
-    """``max(⟨Y, P⟩, eps)^α`` per matrix (``(b, 1, 1)``) or per leaf; ``None`` if ``α = 0``."""
+def nu_factor(y: jax.Array, p: jax.Array, alpha: Any, eps: Any, scope: str,
+              scale: jax.Array | None = None) -> Any:
+    """``max(ν, eps)^α``, ``ν = s·⟨Y, P⟩`` per matrix (``(b, 1, 1)``) or per leaf, where ``Y`` is
+    the momentum divided by ``scale`` ``s``; ``None`` if ``α = 0``. ``α`` and ``eps`` enter as
+    arrays of ``y``'s dtype whether they are Python floats or injected hyperparameters, so
+    ``optax.inject_hyperparams`` reproduces the plain optimizer to the last bit."""
     if is_zero(alpha):
         return None
     nu = jnp.sum(y * p, axis=(-2, -1), keepdims=True)
+    if scale is not None:
+        nu = nu * scale
     if scope == "leaf":
         nu = jnp.sum(nu, axis=0, keepdims=True)
-    return jnp.power(jnp.maximum(nu, eps), alpha)
+    return jnp.power(jnp.maximum(nu, jnp.asarray(eps, nu.dtype)), jnp.asarray(alpha, nu.dtype))
 
 
 def scaled(factor: Any, p: jax.Array) -> jax.Array:
@@ -250,13 +512,19 @@ def scale_by_unit_map(
         lays = unit_layouts(updates, unit_axis, layout, what, "update", pair)
 
         def moment(g, m):
+            # beta as an array of the accumulation dtype, so that 1 - beta rounds the same
+            # whether beta is a Python float or an injected hyperparameter.
             acc = jnp.promote_types(jnp.result_type(m), jnp.float32)
-            return beta * m.astype(acc) + (1 - beta) * g.astype(acc)
+            b = jnp.asarray(beta, acc)
+            return b * m.astype(acc) + (1 - b) * g.astype(acc)
 
         mu32 = jax.tree.map(moment, updates, state.mu)
         if nesterov:
-            inputs = jax.tree.map(lambda g, m: (1 - beta) * g.astype(m.dtype) + beta * m,
-                                  updates, mu32)
+            def nest(g, m):
+                b = jnp.asarray(beta, m.dtype)
+                return (1 - b) * g.astype(m.dtype) + b * m
+
+            inputs = jax.tree.map(nest, updates, mu32)
         else:
             inputs = mu32
         out = layout_lib.map_matrices(fn, inputs, lays, group=group, what=what)

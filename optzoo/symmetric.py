@@ -15,7 +15,8 @@ row-norm               ``rownorm_ε(M)``                                  ``S_un
 centered row-norm      ``Π⊥ rownorm_ε(Π⊥ M)``                            ``… ⋉ shifts``
 one-sided (right)      ``ν^α · M (MᵀM)^{-1/2}``                          ``O(m) × O(d)``
 left spectral          ``Π⊥ ν^α · (YYᵀ)^{-1/2} Y``, ``Y = Π⊥M``          ``S_units × O(d) ⋉ shifts``
-hybrid (row→polar)     ``ν^α · polar(rownorm_ε(M))``                     ``S_units·D × O(d)``
+hybrid (row→polar)     ``ν^α · polar(rownorm_ε(M))`` (centered:          ``S_units·D × O(d)``
+                       ``Π⊥ ν^α polar(Π⊥ rownorm_ε(Π⊥ M))``)
 hybrid (polar→row)     ``rownorm_ε(polar(M))``                           ``S_units × O(d)``
 =====================  ================================================  =====================
 
@@ -37,19 +38,38 @@ axes (scanned layers, expert stacks ``[E, d, f]``) are batch axes: each slice is
 pair ``(gate_j, up_j)``, normalized jointly (same permutation on both halves).
 
 **Choices where the sources are silent or disagree** (ALGORITHMS.md §1, §12 item 1; the paper
-text was not available, rules follow the authors' released code):
+text was not available, rules follow the authors' released code at its HEAD a773b3f,
+2026-05-29; the parity suite is ``tests/test_symmetric_reference.py``):
 
-* ``ν`` is the trace ``tr(C R) = ‖M‖_*`` for the one-sided map. The released
-  ``RightPolarGradM`` sums *all entries* of ``C R`` (its comment says trace); that sum is not
-  invariant under right rotations, the trace is.
-* ``ν`` is taken per matrix slice (``nu_scope='matrix'``: per expert, per scanned layer); the
-  reference's hybrid sums it over a whole stacked expert tensor (``nu_scope='leaf'``).
-* The Gram inverse square root is :func:`optzoo.linalg.inverse_sqrt_psd` in float32 with a
-  damping ``gram_eps`` *relative to the mean eigenvalue* (the reference adds an absolute
-  ``1e-8``), so the maps are exactly invariant to gradient scale (``α = 0``) and rank-deficient
-  blocks (centered routers, embeddings with unseen tokens) stay finite.
-* Centered maps re-center their output (``1ᵀΔ = 0`` exactly, also after the nonlinear step);
-  the released hybrid/left optimizers center only the input.
+* ``ν`` is ``⟨Y, P⟩ = tr(C R)`` (``= ‖Y‖_*`` for the exact polar factor), as the reference's
+  right / left maps (``torch.trace(C @ R)``) and its hybrid / Gram-NS maps (sum of
+  ``Y ⊙ P``) compute it. (Its first commit summed all entries of ``C R``; HEAD takes the
+  trace.)
+* ``ν`` is taken per matrix slice by default (``nu_scope='matrix'``: per expert, per scanned
+  layer); the reference's hybrid sums it over a whole stacked expert tensor
+  (``nu_scope='leaf'``).
+* ``numerics``: ``'exact'`` (default of these factories) inverts the small Gram by float32
+  ``eigh`` with a damping ``gram_eps`` *relative to the mean eigenvalue*, so the maps are
+  exactly invariant to gradient scale (``α = 0``) and rank-deficient blocks (centered routers,
+  embeddings with unseen tokens) stay finite; it is what the equivariance tests use.
+  ``'reference'`` reproduces the released runs: the hybrid and right maps through Gram
+  Newton-Schulz (5 Polar Express steps, float16, ``ns_epsilon = 1e-7``), the left map through
+  the 5-step Polar-Express inverse square root (float32, absolute damping ``eps·I``); the
+  symmetry-compatible stack's released presets default to it (their learning rates were
+  tuned there). The iterations are not exactly equivariant (float16 rounding, absolute
+  epsilons) and their output differs from the exact polar factor by 10-60 % on
+  ill-conditioned momenta (small singular values are not lifted to 1).
+* Centered maps re-center their output (``1ᵀΔ = 0`` exactly, also after the nonlinear step),
+  as the reference does at HEAD (``RowNormM``, ``HybridPolarGradM``, ``LeftPolarGradM``,
+  ``RightPolarGradM`` with ``center_rows=True``); the centered hybrid ``row_then_polar`` also
+  re-centers the row-normalized matrix *before* the polar factor (``Π⊥ ν^α polar(Π⊥
+  rownorm(Π⊥ M))``), as the reference's both hybrid classes do.
+* Numerics over the whole float32/bfloat16 range: every map works on ``M / max|M|`` (per
+  matrix; row norms per row), so no square overflows (1e30) or underflows (1e-30), and a
+  matrix whose peak is below the dtype's smallest normal number (a momentum decayed into the
+  subnormal range after its gradient stopped) counts as zero instead of being divided by.
+  With ``α = 1`` the update's magnitude ``ν ≈ ‖M‖_*`` itself exceeds float32 beyond
+  ``|M| ~ 3e38/(√rank·…)``; the direction is scale-free.
 * Rare-token drift (ALGORITHMS.md §1.7): a row seen once keeps a momentum ``β^k g`` whose
   direction never changes, and row normalization moves it by about ``η`` per step until
   ``β^k‖(1−β)g‖`` falls below ``eps``: the total drift of such a row is at most
@@ -70,6 +90,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optzoo import _partition, linalg
@@ -78,6 +99,7 @@ from optzoo._symmetric_core import (
     GATE_UP_PAIRS,
     GRAM_METHODS,
     NU_SCOPES,
+    NUMERICS,
     SIDES,
     SymmetricState,
     center_rows,
@@ -87,6 +109,8 @@ from optzoo._symmetric_core import (
     gram_polar,
     is_zero,
     nu_factor,
+    peak_scale,
+    resolve_numerics,
     row_norm,
     scale_by_unit_map,
     scaled,
@@ -98,6 +122,7 @@ __all__ = [
     "SymmetricState",
     "HYBRID_ORDERS",
     "GATE_UP_PAIRS",
+    "NUMERICS",
     "scale_by_rownorm",
     "scale_by_one_sided_spectral",
     "scale_by_left_spectral",
@@ -207,6 +232,10 @@ def scale_by_one_sided_spectral(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
@@ -220,7 +249,7 @@ def scale_by_one_sided_spectral(
       R = (C + \epsilon_g \tfrac{\mathrm{tr} C}{d} I)^{-1/2}, \qquad
       \Delta = \nu^\alpha\, M R, \qquad \nu = \mathrm{tr}(C R) \;(= \lVert M \rVert_*) .
 
-    Only the small ``d×d`` Gram is inverted (float32, :func:`optzoo.linalg.inverse_sqrt_psd`),
+    Only the small ``d×d`` Gram is inverted (float32 eigh, or ``numerics``),
     so a 150k-row embedding costs ``4Vd² + O(d³)``. For full column rank ``M R = polar(M)``:
     steepest descent under the spectral norm (with ``α = 1``, PolarGrad's nuclear-norm-scaled
     step ``‖M‖_* polar(M)``), equivariant under ``U M Vᵀ`` for any orthogonal ``U, V`` — in
@@ -228,9 +257,9 @@ def scale_by_one_sided_spectral(
     ``center=True`` (LM heads) uses ``Y = Π⊥M`` and re-centers ``Δ``: invariant to
     ``M + 1cᵀ`` with ``1ᵀΔ = 0``.
 
-    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
-    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
-    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+    Range: finite over the whole float32/bfloat16 range (the map works on ``M / max|M|``; a
+    momentum decayed below the dtype's smallest normal number gives no step); with ``α = 1``
+    the step's magnitude ``ν`` exceeds float32 once ``‖M‖_*`` does (~3e38).
 
     Args:
       beta: EMA rate of the momentum.
@@ -247,6 +276,18 @@ def scale_by_one_sided_spectral(
       gram_steps: iterations of ``'newton_schulz'`` (static under inject_hyperparams).
       nu_scope: ``'matrix'`` (``ν`` per matrix slice) or ``'leaf'`` (one ``ν`` summed over a
         stacked leaf, as the reference's batched hybrid).
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'gram_ns'``, RightPolarGradM_GramNS), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: use ``(1−β)G + βM`` instead of ``M``.
       mu_dtype: momentum dtype (``None``: the parameter's).
       layout: matrix layout spec (see :func:`scale_by_rownorm`).
@@ -278,11 +319,15 @@ def scale_by_one_sided_spectral(
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
+    num = resolve_numerics(numerics, "right", 5 if numerics_steps is None else numerics_steps,
+                           numerics_coeffs, numerics_dtype, what)
 
     def matrix_fn(x):
-        y = center_rows(x) if center else x
-        p = gram_polar(y, "right", gram_eps, gram_method, gram_steps, owner_computes)
-        d = scaled(nu_factor(y, p, alpha, eps, nu_scope), p)
+        z, s = peak_scale(x)  # Y = M/s: no Gram overflow (1e20) or subnormal trace (1e-20)
+        y = center_rows(z) if center else z
+        p = gram_polar(y, "right", gram_eps, gram_method, gram_steps, owner_computes, num, s,
+                       eps)
+        d = scaled(nu_factor(y, p, alpha, eps, nu_scope, s), p)
         return center_rows(d) if center else d
 
     return scale_by_unit_map(what, matrix_fn, beta=beta, nesterov=nesterov, mu_dtype=mu_dtype,
@@ -300,6 +345,10 @@ def scale_by_left_spectral(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
@@ -320,9 +369,9 @@ def scale_by_left_spectral(
     space) and invariant to the logit shift ``M + 1cᵀ``. ``center=False`` is the released
     ``left_uncentered`` ablation (no shift invariance).
 
-    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
-    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
-    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+    Range: finite over the whole float32/bfloat16 range (the map works on ``M / max|M|``; a
+    momentum decayed below the dtype's smallest normal number gives no step); with ``α = 1``
+    the step's magnitude ``ν`` exceeds float32 once ``‖M‖_*`` does (~3e38).
 
     Args:
       beta: EMA rate of the momentum.
@@ -334,6 +383,18 @@ def scale_by_left_spectral(
       gram_method: ``'eigh'`` or ``'newton_schulz'``.
       gram_steps: iterations of ``'newton_schulz'``.
       nu_scope: ``'matrix'`` or ``'leaf'`` (see :func:`scale_by_one_sided_spectral`).
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'pe_invsqrt'``, LeftPolarGradM), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: use ``(1−β)G + βM`` instead of ``M``.
       mu_dtype: momentum dtype.
       layout: matrix layout spec.
@@ -362,11 +423,15 @@ def scale_by_left_spectral(
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
+    num = resolve_numerics(numerics, "left", 5 if numerics_steps is None else numerics_steps,
+                           numerics_coeffs, numerics_dtype, what)
 
     def matrix_fn(x):
-        y = center_rows(x) if center else x
-        p = gram_polar(y, "left", gram_eps, gram_method, gram_steps, owner_computes)
-        d = scaled(nu_factor(y, p, alpha, eps, nu_scope), p)
+        z, s = peak_scale(x)  # Y = M/s: no Gram overflow (1e20) or subnormal trace (1e-20)
+        y = center_rows(z) if center else z
+        p = gram_polar(y, "left", gram_eps, gram_method, gram_steps, owner_computes, num, s,
+                       eps)
+        d = scaled(nu_factor(y, p, alpha, eps, nu_scope, s), p)
         return center_rows(d) if center else d
 
     return scale_by_unit_map(what, matrix_fn, beta=beta, nesterov=nesterov, mu_dtype=mu_dtype,
@@ -390,6 +455,10 @@ def scale_by_hybrid(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     gate_up_pair: str | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
@@ -407,7 +476,9 @@ def scale_by_hybrid(
       \texttt{polar\_then\_row}:\; \Delta = \mathrm{rownorm}_\varepsilon(\nu^\alpha
       \mathrm{polar}(\tilde M)),
 
-    followed by ``Δ ← Π⊥Δ`` when centered. In ``polar_then_row`` the scalar ``ν^α`` cancels
+    followed by ``Δ ← Π⊥Δ`` when centered; centered ``row_then_polar`` also re-centers ``Y``
+    (``Y = Π⊥ rownorm_ε(M̃)``) before the polar factor and ``ν``, as the reference does (the
+    row scaling moves the mean row off zero). In ``polar_then_row`` the scalar ``ν^α`` cancels
     in the normalization (up to ``ε``). ``polar`` inverts the smaller Gram (``side='auto'``:
     right for tall embeddings/MLP blocks, left for wide routers) or, with ``polar_method`` an
     :func:`optzoo.linalg.orthogonalize` method (``'polar_express'``, ``'svd'``, ...),
@@ -427,8 +498,8 @@ def scale_by_hybrid(
         ``row_then_polar``, so the step is large for big tables: re-tune if you change it).
       center: center before and after (routers, LM heads).
       side: ``'auto'``, ``'right'`` or ``'left'`` Gram for ``polar_method='gram'``.
-      polar_method: ``'gram'`` (Gram inverse square root, the reference) or a method of
-        :func:`optzoo.linalg.orthogonalize`.
+      polar_method: ``'gram'`` (Gram inverse square root under ``numerics``) or a method of
+        :func:`optzoo.linalg.orthogonalize` (only with ``numerics='exact'``).
       ns_steps: iterations for an iterative ``polar_method`` (static).
       ortho_dtype: compute dtype of an iterative ``polar_method`` (e.g. ``jnp.bfloat16``).
       eps: row-norm ``ε`` and lower clamp of ``ν``.
@@ -437,6 +508,18 @@ def scale_by_hybrid(
       gram_method: ``'eigh'`` or ``'newton_schulz'``.
       gram_steps: iterations of ``'newton_schulz'``.
       nu_scope: ``'matrix'`` or ``'leaf'``.
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'gram_ns'``, HybridPolarGradM_GramNS), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: use ``(1−β)G + βM`` instead of ``M``.
       gate_up_pair: fused gate|up axis read as ``(gate_j, up_j)`` units (see
         :func:`scale_by_rownorm`).
@@ -474,22 +557,35 @@ def scale_by_hybrid(
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
     check_choice(gate_up_pair, "gate_up_pair", GATE_UP_PAIRS, what)
+    num = resolve_numerics(numerics, "hybrid", 5 if numerics_steps is None else numerics_steps,
+                           numerics_coeffs, numerics_dtype, what)
+    if num.method != "exact" and polar_method != "gram":
+        raise ValueError(f"{what}: numerics={numerics!r} computes its own polar factor; it "
+                         f"cannot be combined with polar_method={polar_method!r} (use "
+                         "polar_method='gram')")
 
-    def polar(y):
+    def polar(y, s=None):
         if polar_method == "gram":
-            return gram_polar(y, side, gram_eps, gram_method, gram_steps, owner_computes)
+            return gram_polar(y, side, gram_eps, gram_method, gram_steps, owner_computes, num,
+                              s, eps)
         return maybe_apply(owner_computes, lambda z: linalg.orthogonalize(
             z, polar_method, steps=ns_steps, dtype=ortho_dtype).astype(z.dtype), y)
 
     def matrix_fn(x):
-        y = center_rows(x) if center else x
+        zz, s = peak_scale(x)  # work on M/s: every square and trace stays in range
+        y = center_rows(zz) if center else zz
         if order == "row_then_polar":
-            z = row_norm(y, eps, threshold)
-            p = polar(z)
-            d = scaled(nu_factor(z, p, alpha, eps, nu_scope), p)
+            z = row_norm(y, jnp.asarray(eps, y.dtype) / s, threshold)  # = rownorm_eps(M)
+            if center:
+                # the reference re-centers after the row scaling and before the polar factor
+                # (optim/hybrid.py, both classes): P and nu see the horizontal rows only
+                z = center_rows(z)
+            z, sz = peak_scale(z)  # rows of norm << eps are not normalized: keep z in range
+            p = polar(z, sz)
+            d = scaled(nu_factor(z, p, alpha, eps, nu_scope, sz), p)
         else:
-            p = polar(y)
-            d = row_norm(scaled(nu_factor(y, p, alpha, eps, nu_scope), p), eps, threshold)
+            p = polar(y, s)
+            d = row_norm(scaled(nu_factor(y, p, alpha, eps, nu_scope, s), p), eps, threshold)
         return center_rows(d) if center else d
 
     return scale_by_unit_map(what, matrix_fn, beta=beta, nesterov=nesterov, mu_dtype=mu_dtype,
@@ -658,6 +754,10 @@ def one_sided_spectral(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask: Any = None,
@@ -684,9 +784,9 @@ def one_sided_spectral(
     ``λ = 0``). See :func:`scale_by_one_sided_spectral`. Static under inject_hyperparams:
     ``unit_axis``, ``gram_steps``.
 
-    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
-    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
-    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+    Range: finite over the whole float32/bfloat16 range (the map works on ``M / max|M|``; a
+    momentum decayed below the dtype's smallest normal number gives no step); with ``α = 1``
+    the step's magnitude ``ν`` exceeds float32 once ``‖M‖_*`` does (~3e38).
 
     Args:
       learning_rate: ``η`` (float or schedule).
@@ -699,6 +799,18 @@ def one_sided_spectral(
       gram_method: ``'eigh'`` or ``'newton_schulz'``.
       gram_steps: iterations of ``'newton_schulz'``.
       nu_scope: ``'matrix'`` or ``'leaf'``.
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'gram_ns'``), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: Nesterov input instead of the momentum.
 {alias_args}
       owner_computes: distribute the polar factors over devices (see the ``scale_by_``
@@ -720,8 +832,10 @@ def one_sided_spectral(
     """
     block = scale_by_one_sided_spectral(
         beta, unit_axis=unit_axis, center=center, alpha=alpha, eps=eps, gram_eps=gram_eps,
-        gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, nesterov=nesterov,
-        mu_dtype=mu_dtype, layout=layout, owner_computes=owner_computes)
+        gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, numerics=numerics,
+        numerics_steps=numerics_steps, numerics_coeffs=numerics_coeffs,
+        numerics_dtype=numerics_dtype, nesterov=nesterov, mu_dtype=mu_dtype, layout=layout,
+        owner_computes=owner_computes)
     return _alias("one_sided_spectral", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,
@@ -742,6 +856,10 @@ def left_spectral(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask: Any = None,
@@ -768,9 +886,9 @@ def left_spectral(
     logit shift. ``center=False`` is the ``left_uncentered`` ablation (then ``weight_decay``
     may be nonzero). See :func:`scale_by_left_spectral`.
 
-    Range (a documented limit): the Gram matrix of the momentum overflows once its entries exceed
-    ~1.8e19 in float32/bfloat16 (sqrt of the float32 max), and the inverse square root then returns
-    NaN; the experiments harness clips gradients (``grad_clip=1.0``) long before.
+    Range: finite over the whole float32/bfloat16 range (the map works on ``M / max|M|``; a
+    momentum decayed below the dtype's smallest normal number gives no step); with ``α = 1``
+    the step's magnitude ``ν`` exceeds float32 once ``‖M‖_*`` does (~3e38).
 
     Args:
       learning_rate: ``η`` (released: 7.5e-4 for OLMoE/gpt-oss-style routers).
@@ -783,6 +901,18 @@ def left_spectral(
       gram_method: ``'eigh'`` or ``'newton_schulz'``.
       gram_steps: iterations of ``'newton_schulz'``.
       nu_scope: ``'matrix'`` or ``'leaf'``.
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'pe_invsqrt'``), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: Nesterov input instead of the momentum.
 {alias_args}
       owner_computes: distribute the polar factors over devices (see the ``scale_by_``
@@ -804,8 +934,10 @@ def left_spectral(
     """
     block = scale_by_left_spectral(
         beta, unit_axis=unit_axis, center=center, alpha=alpha, eps=eps, gram_eps=gram_eps,
-        gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, nesterov=nesterov,
-        mu_dtype=mu_dtype, layout=layout, owner_computes=owner_computes)
+        gram_method=gram_method, gram_steps=gram_steps, nu_scope=nu_scope, numerics=numerics,
+        numerics_steps=numerics_steps, numerics_coeffs=numerics_coeffs,
+        numerics_dtype=numerics_dtype, nesterov=nesterov, mu_dtype=mu_dtype, layout=layout,
+        owner_computes=owner_computes)
     return _alias("left_spectral", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,
@@ -832,6 +964,10 @@ def hybrid(
     gram_method: str = "eigh",
     gram_steps: int = 20,
     nu_scope: str = "matrix",
+    numerics: str = "exact",
+    numerics_steps: int | None = None,
+    numerics_coeffs: Any = None,
+    numerics_dtype: jax.typing.DTypeLike | None = None,
     nesterov: bool = False,
     gate_up_pair: str | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
@@ -878,6 +1014,18 @@ def hybrid(
       gram_method: ``'eigh'`` or ``'newton_schulz'``.
       gram_steps: iterations of ``'newton_schulz'``.
       nu_scope: ``'matrix'`` or ``'leaf'``.
+      numerics: ``'exact'`` (default: float32 eigendecomposition of the small Gram, what
+        the equivariance tests use), ``'reference'`` (the released runs' numerics for this
+        map: ``'gram_ns'``), ``'gram_ns'`` (the reference's Gram
+        Newton-Schulz polar factor, float16, Polar Express quintics) or ``'pe_invsqrt'``
+        (the reference's Polar-Express inverse square root of the Gram, float32, absolute
+        damping ``eps``).
+      numerics_steps: iterations of an iterative ``numerics`` (``None``: 5, the released
+        ``--inner_steps``; static under inject_hyperparams; must be >= 1).
+      numerics_coeffs: ``(numerics_steps, 3)`` quintic table or one ``(a, b, c)`` triple
+        (``None``: the reference's Polar Express table with its 1.05 safety factor).
+      numerics_dtype: compute dtype of an iterative ``numerics`` (``None``: float16 for
+        ``'gram_ns'``, float32 for ``'pe_invsqrt'``, as released).
       nesterov: Nesterov input instead of the momentum.
       gate_up_pair: ``'concat'``/``'interleaved'`` fused gate|up units.
 {alias_args}
@@ -902,8 +1050,10 @@ def hybrid(
         beta, unit_axis=unit_axis, order=order, alpha=alpha, center=center, side=side,
         polar_method=polar_method, ns_steps=ns_steps, ortho_dtype=ortho_dtype, eps=eps,
         threshold=threshold, gram_eps=gram_eps, gram_method=gram_method, gram_steps=gram_steps,
-        nu_scope=nu_scope, nesterov=nesterov, gate_up_pair=gate_up_pair, mu_dtype=mu_dtype,
-        layout=layout, owner_computes=owner_computes)
+        nu_scope=nu_scope, numerics=numerics, numerics_steps=numerics_steps,
+        numerics_coeffs=numerics_coeffs, numerics_dtype=numerics_dtype, nesterov=nesterov,
+        gate_up_pair=gate_up_pair, mu_dtype=mu_dtype, layout=layout,
+        owner_computes=owner_computes)
     return _alias("hybrid", block, learning_rate=learning_rate, center=center,
                   weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
                   unit_axis=unit_axis, layout=layout, fallback=fallback, mu_dtype=mu_dtype,

@@ -195,13 +195,6 @@ RANGE_LIMITS: tuple[RangeLimit, ...] = (
                "leaf (projected matrices too)",
                _ADAM_EVERY_LEAF, _huge_beyond_float16,
                ("galore", LeafSpec("matrix", (3, 4), "float32", 1e30))),
-    RangeLimit("one_sided_gram_overflow",
-               "documented limit: the one-sided / left spectral maps' Gram matrix M Mᵀ "
-               "overflows for |m| ≳ 1.8e19 (float32, bfloat16) and (M Mᵀ)^(-1/2) M returns NaN",
-               ("one_sided_spectral", "left_spectral", "scale_by_one_sided_spectral",
-                "scale_by_left_spectral", "symmetry_compatible"),
-               lambda s: not _adam_leaf(s) and _huge_beyond_float16(s),
-               ("scale_by_one_sided_spectral", LeafSpec("matrix", (3, 4), "float32", 1e30))),
 )
 
 
