@@ -255,7 +255,7 @@ def lmo_bias_rms(
     xa = x.astype(acc)
     # Rescale by the peak before squaring (x/(RMS(x)+eps) = z/(RMS(z)+eps/peak), z = x/peak):
     # squares of |x| > ~1e19 overflow float32 and the direction became exactly 0.
-    peak = jnp.max(jnp.abs(xa), axis=axis, keepdims=True)
+    peak = jnp.max(jnp.abs(xa), axis=axis, keepdims=True, initial=0.0)  # 0 if empty
     safe = jnp.where(peak > 0, peak, 1)
     z = xa / safe
     rms = jnp.sqrt(jnp.mean(jnp.square(z), axis=axis, keepdims=True))

@@ -54,8 +54,11 @@ def test_unit_side():
 
 def test_resolve_forms():
     params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros(4), "s": jnp.zeros((2, 3, 4))}
-    default = resolve(None, params)
-    assert default["b"] is None and default["w"] == MatrixLayout() == default["s"]
+    # the default reads 2-D leaves only; a 3-D leaf needs an explicit layout
+    with pytest.raises(ValueError, match=r"'s' of shape \(2, 3, 4\) has 3 axes"):
+        resolve(None, params)
+    default = resolve(None, {"w": params["w"], "b": params["b"]})
+    assert default["b"] is None and default["w"] == MatrixLayout()
     single = resolve(MatrixLayout(unit_axis=-2), params)
     assert single["w"].unit_axis == -2 and single["b"] is None
     with pytest.raises(ValueError, match="'s'.*unit_axis 0"):  # axis 0 of 's' is a batch axis
@@ -89,7 +92,7 @@ def test_zero_size_matrix_leaf_names_path_and_shape(shape):
     # empty rows, columns or batch (stacked leaf with no layers): the matrix view is empty
     params = {"blocks": {"w": jnp.zeros(shape)}, "b": jnp.zeros((0,))}
     with pytest.raises(ValueError, match=rf"'blocks/w'.*{re.escape(str(shape))}.*zero-size"):
-        resolve(None, params)
+        resolve(MatrixLayout(), params)  # stacked shapes need the explicit layout
     # control: the same tree with a non-empty matrix resolves; a zero-size vector has no
     # layout and is left to the caller's fallback
     ok = resolve(None, {"blocks": {"w": jnp.zeros((2, 3))}, "b": jnp.zeros((0,))})
@@ -111,7 +114,7 @@ def test_map_matrices_grouping_is_exact_and_keeps_shapes():
             "b": jnp.asarray(rng.standard_normal((6, 10)), jnp.float32),
             "c": jnp.asarray(rng.standard_normal((10, 6)), jnp.float32),
             "v": jnp.ones(5, jnp.bfloat16)}
-    lays = resolve(None, tree)
+    lays = resolve(MatrixLayout(), tree)
     calls = []
 
     def fn(stack):

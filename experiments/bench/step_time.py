@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 
 import optzoo
+from optzoo.layout import MatrixLayout
 from experiments.bench.trees import (
     GPT2_SMALL,
     gpt2_small_like_tree,
@@ -96,13 +97,17 @@ ZOO: dict[str, Factory] = {
     "optzoo.lion": lambda params: optzoo.lion(3e-4, weight_decay=0.0),
     "optax.contrib.galore": lambda params: optax.contrib.galore(
         1e-2, rank=_rank(params), update_proj_gap=200),
+    # the GaLore family projects every 2-D leaf, as optax.contrib.galore does (MatrixLayout():
+    # the explicit form of that choice; the default layout refuses embeddings and heads)
     "optzoo.galore[optax-like]": lambda params: optzoo.galore(
-        1e-2, _rank(params), update_proj_gap=200, scale=1.0, side="optax-like"),
-    "optzoo.galore": lambda params: optzoo.galore(1e-2, _rank(params), update_proj_gap=200),
+        1e-2, _rank(params), update_proj_gap=200, scale=1.0, side="optax-like",
+        layout=MatrixLayout()),
+    "optzoo.galore": lambda params: optzoo.galore(1e-2, _rank(params), update_proj_gap=200,
+                                                  layout=MatrixLayout()),
     "optzoo.natural_galore": lambda params: optzoo.natural_galore(
-        1e-2, _rank(params), update_proj_gap=200),
+        1e-2, _rank(params), update_proj_gap=200, layout=MatrixLayout()),
     "optzoo.online_subspace_descent": lambda params: optzoo.online_subspace_descent(
-        1e-2, _rank(params)),
+        1e-2, _rank(params), layout=MatrixLayout()),
     "optzoo.polargrad": lambda params: optzoo.polargrad(
         LR, layout=hidden_layout, adam_learning_rate=ADAM_LR),
     "optzoo.scion": lambda params: optzoo.scion(LR, layout=hidden_layout),
