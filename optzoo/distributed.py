@@ -132,6 +132,8 @@ class OwnerComputes:
         """
         from optzoo import layout as layout_lib  # lazy: optzoo.layout imports this module
 
+        if layouts is None:  # documented: every >= 2-D leaf's last two axes (a plan, not a map)
+            layouts = layout_lib.MatrixLayout()
         resolved = layout_lib.resolve(layouts, tree, what="OwnerComputes.plan")
         leaves, treedef = jax.tree.flatten(tree)
         counts: dict[tuple[int, int, str], int] = {}

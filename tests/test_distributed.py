@@ -30,6 +30,8 @@ import pytest
 import optzoo
 from optzoo.distributed import GroupPlan, OwnerComputes
 
+ML = optzoo.layout.MatrixLayout
+
 REPO = Path(__file__).resolve().parents[1]
 
 _SCRIPT = textwrap.dedent(r'''
@@ -39,6 +41,7 @@ _SCRIPT = textwrap.dedent(r'''
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     from optzoo import linalg
     from optzoo.distributed import OwnerComputes
+    ML = optzoo.layout.MatrixLayout  # stacked leaves: explicit layouts (the default is 2-D only)
 
     assert jax.device_count() == 8
     out = {}
@@ -99,22 +102,23 @@ _SCRIPT = textwrap.dedent(r'''
 
     def optimizers(oc):
         return {
-            "muon": optzoo.muon(0.02, owner_computes=oc),
-            "polargrad": optzoo.polargrad(1e-3, owner_computes=oc),
-            "polargrad_polar_first": optzoo.polargrad(1e-3, variant="polar_first",
+            "muon": optzoo.muon(0.02, layout=ML(), owner_computes=oc),
+            "polargrad": optzoo.polargrad(1e-3, layout=ML(), owner_computes=oc),
+            "polargrad_polar_first": optzoo.polargrad(1e-3, variant="polar_first", layout=ML(),
                                                       ortho_method="svd", owner_computes=oc),
-            "scion": optzoo.scion(0.1, owner_computes=oc),
-            "ef_muon": optzoo.ef_muon(0.02, owner_computes=oc),
-            "fismo": optzoo.fismo(0.02, precondition_frequency=2, owner_computes=oc),
+            "scion": optzoo.scion(0.1, layout=ML(), owner_computes=oc),
+            "ef_muon": optzoo.ef_muon(0.02, layout=ML(), owner_computes=oc),
+            "fismo": optzoo.fismo(0.02, precondition_frequency=2, layout=ML(),
+                                  owner_computes=oc),
             "one_sided_spectral": optzoo.one_sided_spectral(1e-2, unit_axis=None,
                                                             layout=long_side, owner_computes=oc),
             "left_spectral": optzoo.left_spectral(1e-2, unit_axis=None, layout=short_side,
                                                   owner_computes=oc),
-            "hybrid_leaf_nu": optzoo.hybrid(1e-2, unit_axis=-2, nu_scope="leaf",
+            "hybrid_leaf_nu": optzoo.hybrid(1e-2, unit_axis=-2, nu_scope="leaf", layout=ML(),
                                             polar_method="polar_express", owner_computes=oc),
             "lion_kappa_spectral": optzoo.lion_kappa(1e-3, "spectral", vector_kappa="sign",
-                                                     owner_computes=oc),
-            "ringmaster": optzoo.ringmaster(0.02, "spectral", owner_computes=oc),
+                                                     layout=ML(), owner_computes=oc),
+            "ringmaster": optzoo.ringmaster(0.02, "spectral", layout=ML(), owner_computes=oc),
         }
 
     def selected(oc):
@@ -174,11 +178,13 @@ _SCRIPT = textwrap.dedent(r'''
                                                                  jax.tree.leaves(r))), 0.0]
     if MODE == "core":
         # explicit-sharding mesh (jax.make_mesh's default axis type) and a subset of axes
-        ups, _ = run(optzoo.muon(0.02, owner_computes=OwnerComputes(meshes["explicit8"])),
+        ups, _ = run(optzoo.muon(0.02, layout=ML(),
+                                 owner_computes=OwnerComputes(meshes["explicit8"])),
                      meshes["explicit8"], "fsdp")
         errs["explicit8/muon"] = [max(rel_err(a, b) for u, r in zip(ups, refs["muon"][0])
                                       for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(r))), 0.0]
-        ups, _ = run(optzoo.muon(0.02, owner_computes=OwnerComputes(meshes["data2xfsdp4"], "fsdp")),
+        ups, _ = run(optzoo.muon(0.02, layout=ML(),
+                                 owner_computes=OwnerComputes(meshes["data2xfsdp4"], "fsdp")),
                      meshes["data2xfsdp4"], "fsdp")
         errs["data2xfsdp4(axes=fsdp)/muon"] = [max(
             rel_err(a, b) for u, r in zip(ups, refs["muon"][0])
@@ -220,7 +226,7 @@ _SCRIPT = textwrap.dedent(r'''
         for name, shard, oc in (("fsdp+oc", fsdp, OwnerComputes(mesh)), ("fsdp", fsdp, None),
                                 ("replicated+oc", rep, OwnerComputes(mesh)),
                                 ("replicated", rep, None)):
-            tx = optzoo.scale_by_muon(owner_computes=oc)
+            tx = optzoo.scale_by_muon(layout=ML(), owner_computes=oc)
             st = jax.eval_shape(tx.init, big)
             ssh = jax.tree.map(lambda _: NamedSharding(mesh, P()), st)._replace(mu=shard)
             comp = jax.jit(tx.update, in_shardings=(shard, ssh),
@@ -305,7 +311,7 @@ def test_mesh_must_be_a_mesh(mesh):
 
 
 def test_optimizers_reject_a_non_owner_computes_value():
-    for factory in (lambda oc: optzoo.muon(0.02, owner_computes=oc),
+    for factory in (lambda oc: optzoo.muon(0.02, layout=ML(), owner_computes=oc),
                     lambda oc: optzoo.fismo(0.02, owner_computes=oc),
                     lambda oc: optzoo.hybrid(0.02, unit_axis=0, owner_computes=oc),
                     lambda oc: optzoo.symmetry_compatible(0.02, owner_computes=oc)):
