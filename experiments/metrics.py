@@ -9,10 +9,17 @@ learning rate used by this step's update), ``grad_norm`` (global, before clippin
 ``grad_norm/<group>``, ``update_norm[/<group>]`` (the applied parameter change, learning rate
 included), ``param_norm[/<group>]`` (after the update), ``update_ratio/<group>`` (=
 update / param norm), ``skipped_steps`` (non-finite steps so far), MoE ``moe/*`` losses and
-router metrics ``router/<layer>/<metric>`` with their layer means ``router/<metric>``, and
-the wall-clock fields of :data:`TIMING_KEYS`. Eval records: ``val_loss`` (mean next-token
-cross-entropy on the fixed validation tokens, nats/token) and ``val_bpt`` (bits/token; bits
-per byte for the byte corpora).
+router metrics ``router/<layer>/<metric>`` with their layer means ``router/<metric>``,
+``lr_factor/<group>`` (the unit schedule of a group with its own schedule,
+``OptimizerConfig.group_schedules``), and the wall-clock fields of :data:`TIMING_KEYS`. Eval
+records: ``val_loss`` (mean next-token cross-entropy on the fixed validation tokens,
+nats/token) and ``val_bpt`` (bits/token; bits per byte for the byte corpora); for MoE models
+the router statistics on the validation set (:func:`val_router_record`):
+``val_router/<layer>/<metric>`` and their layer means ``val_router/<metric>`` (``load_cv``,
+``load_entropy``, ``dead_expert_fraction``, ``logit_mean``, ``logit_std``, ... of
+:func:`experiments.models.router_metrics`) and ``val_router/expert_load``, the per-expert
+load ``f`` per layer (``[L][E]``, rows sum to one), drawn as a heatmap by
+:func:`plot_router`.
 
 **Timing method.** A training step is two jitted calls: ``grads`` (forward + backward over
 the micro-batches) and ``apply`` (the optimizer update through ``nnx.Optimizer.update``).
@@ -46,6 +53,8 @@ __all__ = [
     "mfu",
     "group_norms",
     "router_means",
+    "val_router_record",
+    "plot_router",
     "to_python",
     "JsonlWriter",
     "read_jsonl",
@@ -124,6 +133,41 @@ def router_means(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if len(parts) == 3 and parts[0] == "router" and parts[1].isdigit():
             per.setdefault(parts[2], []).append(value)
     return {f"router/{name}": float(np.mean(vals)) for name, vals in per.items()}
+
+
+def val_router_record(batches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The validation router fields of an eval record from per-batch statistics.
+
+    Args:
+      batches: one dict per validation batch, ``{'router/<i>/<metric>': scalar,
+        'router/<i>/expert_load': [E]}`` (the model's aux entries; empty for dense models).
+
+    Returns:
+      ``{}`` for dense models; else ``val_router/<i>/<metric>`` (mean over batches),
+      ``val_router/<metric>`` (mean over layers of those) and ``val_router/expert_load``
+      (``[L][E]`` lists: the batch-mean per-expert load of each layer).
+    """
+    batches = [b for b in batches if b]
+    if not batches:
+        return {}
+    out: dict[str, Any] = {}
+    per: dict[str, list] = {}
+    loads: dict[int, Any] = {}
+    for key in batches[0]:
+        parts = key.split("/")
+        mean = np.mean(np.stack([np.asarray(b[key], np.float64) for b in batches]), axis=0)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if parts[2] == "expert_load":
+            loads[int(parts[1])] = mean
+            continue
+        out[f"val_router/{parts[1]}/{parts[2]}"] = float(mean)
+        per.setdefault(parts[2], []).append(float(mean))
+    for name, vals in per.items():
+        out[f"val_router/{name}"] = float(np.mean(vals))
+    if loads:
+        out["val_router/expert_load"] = [loads[i].tolist() for i in sorted(loads)]
+    return out
 
 
 def to_python(value: Any) -> Any:
@@ -305,6 +349,56 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
     fig.suptitle(wd.name)
     fig.tight_layout()
     path = Path(out) if out is not None else wd / "plots" / "curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if out is None:
+        plot_router(wd)
+    return path
+
+
+#: Upper clip of the relative-load heatmap (load / uniform), as the reference's
+#: ``--router_heatmap_clip=3.0``.
+HEATMAP_CLIP = 3.0
+
+
+def plot_router(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
+    """Router plots of an MoE run from its eval records: the per-expert load heatmap of the
+    last evaluation (layers x experts, load relative to the uniform ``1/E``, clipped at
+    :data:`HEATMAP_CLIP`: 1 = balanced, 0 = dead) and the validation ``load_cv``,
+    ``dead_expert_fraction``, ``load_entropy`` and ``logit_std`` against steps; written to
+    ``<workdir>/plots/router.png`` (or ``out``). Returns the path, ``None`` when the run has
+    no validation router statistics (dense models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wd = Path(workdir)
+    evals = [r for r in read_jsonl(wd / "metrics.jsonl")
+             if r.get("kind") == "eval" and "val_router/expert_load" in r]
+    if not evals:
+        return None
+    last = evals[-1]
+    load = np.asarray(last["val_router/expert_load"], np.float64)   # [L, E]
+    rel = np.clip(load * load.shape[1], 0.0, HEATMAP_CLIP)
+    series = ("load_cv", "dead_expert_fraction", "load_entropy", "logit_std")
+    fig, axes = plt.subplots(1, 1 + len(series), figsize=(4.2 + 3.2 * len(series), 3.6))
+    im = axes[0].imshow(rel, aspect="auto", cmap="viridis", vmin=0.0, vmax=HEATMAP_CLIP,
+                        interpolation="nearest")
+    axes[0].set_xlabel("expert")
+    axes[0].set_ylabel("layer")
+    axes[0].set_title(f"val load / uniform, step {last['step']}")
+    fig.colorbar(im, ax=axes[0])
+    steps = [r["step"] for r in evals]
+    for ax, name in zip(axes[1:], series, strict=True):
+        ax.plot(steps, [r.get(f"val_router/{name}") for r in evals], "o-", ms=3)
+        ax.set_xlabel("step")
+        ax.set_title(f"val {name}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(wd.name)
+    fig.tight_layout()
+    path = Path(out) if out is not None else wd / "plots" / "router.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,8 @@ Reads top to bottom like nanoGPT's ``train.py``; every piece is an importable fu
 
     cfg -> data = make_data(cfg)                              (resumable TokenLoader + fixed
                                                                validation batches)
-        -> tx = optimizers.build_optimizer(...)               (clip, optimizer, guard)
+        -> tx = build_tx(...)                                 (clip, optimizer, per-group
+                                                               schedules, guard)
         -> state = init_state(...)                            (models.build + nnx.Optimizer(
                                                                model, tx, wrt=nnx.Param))
         -> steps = make_train_step(...)                       (jitted grads / apply / eval)
@@ -67,11 +68,16 @@ from experiments import metrics as metrics_lib
 from experiments import models
 from experiments import optimizers as opt_lib
 from experiments import sharding as shard_lib
-from experiments.configs import ShardingConfig, TrainConfig, get_config
+from experiments.configs import OptimizerConfig, ShardingConfig, TrainConfig, get_config
 
 __all__ = [
     "Data",
     "Steps",
+    "build_tx",
+    "group_unit_schedule",
+    "scale_by_group_schedule",
+    "optimizer_call",
+    "block_updates",
     "make_mesh",
     "make_data",
     "next_global_batch",
@@ -183,6 +189,173 @@ def next_global_batch(loader: data_lib.TokenLoader, grad_accum: int,
             jax.make_array_from_process_local_data(sharding, y))
 
 
+# ----------------------------------------------------------------------------- optimizer
+def group_unit_schedule(opt_cfg: OptimizerConfig, group: str, total_steps: int):
+    """The unit (peak 1) schedule of one parameter group: ``opt_cfg.group_schedules``' entry
+    for ``group``, else the main ``schedule`` / ``warmup_steps``. ``'cosine_zero'`` is linear
+    warmup over ``w`` steps then ``(1 + cos(pi (t - w) / (T - w))) / 2`` (Hugging Face
+    ``get_cosine_schedule_with_warmup``, ``num_cycles=0.5``)."""
+    import optax
+
+    schedule, warmup = opt_cfg.group_schedule(group)
+    if schedule == "cosine_zero":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1),
+                                                  end_value=0.0)
+    return opt_lib.unit_schedule(dataclasses.replace(opt_cfg, schedule=schedule,
+                                                     warmup_steps=warmup), total_steps)
+
+
+def scale_by_group_schedule(units: dict[str, Callable]) -> Any:
+    """Multiplies each leaf's update by ``units[group](count)`` (``group`` of
+    :func:`experiments.optimizers.group_of`; ``count`` = updates applied so far). Placed
+    after an optimizer run at a constant unit learning rate, it gives each group its own
+    schedule; exact because every harness optimizer's update is linear in its learning rate
+    (``-lr * (direction + decay * param)``)."""
+    import optax
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        factors = {g: jnp.asarray(fn(state.count), jnp.float32) for g, fn in units.items()}
+
+        def one(path, u):
+            f = factors[opt_lib.group_of(opt_lib.path_str(path), np.shape(u))]
+            return u * f.astype(u.dtype)
+
+        new = jax.tree_util.tree_map_with_path(one, updates)
+        return new, optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+@functools.lru_cache(maxsize=16)
+def _build_grouped(opt_cfg: OptimizerConfig, total_steps: int, owner: Any) -> Any:
+    import optax
+
+    base = dataclasses.replace(opt_cfg, schedule="constant", warmup_steps=0,
+                               group_schedules=(), guard_nonfinite=False)
+    inner = opt_lib.build_optimizer(base, None, total_steps, owner_computes=owner)
+    units = {g: group_unit_schedule(opt_cfg, g, total_steps) for g in opt_lib.GROUPS}
+    tx = optax.chain(inner, scale_by_group_schedule(units))
+    if opt_cfg.guard_nonfinite:
+        from optzoo.guard import skip_nonfinite
+
+        tx = skip_nonfinite(tx)
+    return tx
+
+
+def build_tx(opt_cfg: OptimizerConfig, params_abstract: Any, total_steps: int, *,
+             owner_computes: Any = None) -> Any:
+    """The run's optimizer: :func:`experiments.optimizers.build_optimizer`, or, with
+    ``opt_cfg.group_schedules``, ``skip_nonfinite(chain(<that optimizer at a constant unit
+    schedule, unguarded>, scale_by_group_schedule(<each group's unit schedule>)))`` (the
+    guard stays outermost, so ``skipped_steps`` and its state layout are unchanged)."""
+    if not opt_cfg.group_schedules:
+        return opt_lib.build_optimizer(opt_cfg, params_abstract, total_steps,
+                                       owner_computes=owner_computes)
+    opt_lib.build_optimizer(dataclasses.replace(opt_cfg, group_schedules=()), params_abstract,
+                            total_steps, owner_computes=owner_computes)  # every check it makes
+    try:
+        hash(owner_computes)
+    except TypeError:
+        return _build_grouped.__wrapped__(opt_cfg, int(total_steps), owner_computes)
+    return _build_grouped(opt_cfg, int(total_steps), owner_computes)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    name = getattr(value, "__name__", None)
+    return name if isinstance(name, str) else repr(value)
+
+
+#: optzoo function each factory calls (for :func:`optimizer_call`).
+_FACTORY_FUNCTIONS = {"symmetric": ("symmetry_compatible", "symmetric_stack"),
+                      "muon": ("muon", "muon"), "lion": ("lion", "lion"),
+                      "galore": ("galore", "galore"),
+                      "natural_galore": ("natural_galore", "natural_galore"),
+                      "online_subspace_descent": ("online_subspace_descent",
+                                                  "subspace_descent")}
+
+
+def optimizer_call(opt_cfg: OptimizerConfig) -> dict:
+    """What the optimizer factory calls, for the manifest: ``{'factory', 'function',
+    'learning_rate', 'kwargs' (everything the config passes: the factory's fixed mapping and
+    ``options``, the preset name included), 'defaults' (the function's other keyword
+    defaults, so that any numerics keyword in effect is recorded even when the config does
+    not name it), 'group_schedules'}``. Generic over the function's signature."""
+    import inspect
+
+    out: dict = {"factory": opt_cfg.name, "learning_rate": opt_cfg.learning_rate,
+                 "schedule": [opt_cfg.schedule, opt_cfg.warmup_steps],
+                 "group_schedules": {g: list(opt_cfg.group_schedule(g)) for g in opt_lib.GROUPS}}
+    kwargs = dict(opt_cfg.options)
+    if opt_cfg.name == "symmetric":
+        fixed = getattr(opt_lib, "_symmetric_fixed", None)
+        kwargs = {**(fixed(opt_cfg) if fixed is not None else {}), **kwargs}
+    fn = None
+    if opt_cfg.name in _FACTORY_FUNCTIONS:
+        try:
+            fn = opt_lib._optzoo(*_FACTORY_FUNCTIONS[opt_cfg.name])
+        except opt_lib.OptimizerNotAvailable as e:
+            out["function"] = f"unavailable: {e}"
+    elif opt_cfg.name == "adamw":
+        import optax
+
+        fn = optax.adamw
+    if fn is not None:
+        out["function"] = f"{fn.__module__}.{fn.__qualname__}"
+        params = inspect.signature(fn).parameters
+        out["defaults"] = {k: _jsonable(p.default) for k, p in params.items()
+                           if k not in kwargs and k != "learning_rate"
+                           and p.default is not inspect.Parameter.empty}
+    out["kwargs"] = _jsonable(kwargs)
+    return out
+
+
+_NUMERICS_WORDS = ("numerics", "ortho", "ns_", "gram", "polar", "inv", "steps", "coeff",
+                   "dtype", "iter", "method")
+
+
+def block_updates(params: Any, opt_cfg: OptimizerConfig) -> list[dict] | str:
+    """One row per parameter leaf for the manifest: ``path``, ``shape``, ``role``, ``group``,
+    ``transform`` (the optimizer's name for the map, from ``optzoo.routing.report`` with
+    :func:`experiments.optimizers.group_transforms`: for the symmetric stack the names of
+    ``symmetry_compatible_plan``'s assignments), ``lr_multiplier``, ``schedule``
+    (``[name, warmup]``) and ``numerics`` (the numerics-related keywords in effect, from
+    :func:`optimizer_call`: those naming no group, or naming this leaf's group; empty for
+    AdamW / row-norm maps, which have no iterative part)."""
+    from optzoo import routing
+
+    try:
+        rows = routing.report(params, None, opt_lib.group_transforms(opt_cfg)).rows
+    except (ValueError, opt_lib.OptimizerNotAvailable) as e:
+        return f"unavailable: {e}"
+    call = optimizer_call(opt_cfg)
+    effective = {**call.get("defaults", {}), **call["kwargs"]}
+    numeric = {k: v for k, v in effective.items()
+               if any(w in k.lower() for w in _NUMERICS_WORDS)}
+    out = []
+    for row in rows:
+        group = routing.ROLE_GROUPS[row.role]
+        name = str(row.transform)
+        iterative = not any(w in name for w in ("adam", "rownorm", "lion")) or "muon" in name
+        mine = {k: v for k, v in numeric.items()
+                if not any(g in k for g in routing.GROUPS if g != group)}
+        out.append({"path": row.path, "shape": list(row.shape), "role": row.role,
+                    "group": group, "transform": name, "lr_multiplier": row.lr_multiplier,
+                    "schedule": list(opt_cfg.group_schedule(group)),
+                    "numerics": mine if iterative else {}})
+    return out
+
+
 # ----------------------------------------------------------------------------- steps
 class Steps(NamedTuple):
     """The jitted pieces of a training step.
@@ -191,8 +364,11 @@ class Steps(NamedTuple):
     micro-batches of ``x, y [A, B, T]`` (accumulated in float32) with ``loss``, ``ce``, MoE
     aux metrics and ``grad_norm[/group]``. ``apply(state, grads) -> (state, metrics)``: the
     optimizer update (``nnx.Optimizer.update``) with ``update_norm``, ``param_norm``,
-    ``update_ratio`` per group and ``skipped_steps``. ``eval(params, rest, x, y) -> ce``:
-    validation cross-entropy of one batch. ``state`` is ``{'params', 'rest', 'opt'}``
+    ``update_ratio`` per group and ``skipped_steps``. ``eval(params, rest, x, y) -> (ce,
+    router)``:
+    validation cross-entropy of one batch and, for MoE models, that batch's router statistics
+    (``{'router/<i>/<metric>': scalar, 'router/<i>/expert_load': [E]}``; ``{}`` for dense
+    models). ``state`` is ``{'params', 'rest', 'opt'}``
     (``nnx.State`` s). Gradients come out in the parameters' shardings, the new state in the
     state's, metrics replicated. ``grads`` and ``eval`` do not depend on the optimizer and are
     cached per (model graph, mesh, shardings, accumulation), so runs of one model in a process
@@ -272,8 +448,9 @@ def _grad_step(graphdef: Any, groups: tuple, mesh: Mesh, grad_accum: int,
 def _eval_step(graphdef: Any, mesh: Mesh) -> Callable:
     def eval_fn(params, rest, x, y):
         model = nnx.merge(graphdef, params, rest)
-        logits, _ = model(x)
-        return cross_entropy(logits, y)
+        logits, aux = model(x)
+        router = {k: v for k, v in aux.items() if k.startswith("router/")}
+        return cross_entropy(logits, y), router
 
     return jax.jit(eval_fn, out_shardings=NamedSharding(mesh, P()))
 
@@ -400,13 +577,19 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def evaluate(eval_step: Callable, state: dict, val_batches: list) -> dict:
     """``{'val_loss', 'val_bpt', 'eval_ms'}``: mean cross-entropy over the fixed validation
-    batches (``val_batches``: device arrays), in nats and bits per token."""
+    batches (``val_batches``: device arrays), in nats and bits per token; for MoE models also
+    the router statistics on the validation set (:func:`experiments.metrics.val_router_record`:
+    each per-batch statistic averaged over the batches, as the reference's
+    ``train_gpt-oss_router_metrics.py`` does)."""
     t0 = time.perf_counter()
-    losses = [eval_step(state["params"], state["rest"], x, y) for x, y in val_batches]
-    values = [float(v) for v in jax.device_get(losses)]
+    outs = jax.device_get([eval_step(state["params"], state["rest"], x, y)
+                           for x, y in val_batches])
+    values = [float(ce) for ce, _ in outs]
     val = float(np.mean(np.asarray(values, np.float64)))
-    return {"val_loss": val, "val_bpt": val / math.log(2),
-            "eval_ms": (time.perf_counter() - t0) * 1e3}
+    record = {"val_loss": val, "val_bpt": val / math.log(2)}
+    record.update(metrics_lib.val_router_record([r for _, r in outs]))
+    record["eval_ms"] = (time.perf_counter() - t0) * 1e3
+    return record
 
 
 # ----------------------------------------------------------------------------- state I/O
@@ -426,6 +609,8 @@ def _restore_into(state: dict, pure: dict) -> dict:
 def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
                        on_step: Callable[[int, dict | None], None] | None = None) -> dict:
     """Trains ``cfg`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+
+    Runs under ``jax.default_matmul_precision(cfg.matmul_precision)`` when that is set.
 
     Args:
       cfg: the run configuration.
@@ -449,6 +634,14 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train_and_evaluate: cfg must be a TrainConfig, got "
                         f"{type(cfg).__name__}")
+    if cfg.matmul_precision is None:
+        return _train_and_evaluate(cfg, workdir, on_step)
+    with jax.default_matmul_precision(cfg.matmul_precision):
+        return _train_and_evaluate(cfg, workdir, on_step)
+
+
+def _train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike,
+                        on_step: Callable[[int, dict | None], None] | None) -> dict:
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
 
@@ -467,7 +660,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
     owner = None
     if cfg.sharding.owner_computes and opt_lib.supports_owner_computes(opt_cfg):
         owner = opt_lib.make_owner_computes(mesh)
-    tx = opt_lib.build_optimizer(opt_cfg, params_abstract, cfg.steps, owner_computes=owner)
+    tx = build_tx(opt_cfg, params_abstract, cfg.steps, owner_computes=owner)
     if jax.process_count() > 1:  # no process writes before every one has checked the workdir
         from jax.experimental import multihost_utils
 
@@ -475,6 +668,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
 
     # -- model and optimizer
     unit_lr = opt_lib.unit_schedule(opt_cfg, cfg.steps)
+    group_units = {g: group_unit_schedule(opt_cfg, g, cfg.steps)
+                   for g, _, _ in opt_cfg.group_schedules}
     (graphdef, opt_graphdef), state = init_state(model_cfg, tx, cfg.seed, mesh, cfg.sharding)
     params = state["params"]
     state_shardings = jax.tree.map(lambda a: a.sharding, state)
@@ -523,6 +718,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
                 optimizer=dataclasses.asdict(opt_cfg), param_count=n_params,
                 flops_per_token=flops_tok, tokens_per_step=cfg.tokens_per_step, corpus=data.info,
                 routing_report=_routing_report(params_abstract, opt_cfg),
+                optimizer_call=optimizer_call(opt_cfg),
+                block_updates=block_updates(params_abstract, opt_cfg),
+                matmul_precision=cfg.matmul_precision,
                 optimizers_available=opt_lib.available(),
                 sharding={**dataclasses.asdict(cfg.sharding), **layout,
                           "owner_computes_applied": owner is not None,
@@ -599,6 +797,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, *,
                           "loss": m.pop("loss"), "ce": m.pop("ce"),
                           "loss_mean": float(np.mean(np.asarray(losses, np.float64))),
                           "lr": opt_cfg.learning_rate * float(unit_lr(step - 1)),
+                          **{f"lr_factor/{g}": float(u(step - 1))
+                             for g, u in group_units.items()},
                           **m, **metrics_lib.router_means(m),
                           "ms_per_step": ms,
                           "fwd_bwd_ms": None if compile_s is not None else (t1 - t0) * 1e3,

@@ -21,8 +21,9 @@ from experiments import optimizers as O
 from experiments.configs import DataConfig, OptimizerConfig, TrainConfig, get_config
 
 REQUIRED_PRESETS = ("tiny", "tiny_moe", "tiny_gpt2", "tiny_gemma3", "tiny_gptoss",
-                    "qwen3_seed", "olmoe_seed", "gpt2_small")
-LARGE_PRESETS = ("qwen3_seed", "olmoe_seed", "gpt2_small")
+                    "qwen3_seed", "olmoe_seed", "gpt2_small", "qwen3_paper", "gemma3_paper",
+                    "olmoe_paper", "gptoss_paper", "gptoss_paper_aux")
+LARGE_PRESETS = ("qwen3_seed", "olmoe_seed", "gpt2_small", "gptoss_paper")
 
 
 def _needs(name: str) -> None:
@@ -51,8 +52,12 @@ def test_smoke_variant_is_derived_not_copied(name):
                "checkpoint_every", "grad_accum", "progress", "plots"}
     assert changed <= allowed, changed - allowed
     assert smoke.model == base.model and smoke.model_overrides == base.model_overrides
-    assert dataclasses.replace(smoke.optimizer, warmup_steps=base.optimizer.warmup_steps) \
+    # warmups (the main one and any group's) are cut to at most one step, nothing else
+    assert dataclasses.replace(smoke.optimizer, warmup_steps=base.optimizer.warmup_steps,
+                               group_schedules=base.optimizer.group_schedules) \
         == base.optimizer
+    assert [(g, s, min(w, 1)) for g, s, w in base.optimizer.group_schedules] \
+        == list(smoke.optimizer.group_schedules)
 
 
 @pytest.mark.parametrize("name", LARGE_PRESETS)

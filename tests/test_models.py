@@ -134,6 +134,14 @@ def test_config_validation_names_the_field():
         MoEConfig(n_experts=2, top_k=3)
     with pytest.raises(ValueError, match="renormalize"):
         MoEConfig(routing="topk_softmax", renormalize=True)
+    with pytest.raises(ValueError, match="ModelConfig.init_scheme"):
+        ModelConfig(init_scheme="xavier")
+    with pytest.raises(ValueError, match="MoEConfig.expert_act"):
+        MoEConfig(expert_act="gelu")
+    with pytest.raises(ValueError, match="MoEConfig.swiglu_limit"):
+        MoEConfig(swiglu_limit=0.0)
+    with pytest.raises(ValueError, match="MoEConfig.lb_loss_coef"):
+        MoEConfig(lb_loss_coef=-0.01)
 
 
 # ----------------------------------------------------------------------------- naming
@@ -168,6 +176,8 @@ def _expected_paths(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         elif cfg.qk_norm == "full":
             out[f"{p}/attn/q_norm/scale"] = (h * hd,)
             out[f"{p}/attn/k_norm/scale"] = (k * hd,)
+        if cfg.attn_sinks:
+            out[f"{p}/attn/sinks"] = (h,)
         if cfg.moe is not None:
             e, fe = cfg.moe.n_experts, cfg.moe.d_expert
             out[f"{p}/moe/router/kernel"] = (d, e)
@@ -176,6 +186,10 @@ def _expected_paths(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             out[f"{p}/moe/experts/gate_proj"] = (e, d, fe)
             out[f"{p}/moe/experts/up_proj"] = (e, d, fe)
             out[f"{p}/moe/experts/down_proj"] = (e, fe, d)
+            if cfg.moe.expert_bias:
+                out[f"{p}/moe/experts/gate_bias/bias"] = (e, fe)
+                out[f"{p}/moe/experts/up_bias/bias"] = (e, fe)
+                out[f"{p}/moe/experts/down_bias/bias"] = (e, d)
         else:
             names = [("up_proj", (d, f)), ("down_proj", (f, d))]
             if cfg.mlp != "gelu":
@@ -207,7 +221,8 @@ def test_tiny_qwen3_parameter_names_literally():
     assert paths["layers/1/attn/k_proj/kernel"] == (128, 2 * 32)
 
 
-@pytest.mark.parametrize("name", TINY_PRESETS + ("olmoe_1b7b", "gptoss_seed", "gemma3_1b"))
+@pytest.mark.parametrize("name", TINY_PRESETS + ("olmoe_1b7b", "gptoss_seed", "gemma3_1b",
+                                                  "gptoss_paper", "olmoe_paper"))
 def test_parameter_names_follow_the_contract(name):
     cfg = PRESETS[name]
     assert param_paths(build(cfg, abstract=True)) == _expected_paths(cfg)
@@ -313,6 +328,21 @@ def test_router_metrics_on_hand_built_routings():
     p0 = float(jax.nn.softmax(sharp[0])[0])
     assert float(m["lb_loss"]) == pytest.approx(e * p0, rel=1e-5)
     assert float(m["token_entropy"]) < 0.01 and float(m["prob_cv"]) > 1.5
+    # dead experts (load < 0.1 / E, the reference's threshold) and the logit statistics
+    assert float(uniform["dead_expert_fraction"]) == 0.0
+    assert float(one["dead_expert_fraction"]) == pytest.approx(0.75)
+    assert float(pair["dead_expert_fraction"]) == pytest.approx(0.5)
+    z = np.asarray(sharp, np.float64)
+    assert float(m["logit_mean"]) == pytest.approx(z.mean(), rel=1e-6)
+    assert float(m["logit_std"]) == pytest.approx(z.std(), rel=1e-5)
+    assert float(m["logit_rms"]) == pytest.approx(np.sqrt((z ** 2).mean()), rel=1e-5)
+    assert float(m["logit_max_abs"]) == pytest.approx(10.0)
+    assert float(uniform["logit_std"]) == 0.0
+    # top-1 loads 0.49 / 0.49 / 0.01 / 0.01 of E = 4: the two experts below 0.1 / E = 0.025
+    # are dead although they still receive tokens
+    loads = jnp.array([0] * 49 + [1] * 49 + [2] * 1 + [3] * 1).reshape(100, 1)
+    lm = router_metrics(jnp.zeros((100, e)), jax.nn.softmax(jnp.zeros((100, e))), loads)
+    assert float(lm["dead_expert_fraction"]) == pytest.approx(0.5)
 
 
 def test_router_losses_have_the_documented_gradients():

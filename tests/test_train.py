@@ -135,6 +135,45 @@ def test_metrics_load_into_pandas_and_plot(smoke_runs, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_moe_runs_record_validation_router_statistics(smoke_runs, tmp_path):
+    """Eval records of an MoE run carry the router statistics of the validation set (the
+    training ones stay in the train records, without the per-expert vectors) and the router
+    plot draws the per-expert load heatmap; dense runs have neither (negative control). The
+    manifest lists every leaf's update and the optimizer call."""
+    _, wd = smoke_runs("tiny_moe")
+    recs = metrics.read_jsonl(wd / "metrics.jsonl")
+    evals = [r for r in recs if r["kind"] == "eval"]
+    n_layers, n_experts = 2, 8
+    for ev in evals:
+        load = np.asarray(ev["val_router/expert_load"])
+        assert load.shape == (n_layers, n_experts)
+        np.testing.assert_allclose(load.sum(axis=1), 1.0, rtol=1e-6)
+        for key in ("load_cv", "load_entropy", "dead_expert_fraction", "logit_mean",
+                    "logit_std", "top_expert_load"):
+            assert math.isclose(ev[f"val_router/{key}"], np.mean(
+                [ev[f"val_router/{i}/{key}"] for i in range(n_layers)]), rel_tol=1e-9)
+        # the per-layer CV is the CV of that layer's load row
+        f = load[0]
+        assert ev["val_router/0/load_cv"] == pytest.approx(f.std() / f.mean(), rel=1e-5)
+    last_train = [r for r in recs if r["kind"] == "train"][-1]
+    assert "router/dead_expert_fraction" in last_train
+    assert not any(k.endswith("/expert_load") for k in last_train)  # vectors stay out
+    path = metrics.plot_router(wd, tmp_path / "router.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, dense = smoke_runs("tiny")
+    assert not any(k.startswith("val_router") for r in metrics.read_jsonl(
+        dense / "metrics.jsonl") for k in r)
+    assert metrics.plot_router(dense) is None
+    man = json.loads((wd / "manifest.json").read_text())
+    blocks = {b["path"]: b for b in man["block_updates"]}
+    assert set(blocks) == set(models.param_paths(models.build(
+        get_config("tiny_moe").model_config(), abstract=True)))
+    assert blocks["layers/0/moe/router/kernel"]["group"] == "router"
+    assert blocks["layers/0/moe/router/kernel"]["transform"] == "adamw"
+    assert man["optimizer_call"]["function"] == "optax._src.alias.adamw"
+    assert man["optimizer_call"]["kwargs"] == {}  # tiny_moe passes no options
+
+
 def test_checkpoints_are_committed_atomically(smoke_runs):
     _, wd = smoke_runs("tiny")
     ckdir = wd / "checkpoints"

@@ -18,10 +18,44 @@ preset             model        optimizer   intended for
 ``gpt2_small``     gpt2_small   adamw       one GPU (nanoGPT's 124M recipe, shards)
 ``qwen3_seed``     qwen3_seed   symmetric   GPU; seed paper's Qwen3-0.6B-style run (shards)
 ``olmoe_seed``     olmoe_seed   symmetric   GPU; seed paper's OLMoE-style run (shards)
+``qwen3_paper``    qwen3_paper  symmetric   GPU; the released Qwen3 run, settings as released
+``gemma3_paper``   gemma3_paper symmetric   GPU; the released Gemma 3 1B-style run
+``olmoe_paper``    olmoe_paper  symmetric   GPU; the released OLMoE-1B-7B-style run
+``gptoss_paper``   gptoss_paper symmetric   GPU; the released downsized gpt-oss run
+``gptoss_paper_aux`` gptoss_paper symmetric GPU; gpt-oss with load-balance 1e-2 + z-loss 1e-3
 =================  ===========  ==========  ==================================================
 
 The GPU presets read token shards from ``data/<name>/`` (override ``--data.shards``); their
-smoke variants switch to the embedded corpus so that they start anywhere.
+smoke variants switch to the embedded corpus so that they start anywhere; :func:`tiny_shapes`
+additionally shrinks a preset's model to CPU size, keeping everything else.
+
+**Paper presets** (``*_paper``) reproduce the released runs of Lau & Su 2026
+(github.com/timlautk/equivariant_optimizers at a773b3f: ``train_qwen3.py``,
+``train_gemma3_1b.py``, ``train_olmoe.py``, ``train_gpt-oss.py``,
+``train_gpt-oss_router_metrics.py`` and the README's commands), where the older ``*_seed``
+presets did not:
+
+* no gradient clipping (the scripts call ``optimizer.step()`` on the raw gradients);
+* float32 parameters and activations with TF32 matmuls (``torch.set_float32_matmul_precision
+  ("high")``, no autocast): ``compute_dtype='float32'``, ``matmul_precision='tensorfloat32'``;
+* ``N(0, 0.02)`` initialization of every matrix (the ``*_paper`` model presets,
+  ``init_scheme='normal'``);
+* the README's ``--val_tokens`` (Qwen3 10,551,296; Gemma 3 10,469,376; OLMoE and gpt-oss
+  10,485,760): ``eval_batches`` = val_tokens / (batch_size x seq_len), every 500 steps;
+* a schedule per group: WSD without warmup and a linear cooldown over the last 40% for every
+  matrix group (``get_lr_scale``, ``cooldown_frac = 0.4``) and, for the 1-D AdamW group
+  (role ``other`` = the ``vectors`` group), 100 warmup steps then a half cosine to zero
+  (``get_cosine_schedule_with_warmup(num_warmup_steps=100, num_cycles=0.5)``);
+* the README's tokens per step (devices x ``--device_batch_size`` x 1024) as 16-sequence
+  micro-batches, ``--train_steps``, ``--seed=42``, sequential (unshuffled) shards, AdamW
+  betas (0.9, 0.95), weight decay 1e-3 (``--weight_decay``, ``--wd_muon``), and the
+  symmetric stack's released preset (``qwen3_row``, ``gemma3_row``, ``olmoe_row``,
+  ``gptoss_row``: row-norm embedding, centered row-norm head / router, Muon hidden, learning
+  rates ``--lr_muon`` and the README's ratios); no auxiliary MoE losses except in
+  ``gptoss_paper_aux`` (``--router_aux_loss_coef=1e-2 --router_z_loss_coef=1e-3``).
+
+Other keywords of ``optzoo.symmetry_compatible`` (numerics choices included) are passed
+through ``OptimizerConfig.options`` unchanged; the manifest records the call.
 """
 
 from __future__ import annotations
@@ -57,7 +91,9 @@ __all__ = [
     "config_hash",
     "get_config",
     "hashed_dict",
+    "PAPER_PRESETS",
     "smoke",
+    "tiny_shapes",
     "to_dict",
 ]
 
@@ -152,6 +188,70 @@ PRESETS["olmoe_seed"] = dataclasses.replace(
     grad_accum=10,
 )
 
+# ---------------------------------------------------------------------------- paper presets
+# The released runs (module docstring; README commands of timlautk/equivariant_optimizers).
+# family: (optzoo preset, --lr_muon, micro-batches per step of 16 x 1024 tokens,
+#          --train_steps, --val_tokens); literal values of the README commands.
+_PAPER_RUNS = {
+    "qwen3": ("qwen3_row", 2e-2, 14, 30_000, 10_551_296),    # 8 GPUs x 28 sequences
+    "gemma3": ("gemma3_row", 2e-2, 9, 50_000, 10_469_376),   # 8 x 18
+    "olmoe": ("olmoe_row", 5e-3, 10, 30_000, 10_485_760),    # 8 x 20
+    "gptoss": ("gptoss_row", 1e-3, 4, 60_000, 10_485_760),   # 8 x 8
+}
+PAPER_PRESETS = tuple(f"{f}_paper" for f in _PAPER_RUNS) + ("gptoss_paper_aux",)
+_PAPER_BATCH, _PAPER_SEQ = 16, 1024
+
+for _family, (_preset, _lr, _accum, _steps, _val_tokens) in _PAPER_RUNS.items():
+    assert _val_tokens % (_PAPER_BATCH * _PAPER_SEQ) == 0, _family
+    PRESETS[f"{_family}_paper"] = TrainConfig(
+        name=f"{_family}_paper",
+        model=f"{_family}_paper",
+        optimizer=OptimizerConfig(
+            name="symmetric", learning_rate=_lr,
+            weight_decay=1e-3, b1=0.9, b2=0.95, eps=1e-8, schedule="wsd", warmup_steps=0,
+            cooldown_fraction=0.4, grad_clip=None, options=(("preset", _preset),),
+            group_schedules=(("vectors", "cosine_zero", 100),)),
+        data=DataConfig(corpus="shards", shards=f"data/{_family}_paper/train_*.bin",
+                        val_shards=f"data/{_family}_paper/val_*.bin", batch_size=_PAPER_BATCH,
+                        seq_len=_PAPER_SEQ, shuffle=False),
+        steps=_steps,
+        eval_every=500,
+        eval_batches=_val_tokens // (_PAPER_BATCH * _PAPER_SEQ),
+        log_every=10,
+        checkpoint_every=1000,
+        grad_accum=_accum,
+        seed=42,
+        compute_dtype="float32",
+        matmul_precision="tensorfloat32",
+    )
+# gpt-oss with the auxiliary losses of train_gpt-oss_router_metrics.py (README, "With auxiliary
+# load-balancing losses and router z-losses").
+PRESETS["gptoss_paper_aux"] = dataclasses.replace(
+    PRESETS["gptoss_paper"], name="gptoss_paper_aux",
+    moe_overrides=(("lb_loss_coef", 1e-2), ("z_loss_coef", 1e-3)))
+del _family, _preset, _lr, _accum, _steps, _val_tokens
+
+
+def tiny_shapes(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its model shrunk to CPU size (a byte vocabulary, 2 layers, d = 64, 4 heads
+    of 16, 4 experts of width 64, top-2, windows of 8 tokens) through ``model_overrides`` /
+    ``moe_overrides``; every other setting of the model (norms, QK-norm, sinks, clamped
+    SwiGLU, biases, initialization, routing style, auxiliary losses) and of the run stays."""
+    mcfg = cfg.model_config()
+    shape = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                 n_kv_heads=1 if mcfg.n_kv_heads == 1 else 2, head_dim=16, d_ff=128,
+                 max_seq_len=256)
+    if mcfg.sliding_window is not None:
+        shape.update(sliding_window=8, global_every=2 if mcfg.global_every else 0)
+    overrides = {**dict(cfg.model_overrides), **shape}
+    moe = dict(cfg.moe_overrides)
+    if mcfg.moe is not None:
+        moe.update(n_experts=4, top_k=2, d_expert=64)
+    return dataclasses.replace(cfg, name=cfg.name + "_tiny",
+                               model_overrides=tuple(overrides.items()),
+                               moe_overrides=tuple(moe.items()))
+
+
 # Smoke settings: a few steps of a small batch on the embedded corpus, eval and checkpoint
 # exercised twice.
 SMOKE_STEPS = 4
@@ -159,13 +259,16 @@ SMOKE_STEPS = 4
 
 def smoke(cfg: TrainConfig) -> TrainConfig:
     """The smoke variant of ``cfg``: ``SMOKE_STEPS`` steps, batch 8 x 32 tokens, one
-    validation batch, eval/checkpoint every 2 steps, a 1-step warmup, the stdlib corpus
-    (256 KiB), no progress bar or plots; everything else (model, optimizer) unchanged."""
+    validation batch, eval/checkpoint every 2 steps, warmups (also those of
+    ``group_schedules``) cut to at most 1 step, the stdlib corpus (256 KiB), no progress bar
+    or plots; everything else (model, optimizer) unchanged."""
     opt = cfg.optimizer
+    groups = tuple((g, sched, min(w, 1)) for g, sched, w in opt.group_schedules)
     return dataclasses.replace(
         cfg,
         name=cfg.name + "_smoke",
-        optimizer=dataclasses.replace(opt, warmup_steps=min(opt.warmup_steps, 1)),
+        optimizer=dataclasses.replace(opt, warmup_steps=min(opt.warmup_steps, 1),
+                                      group_schedules=groups),
         data=dataclasses.replace(cfg.data, corpus="stdlib", shards=None, val_shards=None,
                                  corpus_bytes=256 * 2**10, batch_size=8, seq_len=32,
                                  val_tokens=8 * 2**10),

@@ -32,6 +32,8 @@ __all__ = [
     "ShardingConfig",
     "TrainConfig",
     "SCHEDULES",
+    "GROUP_SCHEDULES",
+    "MATMUL_PRECISIONS",
     "CORPORA",
     "HASH_EXCLUDED",
     "to_dict",
@@ -44,6 +46,14 @@ __all__ = [
 Scalar = int | float | str | bool | None
 
 SCHEDULES = ("wsd", "d2z", "cosine", "constant")
+#: Schedules a parameter group may get of its own (:attr:`OptimizerConfig.group_schedules`):
+#: the main ones plus ``'cosine_zero'``, linear warmup then a half cosine to zero (Hugging Face
+#: ``get_cosine_schedule_with_warmup``, what the released runs give the 1-D AdamW group).
+GROUP_SCHEDULES = SCHEDULES + ("cosine_zero",)
+#: ``TrainConfig.matmul_precision`` values (``jax.default_matmul_precision``); ``None`` leaves
+#: jax's default (on NVIDIA GPUs float32 matmuls then use TF32, the reference's
+#: ``torch.set_float32_matmul_precision("high")``).
+MATMUL_PRECISIONS = ("default", "tensorfloat32", "float32")
 CORPORA = ("stdlib", "shakespeare", "shards")
 
 #: ``TrainConfig`` fields that do not change the metrics stream of a run (presentation and
@@ -54,6 +64,13 @@ CORPORA = ("stdlib", "shakespeare", "shards")
 #: into the new shardings. Bitwise-equal resumption holds on the same mesh.
 HASH_EXCLUDED = ("progress", "tensorboard", "plots", "checkpoint_every", "keep_checkpoints",
                  "sharding")
+#: Fields added after runs were made: left out of :func:`config_hash` while they hold their
+#: default (the old behaviour), so that earlier runs keep their hash and stay resumable.
+HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
+    ("optimizer", "group_schedules"): (),
+    ("moe_overrides",): (),
+    ("matmul_precision",): None,
+}
 
 
 # ----------------------------------------------------------------------------- checking
@@ -190,7 +207,8 @@ class OptimizerConfig:
         of the peak) or ``'constant'`` (warmup, then constant).
       warmup_steps: linear warmup length from 0.
       cooldown_fraction: fraction of the steps in the WSD cooldown.
-      grad_clip: global-norm clipping threshold (``None``: no clipping).
+      grad_clip: global-norm clipping threshold (``None``: no clipping; the released runs of
+        Lau & Su clip nothing).
       guard_nonfinite: wrap the optimizer in ``optzoo.skip_nonfinite`` (a step with a NaN/Inf
         gradient is skipped and counted in the ``skipped_steps`` metric).
       lr_multipliers: ``(group, factor)`` pairs multiplying the final update (= the learning
@@ -199,6 +217,14 @@ class OptimizerConfig:
       options: optimizer-specific keyword arguments as ``(name, value)`` pairs, e.g.
         ``(('rank', 32),)`` for GaLore or ``(('preset', 'olmoe_row'),)`` for the symmetric
         stack; unknown names are rejected when the optimizer is built.
+      group_schedules: ``(group, schedule, warmup_steps)`` triples giving a parameter group
+        its own learning-rate schedule shape (one of :data:`GROUP_SCHEDULES`) in place of
+        ``schedule`` / ``warmup_steps``; its peak is unchanged. The released runs give the
+        1-D AdamW group (``vectors``) ``('vectors', 'cosine_zero', 100)`` and every other
+        group WSD without warmup, 40% linear cooldown. ``()`` (default): one schedule for all.
+        Implemented by :func:`experiments.train.build_tx` (the optimizer at a constant unit
+        schedule, each group's update then scaled by its own unit schedule: exact, since every
+        optimizer's update is linear in its learning rate).
     """
 
     name: str = "adamw"
@@ -215,6 +241,7 @@ class OptimizerConfig:
     guard_nonfinite: bool = True
     lr_multipliers: tuple[tuple[str, float], ...] = ()
     options: tuple[tuple[str, Scalar], ...] = ()
+    group_schedules: tuple[tuple[str, str, int], ...] = ()
 
     def __post_init__(self):
         _check_fields(self)
@@ -242,6 +269,26 @@ class OptimizerConfig:
                 raise ValueError(f"{o}.lr_multipliers: unknown group {group!r}; expected one "
                                  f"of {list(GROUPS)}")
             _finite(o, f"lr_multipliers[{group!r}]", factor, 0.0)
+        seen = set()
+        for group, schedule, warmup in self.group_schedules:
+            where = f"{o}.group_schedules[{group!r}]"
+            if group not in GROUPS:
+                raise ValueError(f"{o}.group_schedules: unknown group {group!r}; expected one "
+                                 f"of {list(GROUPS)}")
+            if group in seen:
+                raise ValueError(f"{o}.group_schedules: duplicate group {group!r}")
+            seen.add(group)
+            if schedule not in GROUP_SCHEDULES:
+                raise ValueError(f"{where}: schedule {schedule!r}; expected one of "
+                                 f"{list(GROUP_SCHEDULES)}")
+            _positive_int(where, "warmup_steps", warmup, 0)
+
+    def group_schedule(self, group: str) -> tuple[str, int]:
+        """``(schedule, warmup_steps)`` of ``group`` (the main ones unless overridden)."""
+        for g, schedule, warmup in self.group_schedules:
+            if g == group:
+                return schedule, warmup
+        return self.schedule, self.warmup_steps
 
     def option(self, key: str, default: Any = None) -> Any:
         """The value of ``options[key]`` (``default`` when absent)."""
@@ -364,6 +411,10 @@ class TrainConfig:
       model_overrides: ``(field, value)`` pairs applied to the model preset with
         ``dataclasses.replace`` (e.g. ``(('n_layers', 4),)``); the compute dtype is
         :attr:`compute_dtype`, not an override.
+      moe_overrides: ``(field, value)`` pairs applied to the preset's
+        :class:`experiments.models.MoEConfig` (an MoE model only), e.g.
+        ``(('lb_loss_coef', 0.01), ('z_loss_coef', 0.001))`` for the gpt-oss auxiliary-loss
+        runs or ``(('n_experts', 4),)``.
       optimizer: :class:`OptimizerConfig`.
       data: :class:`DataConfig`.
       sharding: :class:`ShardingConfig` (mesh axes, FSDP / TP sizes, partition rules); not part
@@ -379,6 +430,9 @@ class TrainConfig:
       seed: model initialization seed (and the run's RNG key).
       compute_dtype: activations/matmul dtype (``'float32'`` or ``'bfloat16'``); parameters
         stay in the preset's ``param_dtype``.
+      matmul_precision: ``jax.default_matmul_precision`` for the run's jitted steps (one of
+        :data:`MATMUL_PRECISIONS`, or ``None``: jax's default). ``'tensorfloat32'`` is the
+        released runs' ``torch.set_float32_matmul_precision("high")``.
       progress: show a tqdm progress bar (only on a terminal).
       tensorboard: also write TensorBoard events (``tb/``) next to ``metrics.jsonl``.
       plots: write ``plots/curves.png`` (loss vs steps, tokens, time) at the end of the run.
@@ -387,6 +441,7 @@ class TrainConfig:
     name: str = "tiny"
     model: str = "tiny"
     model_overrides: tuple[tuple[str, Scalar], ...] = ()
+    moe_overrides: tuple[tuple[str, Scalar], ...] = ()
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
     sharding: ShardingConfig = ShardingConfig()
@@ -399,6 +454,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    matmul_precision: Literal["default", "tensorfloat32", "float32"] | None = None
     progress: bool = True
     tensorboard: bool = True
     plots: bool = True
@@ -411,6 +467,7 @@ class TrainConfig:
             _positive_int(o, name, getattr(self, name))
         _positive_int(o, "seed", self.seed, 0)
         _check_pairs(self.model_overrides, f"{o}.model_overrides")
+        _check_pairs(self.moe_overrides, f"{o}.moe_overrides")
         mcfg = self.model_config()  # validates the preset name and the overrides
         if self.data.corpus in ("stdlib", "shakespeare") and mcfg.vocab_size < 256:
             raise ValueError(f"{o}: model {self.model!r} has vocab_size {mcfg.vocab_size}, "
@@ -427,6 +484,17 @@ class TrainConfig:
         elif opt.warmup_steps >= self.steps and opt.schedule != "constant":
             raise ValueError(f"{o}: optimizer.warmup_steps={opt.warmup_steps} must be smaller "
                              f"than steps={self.steps} for schedule {opt.schedule!r}")
+        for group, schedule, warmup in opt.group_schedules:
+            if schedule == "wsd":
+                cooldown = int(round(opt.cooldown_fraction * self.steps))
+                if warmup + cooldown > self.steps:
+                    raise ValueError(f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
+                                     f"plus the WSD cooldown ({cooldown} steps) exceed "
+                                     f"steps={self.steps}")
+            elif schedule != "constant" and warmup >= self.steps:
+                raise ValueError(f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
+                                 f"must be smaller than steps={self.steps} for schedule "
+                                 f"{schedule!r}")
 
     def model_config(self):
         """The resolved :class:`experiments.models.ModelConfig` (preset + overrides + dtype)."""
@@ -443,9 +511,24 @@ class TrainConfig:
                                  f"field; expected one of {sorted(known - {'moe'})}")
             if key in ("dtype", "moe"):
                 raise ValueError(f"TrainConfig.model_overrides: {key!r} cannot be overridden "
-                                 "here (use TrainConfig.compute_dtype for the dtype; derive a "
-                                 "model preset for MoE changes)")
+                                 "here (use TrainConfig.compute_dtype for the dtype and "
+                                 "TrainConfig.moe_overrides for the MoE settings)")
         overrides["dtype"] = self.compute_dtype
+        if self.moe_overrides:
+            base = models.PRESETS[self.model].moe
+            if base is None:
+                raise ValueError(f"TrainConfig.moe_overrides {self.moe_overrides!r}: model "
+                                 f"{self.model!r} has no MoE layer")
+            moe_known = {f.name for f in dataclasses.fields(models.MoEConfig)}
+            for key, _ in self.moe_overrides:
+                if key not in moe_known:
+                    raise ValueError(f"TrainConfig.moe_overrides: {key!r} is not a MoEConfig "
+                                     f"field; expected one of {sorted(moe_known)}")
+            try:
+                overrides["moe"] = dataclasses.replace(base, **dict(self.moe_overrides))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"TrainConfig.moe_overrides {self.moe_overrides!r} are invalid "
+                                 f"for model {self.model!r}: {e}") from e
         try:
             return models.get_preset(self.model, **overrides)
         except (TypeError, ValueError) as e:
@@ -469,6 +552,12 @@ def hashed_dict(cfg: TrainConfig) -> dict:
     d = to_dict(cfg)
     for key in HASH_EXCLUDED:
         d.pop(key, None)
+    for path, default in HASH_OMITTED_AT_DEFAULT.items():
+        parent = d
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        if path[-1] in parent and parent[path[-1]] == json.loads(json.dumps(default)):
+            del parent[path[-1]]
     return d
 
 

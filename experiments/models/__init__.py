@@ -8,6 +8,7 @@ parameter naming contract that routing rules match on is documented in
 """
 
 from experiments.models.config import (
+    PAPER_PRESETS,
     PRESETS,
     TINY_PRESETS,
     ModelConfig,
@@ -35,6 +36,7 @@ from experiments.models.transformer import (
 )
 
 __all__ = [
+    "PAPER_PRESETS",
     "PRESETS",
     "TINY_PRESETS",
     "ModelConfig",

@@ -20,10 +20,21 @@ the three dense families and the two MoE router styles used in the seed paper's 
 * **gpt-oss** (OpenAI gpt-oss model card, 2025) MoE: top-k on the router logits (which have
   a bias), then a softmax over the k selected logits (weights sum to one).
 
+gpt-oss's own pieces are options (off in the older presets, on in ``gptoss_paper``):
+learned per-head attention sinks (``attn_sinks``), the clamped SwiGLU of its experts
+(``MoEConfig.expert_act='clamped_swiglu'``) and expert biases (``MoEConfig.expert_bias``).
+
 What is deliberately *not* modelled (no effect on the parameter blocks the optimizers see,
 or only through 1-D leaves): Gemma's ``(1 + scale)`` RMSNorm parameterization (we use
 ``scale`` initialized to one, which is the same function), Gemma 2's logit soft-capping
-(removed in Gemma 3), gpt-oss attention sinks, its clamped SwiGLU and expert biases, and YaRN.
+(removed in Gemma 3), YaRN, and the zeroed ``padding_idx`` embedding row of the Hugging Face
+models (that token never occurs in the data, so its row is never read or updated).
+
+**Paper presets** (``*_paper``): the models of the released runs of Lau & Su 2026
+(github.com/timlautk/equivariant_optimizers, ``train_qwen3.py``, ``train_gemma3_1b.py``,
+``train_olmoe.py``, ``train_gpt-oss.py``: the Hugging Face config each script builds, at the
+README's command-line sizes), initialized as those scripts do (``init_scheme='normal'``:
+``N(0, 0.02)`` on every matrix, no depth scaling).
 
 Parameter count (:func:`param_count`) is exact and is checked in the tests against the
 abstract ``nnx.eval_shape`` state and against published totals (GPT-2 small 124,439,808;
@@ -33,6 +44,7 @@ Qwen3-0.6B 596,049,920; Gemma 3 1B 999,885,952; OLMoE-1B-7B 6,919,161,856).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 __all__ = [
@@ -51,6 +63,8 @@ PosKind = Literal["rope", "learned"]
 QKNormKind = Literal["none", "head", "full"]
 RoutingKind = Literal["softmax_topk", "topk_softmax"]
 DispatchKind = Literal["dense", "ragged"]
+ExpertActKind = Literal["swiglu", "clamped_swiglu"]
+InitKind = Literal["gpt2", "normal"]
 
 
 def _check_choice(owner: str, field: str, value, choices) -> None:
@@ -82,7 +96,19 @@ class MoEConfig:
       renormalize: softmax_topk only: divide the kept probabilities by their sum (Qwen3-MoE's
         ``norm_topk_prob``). OLMoE keeps them unnormalized (their sum is < 1).
       lb_loss_coef: coefficient of the Switch load-balance loss (arXiv:2101.03961, eq. 4).
-      z_loss_coef: coefficient of the ST-MoE router z-loss (arXiv:2202.08906, eq. 5).
+        The paper's runs use 0 (``router_aux_loss_coef=0.0`` in every released script); its
+        gpt-oss auxiliary-loss diagnostics use ``1e-2`` (``train_gpt-oss_router_metrics.py
+        --router_aux_loss_coef``).
+      z_loss_coef: coefficient of the ST-MoE router z-loss (arXiv:2202.08906, eq. 5); the
+        gpt-oss diagnostics use ``1e-3``.
+      expert_act: ``"swiglu"`` ``silu(g) * u`` or ``"clamped_swiglu"`` (gpt-oss, Hugging Face
+        ``GptOssExperts``): ``g' = min(g, limit)``, ``u' = clip(u, -limit, limit)``,
+        ``h = (u' + 1) * g' * sigmoid(alpha g')``.
+      swiglu_alpha, swiglu_limit: ``alpha`` (1.702) and ``limit`` (``swiglu_limit=7.0`` in
+        the released gpt-oss config) of the clamped form.
+      expert_bias: learned biases on each expert's gate, up and down projections (gpt-oss
+        ``gate_up_proj_bias`` / ``down_proj_bias``), initialized to zero; leaves
+        ``experts/{gate,up,down}_bias/bias`` of shapes ``(E, f)``, ``(E, f)``, ``(E, d)``.
       dispatch: ``"dense"`` evaluates every expert on every token and combines with sparse
         weights (``E/k`` times the useful FLOPs and ``[T, E, f]`` activations);
         ``"ragged"`` sorts the ``T*k`` assignments by expert and uses
@@ -104,10 +130,24 @@ class MoEConfig:
     lb_loss_coef: float = 0.0
     z_loss_coef: float = 0.0
     dispatch: DispatchKind = "dense"
+    expert_act: ExpertActKind = "swiglu"
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    expert_bias: bool = False
 
     def __post_init__(self):
         for f in ("n_experts", "top_k", "d_expert"):
             _check_positive("MoEConfig", f, getattr(self, f))
+        for f in ("lb_loss_coef", "z_loss_coef"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
+                    or v == float("inf"):
+                raise ValueError(f"MoEConfig.{f}={v!r}; expected a finite number >= 0")
+        _check_choice("MoEConfig", "expert_act", self.expert_act, ("swiglu", "clamped_swiglu"))
+        for f in ("swiglu_alpha", "swiglu_limit"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ValueError(f"MoEConfig.{f}={v!r}; expected a finite number > 0")
         if self.top_k > self.n_experts:
             raise ValueError(f"MoEConfig.top_k={self.top_k} exceeds n_experts={self.n_experts}")
         _check_choice("MoEConfig", "routing", self.routing, ("softmax_topk", "topk_softmax"))
@@ -153,9 +193,16 @@ class ModelConfig:
       moe: a :class:`MoEConfig` replaces every MLP by an MoE layer.
       dtype: compute dtype (``"float32"`` or ``"bfloat16"``); param_dtype: storage dtype.
         Attention softmax, norms, router and logits are computed in float32 either way.
-      init_std: std of the normal initializer of every matrix; residual output projections
-        (``o_proj``, ``down_proj``, expert ``down_proj``) use ``init_std / sqrt(2 L)``
-        (GPT-2 paper, §2.3). Biases zero, norm scales one.
+      init_std: std of the normal initializer of every matrix.
+      init_scheme: ``"gpt2"`` (default): the residual output projections (``o_proj``,
+        ``down_proj``, expert ``down_proj``) use ``init_std / sqrt(2 L)`` (GPT-2 paper, §2.3),
+        every other matrix ``init_std``, router bias zero. ``"normal"``: the released runs
+        of Lau & Su (their ``reinit_for_lm`` plus the Hugging Face ``_init_weights`` of
+        the modules it does not touch): ``N(0, init_std^2)`` for every matrix, expert tensor,
+        attention sink and the gpt-oss router bias. Other biases zero, norm scales one.
+      attn_sinks: a learned sink logit per query head (gpt-oss): the softmax runs over the
+        keys plus one extra logit ``s_h`` whose probability is dropped, so a head can attend
+        "nowhere" (``layers/<i>/attn/sinks`` ``(H,)``).
       name: preset name, informational only.
     """
 
@@ -185,6 +232,8 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     init_std: float = 0.02
+    init_scheme: InitKind = "gpt2"
+    attn_sinks: bool = False
     name: str = "custom"
 
     def __post_init__(self):
@@ -202,6 +251,9 @@ class ModelConfig:
         _check_choice("ModelConfig", "qk_norm", self.qk_norm, ("none", "head", "full"))
         _check_choice("ModelConfig", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_choice("ModelConfig", "param_dtype", self.param_dtype, ("float32", "bfloat16"))
+        _check_choice("ModelConfig", "init_scheme", self.init_scheme, ("gpt2", "normal"))
+        if not isinstance(self.attn_sinks, bool):
+            raise ValueError(f"ModelConfig.attn_sinks={self.attn_sinks!r}; expected a bool")
         if self.sliding_window is not None:
             _check_positive("ModelConfig", "sliding_window", self.sliding_window)
         if self.global_every < 0:
@@ -219,6 +271,15 @@ class ModelConfig:
         if self.sliding_window is None:
             return True
         return self.global_every > 0 and (i + 1) % self.global_every == 0
+
+
+def residual_init_std(cfg: ModelConfig) -> float:
+    """Std of the projections that write into the residual stream (``o_proj``, ``down_proj``,
+    expert ``down_proj``): ``init_std / sqrt(2 L)`` under ``init_scheme='gpt2'``, ``init_std``
+    under ``'normal'``."""
+    if cfg.init_scheme == "normal":
+        return cfg.init_std
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -242,6 +303,13 @@ def _ffn_matmul(cfg: ModelConfig, active: bool) -> int:
     return (2 if cfg.mlp == "gelu" else 3) * d * cfg.d_ff
 
 
+def _expert_bias_params(cfg: ModelConfig, active: bool) -> int:
+    m = cfg.moe
+    if m is None or not m.expert_bias:
+        return 0
+    return (m.top_k if active else m.n_experts) * (2 * m.d_expert + cfg.d_model)
+
+
 def _layer_vector_params(cfg: ModelConfig) -> int:
     d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     n = (4 if cfg.sandwich_norm else 2) * _norm_params(cfg, d)
@@ -251,6 +319,8 @@ def _layer_vector_params(cfg: ModelConfig) -> int:
         n += (h + k) * hd
     if cfg.attn_bias:
         n += h * hd + 2 * k * hd + d
+    if cfg.attn_sinks:
+        n += h
     if cfg.moe is not None:
         n += cfg.moe.n_experts if cfg.moe.router_bias else 0
     elif cfg.mlp_bias:
@@ -276,7 +346,8 @@ def param_count(cfg: ModelConfig, *, active: bool = False) -> int:
         n += d * v
     if cfg.positions == "learned":
         n += cfg.max_seq_len * d
-    per_layer = _attn_matmul(cfg) + _ffn_matmul(cfg, active) + _layer_vector_params(cfg)
+    per_layer = (_attn_matmul(cfg) + _ffn_matmul(cfg, active) + _layer_vector_params(cfg)
+                 + _expert_bias_params(cfg, active))
     return n + cfg.n_layers * per_layer + _norm_params(cfg, d)
 
 
@@ -388,7 +459,25 @@ PRESETS: dict[str, ModelConfig] = {
                                **_GPTOSS),
 }
 
+# ---- the released runs of Lau & Su 2026 (github.com/timlautk/equivariant_optimizers): the seed
+# shapes with the scripts' initialization (every matrix N(0, 0.02): ``reinit_for_lm`` /
+# ``maybe_reinit_for_lm`` plus Hugging Face ``_init_weights``) and, for gpt-oss, the pieces of
+# ``GptOssConfig(..., swiglu_limit=7.0)``: attention sinks, clamped SwiGLU, expert biases.
+# No auxiliary losses (``router_aux_loss_coef=0.0``, ``output_router_logits=False``).
+for _family in ("qwen3", "gemma3", "olmoe", "gptoss"):
+    _seed = PRESETS[f"{_family}_seed"]
+    _extra: dict = {}
+    if _family == "gptoss":
+        _extra = dict(attn_sinks=True,
+                      moe=dataclasses.replace(_seed.moe, expert_act="clamped_swiglu",
+                                              swiglu_alpha=1.702, swiglu_limit=7.0,
+                                              expert_bias=True))
+    PRESETS[f"{_family}_paper"] = dataclasses.replace(_seed, name=f"{_family}_paper",
+                                                      init_scheme="normal", **_extra)
+del _family, _seed, _extra
+
 TINY_PRESETS = ("tiny", "tiny_moe", "tiny_gpt2", "tiny_gemma3", "tiny_gptoss")
+PAPER_PRESETS = ("qwen3_paper", "gemma3_paper", "olmoe_paper", "gptoss_paper")
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

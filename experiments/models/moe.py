@@ -18,6 +18,10 @@ Both are invariant to adding a common offset ``c^T x`` to all logits (the router
 symmetry, ALGORITHMS.md §1.2). Output: ``y_t = sum_{e in S_t} w_te FFN_e(x_t)`` with SwiGLU
 experts ``FFN_e(x) = (silu(x G_e) * (x U_e)) D_e``, ``G_e, U_e`` ``(d, f)``, ``D_e`` ``(f, d)``,
 stored stacked as ``gate_proj``/``up_proj`` ``(E, d, f)`` and ``down_proj`` ``(E, f, d)``.
+gpt-oss variant (``MoEConfig.expert_act='clamped_swiglu'``, ``expert_bias=True``; Hugging Face
+``GptOssExperts``): with ``g = x G_e + b^g_e`` and ``u = x U_e + b^u_e``, ``g' = min(g, L)``,
+``u' = clip(u, -L, L)``, ``FFN_e(x) = ((u' + 1) * g' * sigmoid(a g')) D_e + b^d_e`` (``a =
+1.702``, ``L = 7``).
 
 Auxiliary losses (added to the LM loss only when their coefficient is non-zero; averaged over
 MoE layers by the model):
@@ -37,7 +41,16 @@ Router metrics (no gradient; per layer), with ``f`` and ``P`` as above:
 * ``top_expert_load = max_e f_e``: ``1/E`` when balanced, ``1/k`` when collapsed;
 * ``prob_cv``, ``prob_entropy``: the same two statistics of ``P``;
 * ``token_entropy = mean_t H(p_t) / log E`` (per-token routing confidence);
+* ``dead_expert_fraction``: share of experts with ``f_e < 0.1 / E`` (a tenth of the uniform
+  load; the threshold of the reference's ``train_gpt-oss_router_metrics.py``,
+  ``--dead_expert_threshold_scale=0.1``);
+* ``logit_mean``, ``logit_std`` (population) over all ``T x E`` router logits, their
+  ``logit_rms`` and ``logit_max_abs`` (the reference's logit statistics);
 * ``lb_loss``, ``z_loss``: the unweighted losses.
+
+:class:`MoE` also returns the per-expert load ``f`` (``expert_load``, ``[E]``) for the
+validation heatmap; :func:`experiments.models.loss_from_logits` keeps it out of the training
+metrics.
 """
 
 from __future__ import annotations
@@ -48,9 +61,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments.models.config import ModelConfig, MoEConfig
+from experiments.models.config import ModelConfig, MoEConfig, residual_init_std
 
-__all__ = ["route", "load_balance_loss", "router_z_loss", "router_metrics", "Experts", "MoE"]
+__all__ = ["route", "expert_load", "expert_activation", "load_balance_loss", "router_z_loss",
+           "router_metrics", "DEAD_EXPERT_SCALE", "Experts", "MoE"]
 
 
 def route(logits: jax.Array, cfg: MoEConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -108,21 +122,37 @@ def _normalized_entropy(p: jax.Array, axis: int = -1) -> jax.Array:
     return h / math.log(n) if n > 1 else jnp.zeros_like(h)
 
 
-def router_metrics(logits: jax.Array, probs: jax.Array, experts: jax.Array) -> dict:
+#: Dead-expert threshold as a fraction of the uniform load ``1/E`` (the reference's 0.1).
+DEAD_EXPERT_SCALE = 0.1
+
+
+def router_metrics(logits: jax.Array, probs: jax.Array, experts: jax.Array, *,
+                   dead_scale: float = DEAD_EXPERT_SCALE) -> dict:
     """Router health statistics of one layer (definitions in the module docstring).
 
     Args:
       logits: ``[T, E]`` router logits. probs: ``[T, E]`` = softmax(logits).
       experts: ``[T, k]`` selected expert indices.
+      dead_scale: an expert is dead when its load ``f_e < dead_scale / E``.
 
     Returns:
       dict of float32 scalars: ``load_cv``, ``load_entropy``, ``top_expert_load``,
-      ``prob_cv``, ``prob_entropy``, ``token_entropy``, ``lb_loss``, ``z_loss``.
+      ``prob_cv``, ``prob_entropy``, ``token_entropy``, ``dead_expert_fraction``,
+      ``logit_mean``, ``logit_std``, ``logit_rms``, ``logit_max_abs``, ``lb_loss``,
+      ``z_loss``.
     """
     logits, probs = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(probs)
-    f = expert_load(experts, probs.shape[-1])
+    n_experts = probs.shape[-1]
+    f = expert_load(experts, n_experts)
     p_mean = jnp.mean(probs, axis=0)
+    z = logits.astype(jnp.float32)
+    z_mean = jnp.mean(z)
     return {
+        "dead_expert_fraction": jnp.mean((f < dead_scale / n_experts).astype(jnp.float32)),
+        "logit_mean": z_mean,
+        "logit_std": jnp.sqrt(jnp.mean(jnp.square(z - z_mean))),
+        "logit_rms": jnp.sqrt(jnp.mean(jnp.square(z))),
+        "logit_max_abs": jnp.max(jnp.abs(z)),
         "load_cv": _cv(f),
         "load_entropy": _normalized_entropy(f),
         "top_expert_load": jnp.max(f),
@@ -134,40 +164,74 @@ def router_metrics(logits: jax.Array, probs: jax.Array, experts: jax.Array) -> d
     }
 
 
-def _expert_ffn_dense(x, gate, up, down):
-    """All experts on all tokens: ``[T, d] -> [T, E, d]``."""
-    h = jax.nn.silu(jnp.einsum("td,edf->tef", x, gate)) * jnp.einsum("td,edf->tef", x, up)
-    return jnp.einsum("tef,efd->ted", h, down)
+def expert_activation(g: jax.Array, u: jax.Array, cfg: MoEConfig) -> jax.Array:
+    """The gated activation of the experts: ``silu(g) * u``, or gpt-oss's clamped form
+    ``(clip(u, -L, L) + 1) * g' * sigmoid(a g')`` with ``g' = min(g, L)`` (module docstring)."""
+    if cfg.expert_act == "swiglu":
+        return jax.nn.silu(g) * u
+    limit = jnp.asarray(cfg.swiglu_limit, g.dtype)
+    g = jnp.minimum(g, limit)
+    u = jnp.clip(u, -limit, limit)
+    return (u + 1) * (g * jax.nn.sigmoid(jnp.asarray(cfg.swiglu_alpha, g.dtype) * g))
+
+
+class _Bias(nnx.Module):
+    """A zero-initialized bias leaf ``<name>/bias`` (so that the routing rule ``/bias$`` makes
+    it a vector)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype):
+        self.bias = nnx.Param(jnp.zeros(shape, dtype))
 
 
 class Experts(nnx.Module):
     """``E`` stacked SwiGLU experts: ``gate_proj``/``up_proj`` ``(E, d, f)``, ``down_proj``
-    ``(E, f, d)`` (leading experts axis = batch axis for matrix optimizers)."""
+    ``(E, f, d)`` (leading experts axis = batch axis for matrix optimizers); with
+    ``MoEConfig.expert_bias`` also ``gate_bias/bias``, ``up_bias/bias`` ``(E, f)`` and
+    ``down_bias/bias`` ``(E, d)``."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         m = cfg.moe
         e, d, f = m.n_experts, cfg.d_model, m.d_expert
         pdt = jnp.dtype(cfg.param_dtype)
-        std_out = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        std_out = residual_init_std(cfg)
         normal = jax.nn.initializers.normal
         self.gate_proj = nnx.Param(normal(cfg.init_std)(rngs.params(), (e, d, f), pdt))
         self.up_proj = nnx.Param(normal(cfg.init_std)(rngs.params(), (e, d, f), pdt))
         self.down_proj = nnx.Param(normal(std_out)(rngs.params(), (e, f, d), pdt))
+        if m.expert_bias:
+            self.gate_bias, self.up_bias = _Bias((e, f), pdt), _Bias((e, f), pdt)
+            self.down_bias = _Bias((e, d), pdt)
+        else:
+            self.gate_bias = self.up_bias = self.down_bias = None
         self.dtype = jnp.dtype(cfg.dtype)
         self.dispatch = m.dispatch
+        self.moe_cfg = m
+
+    def _biases(self):
+        if self.gate_bias is None:
+            return None
+        return tuple(b.bias[...].astype(self.dtype)
+                     for b in (self.gate_bias, self.up_bias, self.down_bias))
 
     def __call__(self, x: jax.Array, weights: jax.Array, experts: jax.Array) -> jax.Array:
         """``y_t = sum_j weights[t, j] FFN_{experts[t, j]}(x_t)`` for ``x`` ``[T, d]``."""
         dt = self.dtype
         gate, up, down = (p[...].astype(dt) for p in (self.gate_proj, self.up_proj,
                                                       self.down_proj))
+        biases = self._biases()
         x = x.astype(dt)
         t, k = experts.shape
         n_experts = gate.shape[0]
         if self.dispatch == "dense":
             combine = jnp.zeros((t, n_experts), jnp.float32)
             combine = combine.at[jnp.arange(t)[:, None], experts].add(weights)
-            y = _expert_ffn_dense(x, gate, up, down)
+            g = jnp.einsum("td,edf->tef", x, gate)
+            u = jnp.einsum("td,edf->tef", x, up)
+            if biases is not None:
+                g, u = g + biases[0][None], u + biases[1][None]
+            y = jnp.einsum("tef,efd->ted", expert_activation(g, u, self.moe_cfg), down)
+            if biases is not None:
+                y = y + biases[2][None]
             return jnp.einsum("ted,te->td", y, combine.astype(dt))
         # ragged: sort the T*k (token, expert) slots by expert, one grouped matmul per weight.
         flat = experts.reshape(-1)
@@ -175,8 +239,13 @@ class Experts(nnx.Module):
         token = order // k
         sizes = jnp.zeros((n_experts,), jnp.int32).at[flat].add(1)
         xs = x[token]
-        h = jax.nn.silu(jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(xs, up, sizes)
-        ys = jax.lax.ragged_dot(h, down, sizes)
+        g, u = jax.lax.ragged_dot(xs, gate, sizes), jax.lax.ragged_dot(xs, up, sizes)
+        if biases is not None:
+            eid = flat[order]
+            g, u = g + biases[0][eid], u + biases[1][eid]
+        ys = jax.lax.ragged_dot(expert_activation(g, u, self.moe_cfg), down, sizes)
+        if biases is not None:
+            ys = ys + biases[2][flat[order]]
         ys = ys * weights.reshape(-1)[order][:, None].astype(dt)
         return jnp.zeros_like(x).at[token].add(ys)
 
@@ -192,10 +261,14 @@ class MoE(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         m = cfg.moe
         self.cfg = m
+        # the router bias: zero under init_scheme='gpt2'; N(0, std^2) under 'normal' (Hugging
+        # Face GptOssPreTrainedModel._init_weights draws GptOssTopKRouter.bias like the weight)
+        bias_init = jax.nn.initializers.normal(cfg.init_std) if cfg.init_scheme == "normal" \
+            else jax.nn.initializers.zeros
         self.router = nnx.Linear(cfg.d_model, m.n_experts, use_bias=m.router_bias,
                                  dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
                                  kernel_init=jax.nn.initializers.normal(cfg.init_std),
-                                 bias_init=jax.nn.initializers.zeros, rngs=rngs)
+                                 bias_init=bias_init, rngs=rngs)
         self.experts = Experts(cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict]:
@@ -205,6 +278,7 @@ class MoE(nnx.Module):
         weights, experts, probs = route(logits, self.cfg)
         y = self.experts(xf, weights, experts).reshape(b, s, d).astype(x.dtype)
         aux = router_metrics(logits, probs, experts)
+        aux["expert_load"] = expert_load(experts, self.cfg.n_experts)
         aux["lb_loss"] = load_balance_loss(probs, experts)
         aux["z_loss"] = router_z_loss(logits)
         return y, aux

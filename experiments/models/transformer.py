@@ -5,7 +5,10 @@
 ``moe/z_loss`` (means over layers, with gradient), ``moe/aux_loss`` (the coefficient-
 weighted sum to add to the LM loss) and per-layer router metrics ``router/<i>/<metric>``
 (``load_cv``, ``load_entropy``, ``top_expert_load``, ``prob_cv``, ``prob_entropy``,
-``token_entropy``, ``lb_loss``, ``z_loss``; see :mod:`experiments.models.moe`).
+``token_entropy``, ``dead_expert_fraction``, ``logit_mean``, ``logit_std``, ``logit_rms``,
+``logit_max_abs``, ``lb_loss``, ``z_loss``; see :mod:`experiments.models.moe`) and the
+per-expert loads ``router/<i>/expert_load`` ``[E]`` (dropped from the training metrics by
+:func:`loss_from_logits`; the harness averages them over the validation set).
 :func:`lm_loss` does the addition.
 
 Block (pre-norm; ``sandwich_norm`` adds the bracketed post-norms, Gemma 2/3)::
@@ -18,7 +21,10 @@ QK-norm, then RoPE (rotate-half form, ``theta_i = base^(-2i/hd)``, Su et al. 202
 arXiv:2104.09864); query head ``h`` uses key/value head ``h // (H/K)`` (GQA, Ainslie et al.
 2023, arXiv:2305.13245); ``softmax(q k^T / sqrt(hd) + M) v`` in float32 with an explicit
 additive mask ``M`` (causal; local layers also mask keys more than ``sliding_window - 1``
-positions back).
+positions back). With ``attn_sinks`` (gpt-oss) head ``h`` has a learned logit ``s_h``
+appended to every query's row of scores: ``p = softmax([q k^T / sqrt(hd) + M, s_h])`` and the
+sink's share is dropped, so the kept weights sum to ``1 - p_sink < 1`` (Hugging Face
+``GptOssAttention``; Xiao et al. 2023, arXiv:2309.17453).
 
 Parameter naming contract (the '/'-joined path of each leaf of ``nnx.state(model,
 nnx.Param)``, as listed by :func:`param_paths`; shapes in Flax ``(fan_in, fan_out)`` layout)::
@@ -37,6 +43,7 @@ nnx.Param)``, as listed by :func:`param_paths`; shapes in Flax ``(fan_in, fan_ou
     layers/<i>/attn/o_proj/kernel            (H*hd, d)           [+ /bias (d,)]
     layers/<i>/attn/q_norm/scale             (hd,) or (H*hd,)    qk_norm="head" / "full"
     layers/<i>/attn/k_norm/scale             (hd,) or (K*hd,)
+    layers/<i>/attn/sinks                    (H,)                attn_sinks only
     layers/<i>/mlp/gate_proj/kernel          (d, f)              swiglu / geglu only
     layers/<i>/mlp/up_proj/kernel            (d, f)              [+ /bias (f,)]
     layers/<i>/mlp/down_proj/kernel          (f, d)              [+ /bias (d,)]
@@ -44,6 +51,9 @@ nnx.Param)``, as listed by :func:`param_paths`; shapes in Flax ``(fan_in, fan_ou
     layers/<i>/moe/experts/gate_proj         (E, d, f)
     layers/<i>/moe/experts/up_proj           (E, d, f)
     layers/<i>/moe/experts/down_proj         (E, f, d)
+    layers/<i>/moe/experts/gate_bias/bias    (E, f)              MoEConfig.expert_bias only
+    layers/<i>/moe/experts/up_bias/bias      (E, f)
+    layers/<i>/moe/experts/down_bias/bias    (E, d)
 
 The GPT-2 MLP (``fc``/``proj`` in its checkpoints) uses the same ``up_proj``/``down_proj``
 names, so one routing rule covers every family. Flax 0.12 note: flattening an
@@ -51,10 +61,13 @@ names, so one routing rule covers every family. Flax 0.12 note: flattening an
 key paths with a trailing ``value`` entry (``layers/0/attn/q_proj/kernel/value``); the
 contract paths are those without it (``nnx.to_flat_state``).
 
-Initialization: every matrix (embeddings, projections, router, experts, head) is
-``N(0, init_std^2)``, except the projections that write into the residual stream
-(``o_proj``, ``down_proj``, expert ``down_proj``), which use ``init_std / sqrt(2 L)``
-(GPT-2 paper §2.3; nanoGPT). Biases are zero and norm scales one.
+Initialization (``init_scheme``): every matrix (embeddings, projections, router, experts,
+head) is ``N(0, init_std^2)``; with ``"gpt2"`` (the default) the projections that write into
+the residual stream (``o_proj``, ``down_proj``, expert ``down_proj``) use
+``init_std / sqrt(2 L)`` instead (GPT-2 paper §2.3; nanoGPT); ``"normal"`` (the released runs
+of Lau & Su) keeps ``init_std`` for them too and also draws attention sinks and the router
+bias from ``N(0, init_std^2)``, as Hugging Face ``GptOssPreTrainedModel._init_weights`` does.
+Other biases are zero and norm scales one.
 """
 
 from __future__ import annotations
@@ -67,7 +80,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.models.config import ModelConfig
+from experiments.models.config import ModelConfig, residual_init_std
 from experiments.models.moe import MoE
 
 __all__ = [
@@ -155,7 +168,7 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
         d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        std_out = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        std_out = residual_init_std(cfg)
         self.q_proj = _linear(cfg, d, h * hd, cfg.attn_bias, cfg.init_std, rngs)
         self.k_proj = _linear(cfg, d, k * hd, cfg.attn_bias, cfg.init_std, rngs)
         self.v_proj = _linear(cfg, d, k * hd, cfg.attn_bias, cfg.init_std, rngs)
@@ -168,6 +181,12 @@ class Attention(nnx.Module):
             self.k_norm = _norm(cfg, k * hd, "rmsnorm")
         else:
             self.q_norm = self.k_norm = None
+        if cfg.attn_sinks:  # zero under "gpt2" (no published rule), N(0, std^2) under "normal"
+            init = jax.nn.initializers.normal(cfg.init_std) if cfg.init_scheme == "normal" \
+                else jax.nn.initializers.zeros
+            self.sinks = nnx.Param(init(rngs.params(), (h,), jnp.dtype(cfg.param_dtype)))
+        else:
+            self.sinks = None
         self.qk_norm = cfg.qk_norm
         self.n_heads, self.n_kv_heads, self.head_dim = h, k, hd
         self.use_rope = cfg.positions == "rope"
@@ -196,7 +215,14 @@ class Attention(nnx.Module):
         scores = scores.astype(jnp.float32) / math.sqrt(hd)
         mask = attention_mask(s, self.window)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        if self.sinks is None:
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        else:
+            # query head h = kv_head * (H/K) + g, the order of q.reshape(b, s, kv, H/K, hd)
+            sink = self.sinks[...].astype(jnp.float32).reshape(kv, h // kv)
+            sink = jnp.broadcast_to(sink[None, :, :, None, None], (b, kv, h // kv, s, 1))
+            probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)
+            probs = probs[..., :-1].astype(v.dtype)
         out = jnp.einsum("bkgqs,bskh->bqkgh", probs, v).reshape(b, s, h * hd)
         return self.o_proj(out)
 
@@ -207,7 +233,7 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f = cfg.d_model, cfg.d_ff
-        std_out = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        std_out = residual_init_std(cfg)
         self.kind = cfg.mlp
         self.gate_proj = _linear(cfg, d, f, cfg.mlp_bias, cfg.init_std, rngs) \
             if cfg.mlp != "gelu" else None
@@ -307,6 +333,12 @@ class Transformer(nnx.Module):
         return logits.astype(jnp.float32), _collect_aux(cfg, layer_aux)
 
 
+#: Suffix of the per-expert (``[E]``) aux entries ``router/<i>/expert_load``: returned by the
+#: model for validation statistics, left out of the training metrics by
+#: :func:`loss_from_logits`.
+VECTOR_AUX = "/expert_load"
+
+
 def _collect_aux(cfg: ModelConfig, layer_aux: list[dict]) -> dict:
     if cfg.moe is None:
         return {}
@@ -326,7 +358,7 @@ def loss_from_logits(logits: jax.Array, aux: dict, targets: jax.Array) -> tuple[
                                                                                  dict]:
     """The loss of :func:`lm_loss` from an existing forward pass ``(logits, aux)``."""
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
-    metrics = {"ce": ce, **aux}
+    metrics = {"ce": ce, **{k: v for k, v in aux.items() if not k.endswith(VECTOR_AUX)}}
     loss = ce + aux["moe/aux_loss"] if "moe/aux_loss" in aux else ce
     return loss, metrics
 
