@@ -93,7 +93,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo import _partition, linalg
+from optzoo import _checks, _partition, linalg
 from optzoo import layout as layout_lib
 from optzoo._symmetric_core import (
     GATE_UP_PAIRS,
@@ -209,6 +209,8 @@ def scale_by_rownorm(
     """
     what = "scale_by_rownorm"
     check_beta(beta, what)
+    _checks.real(threshold, "threshold", what, lo=0.0, hi=1.0, hi_open=True)
+    _checks.nonnegative(eps, "eps", what)
     check_unit_axis(unit_axis, what)
     check_choice(gate_up_pair, "gate_up_pair", GATE_UP_PAIRS, what)
 
@@ -316,6 +318,7 @@ def scale_by_one_sided_spectral(
     what = "scale_by_one_sided_spectral"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
+    _checks.integer(gram_steps, "gram_steps", what, lo=1)
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
@@ -420,6 +423,7 @@ def scale_by_left_spectral(
     what = "scale_by_left_spectral"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
+    _checks.integer(gram_steps, "gram_steps", what, lo=1)
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
@@ -550,6 +554,7 @@ def scale_by_hybrid(
     what = "scale_by_hybrid"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
+    _checks.integer(gram_steps, "gram_steps", what, lo=1)
     check_unit_axis(unit_axis, what)
     check_choice(order, "order", HYBRID_ORDERS, what)
     check_choice(side, "side", SIDES, what)
