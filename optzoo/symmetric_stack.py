@@ -290,7 +290,8 @@ def _viewed(inner: optax.GradientTransformation,
 
     def to_views(tree):
         paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        paths = [path_str(p) for p, _ in paths_leaves]
+        # normalized ('/value' of an nnx.State dropped): init and update must pair alike
+        paths = [routing.normalize_path(path_str(p)) for p, _ in paths_leaves]
         leaves = [x for _, x in paths_leaves]
         views = [view_for(path, tuple(jnp.shape(x))) for path, x in zip(paths, leaves,
                                                                           strict=True)]
