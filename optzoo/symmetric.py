@@ -318,7 +318,7 @@ def scale_by_one_sided_spectral(
     what = "scale_by_one_sided_spectral"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
-    _checks.integer(gram_steps, "gram_steps", what, lo=1)
+    _checks.real(gram_steps, "gram_steps", what, lo=1)  # traced under inject_hyperparams
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
@@ -423,7 +423,7 @@ def scale_by_left_spectral(
     what = "scale_by_left_spectral"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
-    _checks.integer(gram_steps, "gram_steps", what, lo=1)
+    _checks.real(gram_steps, "gram_steps", what, lo=1)  # traced under inject_hyperparams
     check_unit_axis(unit_axis, what)
     check_choice(gram_method, "gram_method", GRAM_METHODS, what)
     check_choice(nu_scope, "nu_scope", NU_SCOPES, what)
@@ -554,7 +554,7 @@ def scale_by_hybrid(
     what = "scale_by_hybrid"
     check_owner_computes(owner_computes, what)
     check_beta(beta, what)
-    _checks.integer(gram_steps, "gram_steps", what, lo=1)
+    _checks.real(gram_steps, "gram_steps", what, lo=1)  # traced under inject_hyperparams
     check_unit_axis(unit_axis, what)
     check_choice(order, "order", HYBRID_ORDERS, what)
     check_choice(side, "side", SIDES, what)
