@@ -100,8 +100,10 @@ def prepare_workdir(workdir: str | os.PathLike, cfg: TrainConfig) -> dict | None
     manifest = read_manifest(wd)
     if manifest is None:
         if (wd / CHECKPOINTS).exists() or (wd / METRICS).exists():
-            raise ConfigMismatch(f"run directory {str(wd)!r} holds checkpoints or metrics but "
-                                 f"no {MANIFEST}; refusing to resume or overwrite it")
+            raise ConfigMismatch(
+                f"run directory {str(wd)!r} holds checkpoints or metrics but "
+                f"no {MANIFEST}; refusing to resume or overwrite it"
+            )
         return None
     want = config_hash(cfg)
     have = manifest.get("config_hash")
@@ -112,7 +114,8 @@ def prepare_workdir(workdir: str | os.PathLike, cfg: TrainConfig) -> dict | None
             f"run directory {str(wd)!r} was created by a different config (hash {have} in its "
             f"{MANIFEST}, this config {want}); refusing to resume, nothing was written. "
             f"Differences (stored -> requested):\n  {lines}\nUse a new workdir, or restore the "
-            "original config.")
+            "original config."
+        )
     return manifest
 
 
@@ -120,10 +123,16 @@ def git_info() -> dict:
     """``{'sha', 'dirty'}`` of the repository holding this file (``None`` if unavailable)."""
     root = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     if sha.returncode != 0:
@@ -133,8 +142,17 @@ def git_info() -> dict:
 
 def library_versions() -> dict:
     out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "optzoo",
-                 "tensorboardX", "tyro"):
+    for name in (
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "optzoo",
+        "tensorboardX",
+        "tyro",
+    ):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -144,10 +162,14 @@ def library_versions() -> dict:
 
 def device_info() -> dict:
     devs = jax.devices()
-    return {"backend": jax.default_backend(), "process_count": jax.process_count(),
-            "device_count": len(devs), "local_device_count": jax.local_device_count(),
-            "device_kinds": sorted({d.device_kind for d in devs}),
-            "platform": platform.platform()}
+    return {
+        "backend": jax.default_backend(),
+        "process_count": jax.process_count(),
+        "device_count": len(devs),
+        "local_device_count": jax.local_device_count(),
+        "device_kinds": sorted({d.device_kind for d in devs}),
+        "platform": platform.platform(),
+    }
 
 
 def new_manifest(cfg: TrainConfig, **extra: Any) -> dict:
@@ -181,10 +203,13 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=True),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True
+            ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -195,16 +220,24 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         ocp = self._ocp
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)),
-                          force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """``(state, meta)`` of ``step``; ``abstract_state`` gives structure, dtypes and
         shardings (``jax.ShapeDtypeStruct`` leaves)."""
         ocp = self._ocp
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
         return out["state"], dict(out["meta"])
 
     def wait(self) -> None:
@@ -230,12 +263,14 @@ def load_state(workdir: str | os.PathLike, step: int | None = None) -> tuple[dic
         steps = ck.all_steps()
         step = ck.latest_step() if step is None else step
         if step is None or step not in steps:
-            raise FileNotFoundError(f"load_state: no checkpoint {step} in {str(workdir)!r} "
-                                    f"(steps {steps})")
+            raise FileNotFoundError(
+                f"load_state: no checkpoint {step} in {str(workdir)!r} (steps {steps})"
+            )
         meta_tree = ck.manager.item_metadata(step)["state"]
         one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                                meta_tree)
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta_tree
+        )
         state, meta = ck.restore(step, abstract)
     finally:
         ck.close()

@@ -55,6 +55,7 @@ __all__ = [
     "router_means",
     "val_router_record",
     "plot_router",
+    "save_figure",
     "to_python",
     "JsonlWriter",
     "read_jsonl",
@@ -84,8 +85,19 @@ PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 
 #: Record keys that depend on the wall clock (everything else is a deterministic function of
 #: the config: resumed runs reproduce them bitwise on CPU).
-TIMING_KEYS = frozenset({"ms_per_step", "fwd_bwd_ms", "opt_ms", "tokens_per_s", "mfu",
-                         "compile_s", "eval_ms", "elapsed_s", "time"})
+TIMING_KEYS = frozenset(
+    {
+        "ms_per_step",
+        "fwd_bwd_ms",
+        "opt_ms",
+        "tokens_per_s",
+        "mfu",
+        "compile_s",
+        "eval_ms",
+        "elapsed_s",
+        "time",
+    }
+)
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -96,27 +108,25 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def mfu(flops_per_token: float, tokens_per_s: float | None, n_devices: int,
-        peak: float | None) -> float | None:
+def mfu(
+    flops_per_token: float, tokens_per_s: float | None, n_devices: int, peak: float | None
+) -> float | None:
     """Model FLOPs utilization ``flops_per_token * tokens_per_s / (peak * n_devices)``."""
     if peak is None or tokens_per_s is None or n_devices <= 0:
         return None
     return flops_per_token * tokens_per_s / (peak * n_devices)
 
 
-def group_norms(tree: Any, groups: Mapping[str, str], prefix: str,
-                path_fn) -> dict[str, jax.Array]:
+def group_norms(tree: Any, groups: Sequence[str], prefix: str) -> dict[str, jax.Array]:
     """Global and per-group L2 norms (float32) of ``tree``'s leaves.
 
     Args:
       tree: arrays (inside jit).
-      groups: ``{path: group}`` for every leaf path (``path_fn`` of its key path).
+      groups: the group of every leaf, in ``jax.tree.leaves`` order.
       prefix: metric name, e.g. ``'grad_norm'``: returns ``prefix`` and ``prefix/<group>``.
-      path_fn: key path -> string.
     """
     sums: dict[str, jax.Array] = {}
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        g = groups[path_fn(path)]
+    for x, g in zip(jax.tree.leaves(tree), groups, strict=True):
         s = jnp.sum(jnp.square(x.astype(jnp.float32)))
         sums[g] = sums[g] + s if g in sums else s
     out = {prefix: jnp.sqrt(sum(sums.values()))} if sums else {}
@@ -241,8 +251,9 @@ class TensorBoardWriter:
     run. A no-op when ``enabled`` is false.
     """
 
-    def __init__(self, logdir: str | os.PathLike, enabled: bool = True,
-                 purge_step: int | None = None):
+    def __init__(
+        self, logdir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None
+    ):
         self._w = None
         if enabled:
             from tensorboardX import SummaryWriter
@@ -266,8 +277,7 @@ class TensorBoardWriter:
             self._w = None
 
 
-def deterministic(records: Iterable[Mapping[str, Any]],
-                  drop: Sequence[str] = ()) -> list[dict]:
+def deterministic(records: Iterable[Mapping[str, Any]], drop: Sequence[str] = ()) -> list[dict]:
     """Records without the :data:`TIMING_KEYS` (and ``drop``): what must match bitwise
     between an interrupted-and-resumed run and an uninterrupted one."""
     skip = set(TIMING_KEYS) | set(drop)
@@ -276,8 +286,7 @@ def deterministic(records: Iterable[Mapping[str, Any]],
 
 def tree_bytes(tree: Any) -> int:
     """Total bytes of the arrays of a pytree (logical, not per device)."""
-    return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape)
-                   for x in jax.tree.leaves(tree)))
+    return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def _median(values: Iterable[Any]) -> float | None:
@@ -285,8 +294,14 @@ def _median(values: Iterable[Any]) -> float | None:
     return float(statistics.median(vals)) if vals else None
 
 
-def summarize(records: Sequence[Mapping[str, Any]], tokens_per_step: int, *,
-              opt_state_bytes: int, param_count: int, workdir: str) -> dict:
+def summarize(
+    records: Sequence[Mapping[str, Any]],
+    tokens_per_step: int,
+    *,
+    opt_state_bytes: int,
+    param_count: int,
+    workdir: str,
+) -> dict:
     """The run summary of :func:`experiments.train.train_and_evaluate` from its records.
 
     ``final_val_loss`` / ``best_val_loss`` over the eval records, ``steps`` / ``tokens`` of
@@ -314,6 +329,19 @@ def summarize(records: Sequence[Mapping[str, Any]], tokens_per_step: int, *,
 
 
 # ----------------------------------------------------------------------------- plots
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Lays out ``fig``, writes it to ``path`` (PNG at 110 dpi; parent directories created)
+    and closes it. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def load_metrics(workdir: str | os.PathLike, kind: str | None = None):
     """``metrics.jsonl`` of a run directory as a pandas DataFrame (optionally one ``kind``)."""
     import pandas as pd
@@ -326,7 +354,7 @@ def load_metrics(workdir: str | os.PathLike, kind: str | None = None):
 
 def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Loss curves of a run against steps, tokens and wall-clock time (the three axes of
-    BENCHMARKS.md §E.5): train ``loss_mean`` and ``val_loss``; written to
+    docs/benchmarks.md#curves): train ``loss_mean`` and ``val_loss``; written to
     ``<workdir>/plots/curves.png`` (or ``out``). Returns the path."""
     import matplotlib
 
@@ -336,8 +364,9 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
     wd = Path(workdir)
     tr, ev = load_metrics(wd, "train"), load_metrics(wd, "eval")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
-    for ax, x, label in zip(axes, ("step", "tokens", "elapsed_s"),
-                            ("step", "tokens", "wall-clock (s)"), strict=True):
+    for ax, x, label in zip(
+        axes, ("step", "tokens", "elapsed_s"), ("step", "tokens", "wall-clock (s)"), strict=True
+    ):
         if len(tr) and x in tr:
             ax.plot(tr[x], tr["loss_mean"], lw=1, label="train (mean since last log)")
         if len(ev) and x in ev:
@@ -347,11 +376,7 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
     axes[0].set_ylabel("loss (nats/token)")
     axes[0].legend()
     fig.suptitle(wd.name)
-    fig.tight_layout()
-    path = Path(out) if out is not None else wd / "plots" / "curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, Path(out) if out is not None else wd / "plots" / "curves.png")
     if out is None:
         plot_router(wd)
     return path
@@ -375,17 +400,21 @@ def plot_router(workdir: str | os.PathLike, out: str | os.PathLike | None = None
     import matplotlib.pyplot as plt
 
     wd = Path(workdir)
-    evals = [r for r in read_jsonl(wd / "metrics.jsonl")
-             if r.get("kind") == "eval" and "val_router/expert_load" in r]
+    evals = [
+        r
+        for r in read_jsonl(wd / "metrics.jsonl")
+        if r.get("kind") == "eval" and "val_router/expert_load" in r
+    ]
     if not evals:
         return None
     last = evals[-1]
-    load = np.asarray(last["val_router/expert_load"], np.float64)   # [L, E]
+    load = np.asarray(last["val_router/expert_load"], np.float64)  # [L, E]
     rel = np.clip(load * load.shape[1], 0.0, HEATMAP_CLIP)
     series = ("load_cv", "dead_expert_fraction", "load_entropy", "logit_std")
     fig, axes = plt.subplots(1, 1 + len(series), figsize=(4.2 + 3.2 * len(series), 3.6))
-    im = axes[0].imshow(rel, aspect="auto", cmap="viridis", vmin=0.0, vmax=HEATMAP_CLIP,
-                        interpolation="nearest")
+    im = axes[0].imshow(
+        rel, aspect="auto", cmap="viridis", vmin=0.0, vmax=HEATMAP_CLIP, interpolation="nearest"
+    )
     axes[0].set_xlabel("expert")
     axes[0].set_ylabel("layer")
     axes[0].set_title(f"val load / uniform, step {last['step']}")
@@ -397,9 +426,4 @@ def plot_router(workdir: str | os.PathLike, out: str | os.PathLike | None = None
         ax.set_title(f"val {name}")
         ax.grid(alpha=0.3)
     fig.suptitle(wd.name)
-    fig.tight_layout()
-    path = Path(out) if out is not None else wd / "plots" / "router.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(out) if out is not None else wd / "plots" / "router.png")

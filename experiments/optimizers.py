@@ -1,438 +1,428 @@
-"""Optimizer factories for the harness: an explicit table from names to optax transforms.
+"""Optimizers of the harness: a table of optimizer families, one routing decision, one builder.
 
-``OPTIMIZERS[name](cfg, params_abstract, total_steps) -> optax.GradientTransformation`` builds
-the bare optimizer (with its learning-rate schedule) from an :class:`OptimizerConfig`;
-:func:`build_optimizer` adds the harness wrappers::
+:func:`build_optimizer` turns an :class:`~experiments.configs.OptimizerConfig` into::
 
-    skip_nonfinite(                        # cfg.guard_nonfinite: NaN/Inf step skipped, counted
-      chain(clip_by_global_norm(grad_clip), # cfg.grad_clip
-            OPTIMIZERS[cfg.name](...),      # the optimizer, lr = peak * unit_schedule(step)
-            scale_by_group(lr_multipliers)))  # per-role lr multipliers (cfg.lr_multipliers)
+    skip_nonfinite(                                      # cfg.guard_nonfinite
+      chain(clip_by_global_norm(grad_clip),              # cfg.grad_clip
+            inject_hyperparams(routed)(learning_rate=peak * unit(count), ...)))
 
-**Schedules** (:func:`unit_schedule`): ``'wsd'`` = ``optzoo.schedules.warmup_stable_decay``
-(linear cooldown), ``'d2z'`` = ``optzoo.schedules.linear_warmup_d2z``, ``'cosine'`` =
-``optax.warmup_cosine_decay_schedule`` to 10% of the peak, ``'constant'`` = warmup then flat.
-Every learning rate of an optimizer (Muon's and its AdamW fallback's) follows the same unit
-schedule times its own peak.
+    routed(**hyperparameters) = optzoo.routing.by_role({group: chain(
+        plan[group],                                     # the family's update of the group
+        scale(lr_multiplier[group]),                     # cfg.lr_multipliers, if any
+        scale_by_schedule(lr_factor_<group>))})          # cfg.group_schedules, if any
 
-**Parameter groups** (:func:`group_of`): ``embedding``, ``lm_head``, ``router``,
-``attention``, ``mlp``, ``experts``, ``other_matrices`` (learned positions), ``vectors``
-(norms, biases), taken from ``optzoo.routing``'s default rules (role -> group).
+**One routing decision.** Which leaves are embeddings, hidden matrices, routers or vectors is
+decided by ``optzoo.routing`` alone (its default rules, on the whole parameter tree):
+``by_role`` sends every leaf to its group's branch, and the per-group metrics, learning-rate
+multipliers and schedules use the same groups (:func:`param_groups`). A family's plan gives
+each group (:data:`optzoo.routing.GROUPS`) its transform; a transform meant for matrices reads
+every leaf of its branch as a matrix (``MatrixLayout()``, leading axes = batch axes).
 
-How each config field maps onto each optimizer. ``b1``, ``b2``, ``eps`` are the AdamW
-moments wherever Adam(W) runs (AdamW itself, the fallback groups of Muon and of the symmetric
-stack, the inner Adam of the GaLore family); the momenta of Lion and Muon keep their papers'
-defaults unless given in ``options`` (``('b1', ...)`` for Lion, ``('beta', ...)`` for Muon),
-so swapping ``name`` in an ablation never feeds Adam's ``b2`` to Lion.
+**Learning rates** are hyperparameters injected by ``optax.inject_hyperparams`` (float32), so
+the optimizer state holds the rate of the current step: :func:`learning_rates` reads it for
+the metrics. ``learning_rate`` is ``peak × unit(count)`` (:func:`unit_schedule`: ``'wsd'`` =
+``optzoo.schedules.warmup_stable_decay``, linear cooldown; ``'d2z'`` =
+``optzoo.schedules.linear_warmup_d2z``; ``'cosine'`` = ``optax.warmup_cosine_decay_schedule``
+to 10% of the peak; ``'constant'`` = warmup then flat); Muon's ``fallback_learning_rate``
+(with ``adam_lr``) follows the same unit schedule. Inside the branches each rate is the
+constant schedule of its injected value, so every transform scales by it in each update's
+dtype. With ``group_schedules`` the optimizer runs at the constant peak and each group's update
+is then multiplied by its own unit schedule (``lr_factor`` for the main one,
+``lr_factor_<group>`` for a group with a schedule of its own; :func:`group_unit_schedule`):
+exact, since every update here is linear in its learning rate.
+
+How each config field maps onto each family (``b1``, ``b2``, ``eps`` are the AdamW moments
+wherever Adam(W) runs; the momenta of Lion and Muon keep their papers' defaults unless given in
+``options``: ``('b1', ...)`` for Lion, ``('beta', ...)`` for Muon; so swapping ``name`` in an
+ablation never feeds Adam's ``b2`` to Lion):
 
 ===========================  ====================================================================
-name                         mapping
+name                         groups
 ===========================  ====================================================================
-``adamw``                    ``optax.adamw(lr, b1, b2, eps, weight_decay, mask = ndim >= 2)``
-``lion``                     ``optzoo.lion(lr, weight_decay, mask = ndim >= 2)`` (Lion's
-                             b1 = 0.9, b2 = 0.99)
-``galore``                   ``optzoo.galore(lr, rank=32, b1, b2, eps, weight_decay, mask =
-                             ndim >= 2)``, the projection on the hidden matrices (attention,
-                             MLP, experts) only; embeddings, head, router and vectors get
-                             full-rank Adam (the GaLore paper's setting)
+``adamw``                    every group: ``optax.adamw(lr, b1, b2, eps, weight_decay, mask =
+                             ndim >= 2)``
+``lion``                     every group: ``optzoo.lion(lr, weight_decay, mask = ndim >= 2)``
+                             (Lion's b1 = 0.9, b2 = 0.99)
+``galore``                   attention, MLP, experts: ``optzoo.galore(lr, rank=32, b1, b2, eps,
+                             weight_decay, weight_decay_mask = ndim >= 2)``; embeddings, head,
+                             router, positions and vectors: the same call reading no leaf as
+                             a matrix, i.e. its full-rank Adam (the GaLore paper's setting)
 ``natural_galore``,          as ``galore``
 ``online_subspace_descent``
-``muon``                     ``optzoo.muon(lr, weight_decay)`` (beta 0.95, Jordan's shape
-                             factor ``sqrt(max(1, fan_out/fan_in))``) on the hidden matrices
-                             (:data:`HIDDEN_GROUPS`: attention q/k/v/o, MLP, experts); every other
-                             leaf (embedding, LM head, learned positions, router, norms, biases)
-                             goes to Muon's AdamW fallback: ``adam_learning_rate = adam_lr``
-                             (default Muon's 3e-4), ``adam_b1 = b1``, ``adam_b2 = b2``,
-                             ``adam_eps = eps``, no weight decay
-``symmetric``                ``optzoo.symmetry_compatible(lr, preset='paper', head_dim = the
-                             model's, adam_b1 = b1, adam_b2 = b2, adam_eps = eps, weight_decay =
-                             vector_weight_decay = weight_decay)``; ``lr`` is the hidden-matrix
+``muon``                     attention, MLP, experts: ``optzoo.muon(lr, weight_decay)`` (beta
+                             0.95, Jordan's shape factor ``sqrt(max(1, fan_out/fan_in))``);
+                             embeddings, head, positions, router, vectors: Muon's AdamW fallback
+                             ``optzoo.fallback.AdamW(learning_rate = adam_lr (None: 0.015 x
+                             Muon's rate), b1, b2, eps)``, no weight decay
+``symmetric``                ``optzoo.symmetric_stack.symmetry_compatible_plan(lr,
+                             preset='paper', head_dim = the model's, fallback =
+                             optzoo.fallback.AdamW(b1, b2, eps), weight_decay =
+                             vector_weight_decay = weight_decay)``: ``lr`` is the hidden-matrix
                              rate, the other groups use the preset's multiples
 ===========================  ====================================================================
 
-``cfg.options`` pass any other keyword of the underlying function (checked against its
-signature).
-
-**Owner computes.** ``build_optimizer(..., owner_computes=optzoo.OwnerComputes(mesh))`` (what
-the harness passes for ``ShardingConfig.owner_computes=True``, :func:`make_owner_computes`)
-hands the object to optimizers whose function takes an ``owner_computes`` keyword
+``cfg.options`` pass any other keyword of the family's function (checked against its
+signature). ``build_optimizer(..., owner_computes=optzoo.OwnerComputes(mesh))`` (what the harness
+passes for ``ShardingConfig.owner_computes=True``) hands the object to the families that take it
 (:func:`supports_owner_computes`: Muon, the symmetric stack): each matrix's orthogonalization
 then runs on one owner device of the mesh instead of on every device.
-
-Factories of optimizers that are not importable yet raise :class:`OptimizerNotAvailable`
-naming what is missing; :func:`available` lists the usable ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import importlib
 import inspect
-import types
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import routing
-
-if TYPE_CHECKING:  # pragma: no cover
-    from experiments.configs.base import OptimizerConfig
+import optzoo
+from experiments.configs import OptimizerConfig
+from experiments.configs.base import OPTIMIZER_NAMES
+from optzoo import fallback as fallback_lib
+from optzoo import routing, schedules, symmetric_stack
+from optzoo.layout import MatrixLayout
 
 __all__ = [
-    "GROUPS",
     "HIDDEN_GROUPS",
     "OPTIMIZERS",
-    "OptimizerNotAvailable",
-    "available",
+    "Family",
+    "Rates",
+    "block_updates",
     "build_optimizer",
-    "group_of",
-    "group_transforms",
-    "make_owner_computes",
+    "group_unit_schedule",
+    "learning_rates",
+    "optimizer_call",
     "param_groups",
-    "path_str",
-    "routing_report",
-    "scale_by_group",
+    "plan",
     "skipped_steps",
     "supports_owner_computes",
     "unit_schedule",
     "with_model_defaults",
 ]
 
-#: Parameter groups (the role groups of ``optzoo.routing``).
-GROUPS = ("embedding", "lm_head", "router", "attention", "mlp", "experts", "other_matrices",
-          "vectors")
+GROUPS = routing.GROUPS
 #: Groups Muon (and GaLore's projection) is applied to.
 HIDDEN_GROUPS = ("attention", "mlp", "experts")
 
-class OptimizerNotAvailable(ImportError):
-    """The optimizer's implementation cannot be imported (not written or broken yet)."""
 
-
-# ----------------------------------------------------------------------------- paths
-def path_str(path: tuple) -> str:
-    """'/'-joined key path (DictKey/GetAttrKey/SequenceKey names), a trailing ``/value`` (the
-    ``nnx.Variable`` level that ``nnx.Optimizer`` hands optax at ``init``) dropped."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    s = "/".join(parts)
-    return s[: -len("/value")] if s.endswith("/value") else s
-
-
-def _optzoo(name: str, module: str) -> Any:
-    """``optzoo.<name>`` (the top-level export) or ``optzoo.<module>.<name>``."""
-    try:
-        import optzoo
-    except ImportError as e:  # pragma: no cover - optzoo is this repository
-        raise OptimizerNotAvailable(f"optzoo cannot be imported: {e}") from e
-    obj = getattr(optzoo, name, None)
-    if callable(obj) and not isinstance(obj, types.ModuleType):
-        return obj
-    try:
-        return getattr(importlib.import_module(f"optzoo.{module}"), name)
-    except (ImportError, AttributeError) as e:
-        raise OptimizerNotAvailable(f"optzoo.{name} is not available (neither exported by "
-                                    f"optzoo nor importable from optzoo.{module}: {e})") from e
-
-
-def group_of(path: str, shape: tuple[int, ...]) -> str:
-    """The parameter group of one leaf (see the module docstring).
+# ----------------------------------------------------------------------------- routing
+def param_groups(params: Any) -> Any:
+    """A tree (structure of ``params``) of group names: ``optzoo.routing``'s role of each leaf
+    (rules matched on the whole tree), mapped to its group.
 
     Raises:
-      ValueError: naming the path when no rule covers the leaf.
+      ValueError: naming the path of a leaf no rule covers.
     """
-    return routing.ROLE_GROUPS[routing.rule_for(path, tuple(shape)).role]
-
-
-def param_groups(params: Any) -> Any:
-    """A tree (structure of ``params``) of group names."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: group_of(path_str(p), np.shape(x)), params)
-
-
-def routing_report(params: Any, transforms: dict[str, Any] | None = None) -> str:
-    """``optzoo.routing.report`` of the parameters."""
-    return str(routing.report(params, None, transforms))
+    return jax.tree.map(lambda role: routing.ROLE_GROUPS[role], routing.classify(params))
 
 
 # ----------------------------------------------------------------------------- schedules
 def unit_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     """The schedule shape with peak 1 (see the module docstring)."""
-    from optzoo import schedules
-
     w = cfg.warmup_steps
     if cfg.schedule == "wsd":
-        return schedules.warmup_stable_decay(1.0, total_steps, warmup_steps=w,
-                                             cooldown_fraction=cfg.cooldown_fraction)
+        return schedules.warmup_stable_decay(
+            1.0, total_steps, warmup_steps=w, cooldown_fraction=cfg.cooldown_fraction
+        )
     if cfg.schedule == "d2z":
         return schedules.linear_warmup_d2z(1.0, total_steps, warmup_steps=w)
     if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(w, 0), total_steps,
-                                                  end_value=0.1)
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, max(w, 0), total_steps, end_value=0.1)
     if cfg.schedule == "constant":
-        return schedules.warmup_stable_decay(1.0, max(total_steps, w + 1), warmup_steps=w,
-                                             cooldown_fraction=0.0)
-    raise ValueError(f"OptimizerConfig.schedule={cfg.schedule!r}; expected one of "
-                     "'wsd', 'd2z', 'cosine', 'constant'")
+        return schedules.warmup_stable_decay(
+            1.0, max(total_steps, w + 1), warmup_steps=w, cooldown_fraction=0.0
+        )
+    raise ValueError(
+        f"OptimizerConfig.schedule={cfg.schedule!r}; expected one of "
+        "'wsd', 'd2z', 'cosine', 'constant'"
+    )
 
 
-def _scheduled(peak: float, unit: optax.Schedule) -> optax.Schedule:
+def group_unit_schedule(cfg: OptimizerConfig, group: str, total_steps: int) -> optax.Schedule:
+    """The unit (peak 1) schedule of one parameter group: ``cfg.group_schedules``' entry for
+    ``group``, else the main ``schedule`` / ``warmup_steps``. ``'cosine_zero'`` is linear
+    warmup over ``w`` steps then ``(1 + cos(pi (t - w) / (T - w))) / 2`` (Hugging Face
+    ``get_cosine_schedule_with_warmup``, ``num_cycles=0.5``)."""
+    schedule, warmup = cfg.group_schedule(group)
+    if schedule == "cosine_zero":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, 1.0, warmup, max(total_steps, warmup + 1), end_value=0.0
+        )
+    return unit_schedule(
+        dataclasses.replace(cfg, schedule=schedule, warmup_steps=warmup), total_steps
+    )
+
+
+def _scaled(peak: float, unit: optax.Schedule) -> optax.Schedule:
     peak = float(peak)
     return lambda count: peak * unit(count)
 
 
-# ----------------------------------------------------------------------------- wrappers
-def scale_by_group(multipliers: dict[str, float]) -> optax.GradientTransformation:
-    """Multiplies each leaf's update by ``multipliers[group_of(leaf)]`` (default 1): a
-    per-group learning-rate multiplier when placed after the learning rate. Stateless."""
-    multipliers = {k: float(v) for k, v in multipliers.items()}
-
-    def update(updates, state, params=None):
-        del params
-
-        def one(path, u):
-            m = multipliers.get(group_of(path_str(path), np.shape(u)), 1.0)
-            return u if m == 1.0 else u * jnp.asarray(m, u.dtype)
-
-        return jax.tree_util.tree_map_with_path(one, updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+def _constant(value: Any) -> optax.Schedule | None:
+    """The constant schedule of an injected value (``None`` stays ``None``): optax casts a
+    schedule's value to each update's dtype, where a float32 scalar would promote bfloat16
+    updates to float32."""
+    return None if value is None else (lambda count: value)
 
 
-def skipped_steps(opt_state: Any) -> Any:
-    """The ``skipped`` counter of an outermost ``optzoo.skip_nonfinite`` state, or ``None``."""
-    value = getattr(opt_state, "skipped", None)
-    get = getattr(value, "get_value", None)  # an nnx.Variable inside nnx.Optimizer
-    return value if get is None else get()
+def _hyperparameters(cfg: OptimizerConfig, total_steps: int) -> dict[str, optax.Schedule]:
+    """What :func:`build_optimizer` injects (see the module docstring)."""
+    if not cfg.group_schedules:
+        unit = unit_schedule(cfg, total_steps)
+        out = {}
+    else:
+        unit = unit_schedule(
+            dataclasses.replace(cfg, schedule="constant", warmup_steps=0), total_steps
+        )
+        out = {"lr_factor": unit_schedule(cfg, total_steps)}
+        out.update(
+            {
+                f"lr_factor_{g}": group_unit_schedule(cfg, g, total_steps)
+                for g, _, _ in cfg.group_schedules
+            }
+        )
+    out["learning_rate"] = _scaled(cfg.learning_rate, unit)
+    if cfg.name == "muon" and cfg.adam_lr is not None:
+        out["fallback_learning_rate"] = _scaled(cfg.adam_lr, unit)
+    return out
+
+
+# ----------------------------------------------------------------------------- families
+class Rates(NamedTuple):
+    """The learning rates a family's plan is built at (floats or schedules)."""
+
+    learning_rate: Any
+    fallback_learning_rate: Any = None
+
+
+class Family(NamedTuple):
+    """One optimizer of :data:`OPTIMIZERS`.
+
+    Attributes:
+      function: the optzoo / optax function ``cfg.options`` are keywords of.
+      keywords: ``(cfg, rates, owner_computes) -> {keyword: value}``, what the config's fields
+        set (the options are added and checked by :func:`_keywords`).
+      plan: ``(rates, keywords) -> {group: routing.Assignment}`` for every group.
+      owner_computes: whether ``function`` takes ``owner_computes``.
+    """
+
+    function: Callable[..., optax.GradientTransformation]
+    keywords: Callable[[OptimizerConfig, Rates, Any], dict[str, Any]]
+    plan: Callable[[Rates, dict[str, Any]], dict[str, routing.Assignment]]
+    owner_computes: bool = False
 
 
 def _matrix_mask(params: Any) -> Any:
     return jax.tree.map(lambda x: np.ndim(x) >= 2, params)
 
 
-def _hidden_layout(params: Any) -> Any:
-    """Layout callable: the default ``MatrixLayout`` for hidden matrices, ``None`` otherwise
-    (embeddings, LM head, positions, router and vectors go to the fallback)."""
-    from optzoo.layout import MatrixLayout
-
-    def pick(path, x):
-        return MatrixLayout() if group_of(path_str(path), np.shape(x)) in HIDDEN_GROUPS else None
-
-    return jax.tree_util.tree_map_with_path(pick, params)
+def _everywhere(name: str, tx: optax.GradientTransformation) -> dict[str, routing.Assignment]:
+    return {g: routing.Assignment(tx, name) for g in GROUPS}
 
 
-def _kwargs(cfg: OptimizerConfig, fn: Callable, name: str, fixed: dict[str, Any]) -> dict:
-    """``fixed`` plus ``cfg.options``, every key checked against ``fn``'s signature."""
-    params = inspect.signature(fn).parameters
-    allowed = [p for p in params if p != "learning_rate" and p not in fixed]
-    out = dict(fixed)
-    for key, value in cfg.options:
-        if key not in allowed:
-            raise ValueError(f"OptimizerConfig.options: {key!r} is not an option of {name!r} "
-                             f"(set by the config or unknown); expected one of {allowed}")
-        out[key] = value
-    return out
+def _hidden_and_rest(
+    hidden: routing.Assignment, rest: routing.Assignment
+) -> dict[str, routing.Assignment]:
+    return {g: hidden if g in HIDDEN_GROUPS else rest for g in GROUPS}
 
 
-# ----------------------------------------------------------------------------- factories
-def adamw(cfg: OptimizerConfig, params: Any, total_steps: int) -> optax.GradientTransformation:
-    """``optax.adamw``; decay on ``ndim >= 2`` leaves (nanoGPT's convention)."""
-    lr = _scheduled(cfg.learning_rate, unit_schedule(cfg, total_steps))
-    kw = _kwargs(cfg, optax.adamw, "adamw", dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                                  weight_decay=cfg.weight_decay,
-                                                  mask=_matrix_mask))
-    return optax.adamw(lr, **kw)
+def _adam_moments(cfg: OptimizerConfig) -> dict[str, float]:
+    return dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
 
 
-def lion(cfg: OptimizerConfig, params: Any, total_steps: int) -> optax.GradientTransformation:
-    """``optzoo.lion`` (its own b1/b2 unless in ``options``); decay on ``ndim >= 2`` leaves."""
-    fn = _optzoo("lion", "lion")
-    lr = _scheduled(cfg.learning_rate, unit_schedule(cfg, total_steps))
-    kw = _kwargs(cfg, fn, "lion", dict(weight_decay=cfg.weight_decay, mask=_matrix_mask))
-    return fn(lr, **kw)
+def _adamw_keywords(cfg, rates, owner):
+    return dict(_adam_moments(cfg), weight_decay=cfg.weight_decay, mask=_matrix_mask)
 
 
-def _low_rank(name: str, module: str) -> Callable:
-    def factory(cfg: OptimizerConfig, params: Any, total_steps: int):
-        fn = _optzoo(name, module)
-        lr = _scheduled(cfg.learning_rate, unit_schedule(cfg, total_steps))
-        fixed = dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                     weight_decay_mask=_matrix_mask, layout=_hidden_layout)
-        if "rank" not in dict(cfg.options):
-            fixed["rank"] = 32
-        kw = _kwargs(cfg, fn, name, fixed)
-        return fn(lr, **kw)
-
-    factory.__name__ = name
-    factory.__doc__ = (f"``optzoo.{name}`` with the projection on the hidden matrices "
-                       "(default rank 32), full-rank Adam elsewhere.")
-    return factory
+def _adamw_plan(rates, kw):
+    return _everywhere("adamw", optax.adamw(rates.learning_rate, **kw))
 
 
-def _with_owner(fixed: dict, owner_computes: Any) -> dict:
-    return fixed if owner_computes is None else {**fixed, "owner_computes": owner_computes}
+def _lion_keywords(cfg, rates, owner):
+    return dict(weight_decay=cfg.weight_decay, mask=_matrix_mask)
 
 
-def muon(cfg: OptimizerConfig, params: Any, total_steps: int, *,
-         owner_computes: Any = None) -> optax.GradientTransformation:
-    """``optzoo.muon`` on the hidden matrices, its AdamW fallback elsewhere."""
-    fn = _optzoo("muon", "muon")
-    unit = unit_schedule(cfg, total_steps)
-    adam_peak = cfg.adam_lr
-    if adam_peak is None:
-        adam_peak = inspect.signature(fn).parameters["adam_learning_rate"].default
-    kw = _kwargs(cfg, fn, "muon", _with_owner(
-        dict(weight_decay=cfg.weight_decay, layout=_hidden_layout, adam_b1=cfg.b1,
-             adam_b2=cfg.b2, adam_eps=cfg.eps, adam_learning_rate=_scheduled(adam_peak, unit)),
-        owner_computes))
-    return fn(_scheduled(cfg.learning_rate, unit), **kw)
+def _lion_plan(rates, kw):
+    return _everywhere("lion", optzoo.lion(rates.learning_rate, **kw))
 
 
-def _symmetric_fixed(cfg: OptimizerConfig) -> dict:
-    return dict(adam_b1=cfg.b1, adam_b2=cfg.b2, adam_eps=cfg.eps, weight_decay=cfg.weight_decay,
-                vector_weight_decay=cfg.weight_decay)
+def _low_rank_keywords(cfg, rates, owner):
+    rank = {} if "rank" in dict(cfg.options) else {"rank": 32}
+    return dict(
+        _adam_moments(cfg),
+        **rank,
+        weight_decay=cfg.weight_decay,
+        weight_decay_mask=_matrix_mask,
+        layout=MatrixLayout(),
+    )
 
 
-def symmetric(cfg: OptimizerConfig, params: Any, total_steps: int, *,
-              owner_computes: Any = None) -> optax.GradientTransformation:
-    """``optzoo.symmetry_compatible`` (default preset ``'paper'``)."""
-    fn = _optzoo("symmetry_compatible", "symmetric_stack")
-    lr = _scheduled(cfg.learning_rate, unit_schedule(cfg, total_steps))
-    kw = _kwargs(cfg, fn, "symmetric", _with_owner(_symmetric_fixed(cfg), owner_computes))
-    return fn(lr, **kw)
+def _no_matrices(params: Any) -> Any:
+    """A layout tree reading no leaf as a matrix: a low-rank method's full-rank Adam path."""
+    return jax.tree.map(lambda _: None, params)
 
 
-#: name -> factory ``(cfg, params_abstract, total_steps) -> GradientTransformation``.
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-    "adamw": adamw,
-    "lion": lion,
-    "galore": _low_rank("galore", "galore"),
-    "natural_galore": _low_rank("natural_galore", "natural_galore"),
-    "online_subspace_descent": _low_rank("online_subspace_descent", "subspace_descent"),
-    "muon": muon,
-    "symmetric": symmetric,
+def _low_rank(name: str, fn: Callable) -> Family:
+    def plan(rates, kw):
+        full_rank = fn(rates.learning_rate, **{**kw, "layout": _no_matrices})
+        return _hidden_and_rest(
+            routing.Assignment(fn(rates.learning_rate, **kw), name),
+            routing.Assignment(full_rank, "adam (full rank)"),
+        )
+
+    return Family(fn, _low_rank_keywords, plan)
+
+
+def _muon_keywords(cfg, rates, owner):
+    fallback = fallback_lib.AdamW(learning_rate=rates.fallback_learning_rate, **_adam_moments(cfg))
+    return dict(
+        weight_decay=cfg.weight_decay,
+        layout=MatrixLayout(),
+        fallback=fallback,
+        owner_computes=owner,
+    )
+
+
+def _muon_plan(rates, kw):
+    fallback = kw["fallback"].build(rates.learning_rate, kw.get("mu_dtype"))
+    return _hidden_and_rest(
+        routing.Assignment(optzoo.muon(rates.learning_rate, **kw), "muon"),
+        routing.Assignment(fallback, "adamw (fallback)"),
+    )
+
+
+def _symmetric_keywords(cfg, rates, owner):
+    return dict(
+        fallback=fallback_lib.AdamW(**_adam_moments(cfg)),
+        weight_decay=cfg.weight_decay,
+        vector_weight_decay=cfg.weight_decay,
+        owner_computes=owner,
+    )
+
+
+def _symmetric_plan(rates, kw):
+    return symmetric_stack.symmetry_compatible_plan(rates.learning_rate, **kw)
+
+
+#: name -> :class:`Family` (the names are :data:`experiments.configs.OPTIMIZER_NAMES`).
+OPTIMIZERS: dict[str, Family] = {
+    "adamw": Family(optax.adamw, _adamw_keywords, _adamw_plan),
+    "lion": Family(optzoo.lion, _lion_keywords, _lion_plan),
+    "galore": _low_rank("galore", optzoo.galore),
+    "natural_galore": _low_rank("natural_galore", optzoo.natural_galore),
+    "online_subspace_descent": _low_rank("online_subspace_descent", optzoo.online_subspace_descent),
+    "muon": Family(optzoo.muon, _muon_keywords, _muon_plan, owner_computes=True),
+    "symmetric": Family(
+        optzoo.symmetry_compatible, _symmetric_keywords, _symmetric_plan, owner_computes=True
+    ),
 }
-
-# What each factory needs from optzoo: (exported name, module).
-_REQUIRES = {
-    "adamw": (),
-    "lion": (("lion", "lion"),),
-    "galore": (("galore", "galore"),),
-    "natural_galore": (("natural_galore", "natural_galore"),),
-    "online_subspace_descent": (("online_subspace_descent", "subspace_descent"),),
-    "muon": (("muon", "muon"),),
-    "symmetric": (("symmetry_compatible", "symmetric_stack"),),
-}
+assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "the table and the config's names must agree"
 
 
 def supports_owner_computes(cfg: OptimizerConfig) -> bool:
-    """Whether the optimizer of ``cfg`` takes ``owner_computes`` (its harness factory and its
-    optzoo function both accept the keyword)."""
-    factory = OPTIMIZERS.get(cfg.name)
-    if factory is None or "owner_computes" not in inspect.signature(factory).parameters:
-        return False
-    req = _REQUIRES.get(cfg.name, ())
-    try:
-        fns = [_optzoo(*r) for r in req]
-    except OptimizerNotAvailable:
-        return False
-    return bool(fns) and all("owner_computes" in inspect.signature(f).parameters for f in fns)
+    """Whether the family of ``cfg`` takes an ``optzoo.OwnerComputes``."""
+    return OPTIMIZERS[cfg.name].owner_computes
 
 
-def make_owner_computes(mesh: Any) -> Any:
-    """``optzoo.OwnerComputes(mesh)`` (owners spread over every axis of the mesh).
+def _keywords(cfg: OptimizerConfig, rates: Rates, owner_computes: Any = None) -> dict:
+    """The family's keywords for ``cfg`` plus ``cfg.options``, every option checked against
+    the function's signature (not the learning rate, not a keyword the config sets)."""
+    family = OPTIMIZERS[cfg.name]
+    fixed = family.keywords(cfg, rates, owner_computes)
+    allowed = [
+        p
+        for p in inspect.signature(family.function).parameters
+        if p != "learning_rate" and p not in fixed
+    ]
+    for key, _ in cfg.options:
+        if key not in allowed:
+            raise ValueError(
+                f"OptimizerConfig.options: {key!r} is not an option of "
+                f"{cfg.name!r} (set by the config or unknown); expected one of "
+                f"{allowed}"
+            )
+    return {**fixed, **dict(cfg.options)}
 
-    Raises:
-      OptimizerNotAvailable: naming ``ShardingConfig.owner_computes`` when ``optzoo``
-        has no ``OwnerComputes``.
-    """
-    try:
-        cls = _optzoo("OwnerComputes", "distributed")
-    except OptimizerNotAvailable as e:
-        raise OptimizerNotAvailable(f"ShardingConfig.owner_computes=True needs "
-                                    f"optzoo.OwnerComputes: {e}") from e
-    return cls(mesh, axes=None)
 
+def plan(
+    cfg: OptimizerConfig,
+    rates: Rates | None = None,
+    owner_computes: Any = None,
+    factors: Mapping[str, Any] | None = None,
+) -> dict[str, routing.Assignment]:
+    """Every group's branch (``routing.Assignment``: transform, name, learning-rate
+    multiplier) of the routed optimizer of ``cfg``: the family's plan at ``rates`` (default:
+    the peak rates) followed by the group's ``lr_multipliers`` entry and, when ``factors``
+    (``{group: factor}``) is given, the group's learning-rate factor.
 
-def available() -> list[str]:
-    """Names in :data:`OPTIMIZERS` whose implementation imports now."""
-    out = []
-    for name in OPTIMIZERS:
-        try:
-            for req in _REQUIRES.get(name, ()):
-                _optzoo(*req)
-        except OptimizerNotAvailable:
-            continue
-        out.append(name)
+    Groups whose branches are the same (one family transform, multiplier and factor) get the
+    same transform object: one update over all their leaves."""
+    rates = Rates(cfg.learning_rate, cfg.adam_lr) if rates is None else rates
+    base = OPTIMIZERS[cfg.name].plan(rates, _keywords(cfg, rates, owner_computes))
+    multipliers = dict(cfg.lr_multipliers)
+    shared: dict[tuple, optax.GradientTransformation] = {}
+    out = {}
+    for group in GROUPS:
+        a = base[group]
+        mult = multipliers.get(group, 1.0)
+        factor = None if factors is None else factors[group]
+        key = (id(a.transform), mult, id(factor))
+        if key not in shared:
+            parts = [a.transform]
+            if mult != 1.0:
+                parts.append(optax.scale(mult))
+            if factor is not None:
+                parts.append(optax.scale_by_schedule(_constant(factor)))
+            shared[key] = parts[0] if len(parts) == 1 else optax.chain(*parts)
+        shown = (
+            None
+            if a.lr_multiplier is None and group not in multipliers
+            else ((1.0 if a.lr_multiplier is None else a.lr_multiplier) * mult)
+        )
+        out[group] = routing.Assignment(shared[key], a.name, shown)
     return out
-
-
-def group_transforms(cfg: OptimizerConfig) -> dict[str, Any]:
-    """Which transform each parameter group gets (for the routing table in the manifest):
-    ``{group: name}``; for the symmetric stack the ``routing.Assignment`` s of
-    ``symmetry_compatible_plan`` (name and lr multiplier)."""
-    mult = dict(cfg.lr_multipliers)
-
-    def named(name_of):
-        return {g: name_of(g) + (f" x{mult[g]:g}" if g in mult else "") for g in GROUPS}
-
-    if cfg.name in ("muon", "galore", "natural_galore", "online_subspace_descent"):
-        other = "adamw (fallback)" if cfg.name == "muon" else "adam (full rank)"
-        return named(lambda g: cfg.name if g in HIDDEN_GROUPS else other)
-    if cfg.name == "symmetric":
-        plan_fn = _optzoo("symmetry_compatible_plan", "symmetric_stack")
-        kw = _kwargs(cfg, plan_fn, "symmetric", _symmetric_fixed(cfg))
-        return dict(plan_fn(cfg.learning_rate, **kw))
-    return named(lambda g: cfg.name)
 
 
 def with_model_defaults(cfg: OptimizerConfig, model_cfg: Any) -> OptimizerConfig:
     """``cfg`` with model-dependent options filled in: the symmetric stack's ``head_dim``
     (head-wise Muon on attention) from the model config, unless given."""
-    import dataclasses
-
     if cfg.name == "symmetric" and "head_dim" not in dict(cfg.options):
-        return dataclasses.replace(cfg, options=cfg.options + (("head_dim",
-                                                                model_cfg.head_dim),))
+        return dataclasses.replace(cfg, options=cfg.options + (("head_dim", model_cfg.head_dim),))
     return cfg
 
 
-def build_optimizer(cfg: OptimizerConfig, params_abstract: Any, total_steps: int, *,
-                    owner_computes: Any = None) -> optax.GradientTransformation:
-    """The optimizer of ``cfg`` with clipping, per-group multipliers and the non-finite guard
-    (see the module docstring). ``params_abstract`` (arrays or ``ShapeDtypeStruct``) is used
-    to check that every leaf has a group.
+# ----------------------------------------------------------------------------- builder
+def build_optimizer(
+    cfg: OptimizerConfig, params: Any, total_steps: int, *, owner_computes: Any = None
+) -> optax.GradientTransformation:
+    """The optimizer of ``cfg`` (module docstring): clipping, the routed families with their
+    multipliers and per-group schedules, the injected learning rates and the non-finite guard.
 
     Args:
       cfg: the optimizer config.
-      params_abstract: the parameter tree (shapes only are read).
-      total_steps: run length (for the schedule).
-      owner_computes: an ``optzoo.OwnerComputes`` for optimizers that take one
+      params: the parameter tree (arrays or ``ShapeDtypeStruct``; shapes and paths are read
+        to check that routing covers every leaf).
+      total_steps: run length (for the schedules).
+      owner_computes: an ``optzoo.OwnerComputes`` for the families that take one
         (:func:`supports_owner_computes`), else ``None``.
 
     Raises:
-      ValueError: unknown name / option, a parameter no group rule covers (named), or
-        ``owner_computes`` for an optimizer without the keyword.
-      OptimizerNotAvailable: the optimizer's implementation is not importable.
+      ValueError: an unknown option, a parameter no routing rule covers (named), or
+        ``owner_computes`` for a family without it.
     """
-    if cfg.name not in OPTIMIZERS:
-        raise ValueError(f"OptimizerConfig.name={cfg.name!r} is not a known optimizer; "
-                         f"expected one of {sorted(OPTIMIZERS)}")
-    param_groups(params_abstract)  # coverage: raises naming an uncovered leaf
-    for req in _REQUIRES.get(cfg.name, ()):  # checked on every call, cached builds included
-        _optzoo(*req)
+    param_groups(params)  # coverage: raises naming an uncovered leaf
     if owner_computes is not None and not supports_owner_computes(cfg):
-        raise ValueError(f"build_optimizer: owner_computes given, but optimizer {cfg.name!r} "
-                         "takes no owner_computes keyword")
+        raise ValueError(
+            f"build_optimizer: owner_computes given, but optimizer {cfg.name!r} "
+            "takes no owner_computes keyword"
+        )
+    plan(cfg, owner_computes=owner_computes)  # every option checked before any init
     try:
         hash(owner_computes)
     except TypeError:
@@ -441,19 +431,142 @@ def build_optimizer(cfg: OptimizerConfig, params_abstract: Any, total_steps: int
 
 
 @functools.lru_cache(maxsize=16)
-def _build(cfg: OptimizerConfig, total_steps: int,
-           owner_computes: Any = None) -> optax.GradientTransformation:
+def _build(
+    cfg: OptimizerConfig, total_steps: int, owner_computes: Any = None
+) -> optax.GradientTransformation:
     # Cached per (config, steps, owner): the transform depends on the parameters only through
     # the trees it is given at init/update, and one object per config lets jitted steps that
     # close over it be reused across runs in a process (seeds of a sweep, resumed runs).
-    parts = []
+    def routed(learning_rate, fallback_learning_rate=None, lr_factor=None, **group_factors):
+        rates = Rates(_constant(learning_rate), _constant(fallback_learning_rate))
+        factors = (
+            None
+            if lr_factor is None
+            else {g: group_factors.get(f"lr_factor_{g}", lr_factor) for g in GROUPS}
+        )
+        return routing.by_role(plan(cfg, rates, owner_computes, factors))
+
+    hyperparameters = _hyperparameters(cfg, total_steps)
+    # inject_hyperparams binds its arguments to the factory's signature: name each one
+    routed.__signature__ = inspect.Signature(
+        [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in hyperparameters]
+    )
+    tx = optax.inject_hyperparams(routed, hyperparam_dtype=jnp.float32)(**hyperparameters)
     if cfg.grad_clip is not None:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    extra = {} if owner_computes is None else {"owner_computes": owner_computes}
-    parts.append(OPTIMIZERS[cfg.name](cfg, None, total_steps, **extra))
-    if cfg.lr_multipliers:
-        parts.append(scale_by_group(dict(cfg.lr_multipliers)))
-    tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
+        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
     if cfg.guard_nonfinite:
-        tx = _optzoo("skip_nonfinite", "guard")(tx)
+        tx = optzoo.skip_nonfinite(tx)
     return tx
+
+
+def _value(x: Any) -> Any:
+    get = getattr(x, "get_value", None)  # an nnx.Variable inside nnx.Optimizer
+    return x if get is None else get()
+
+
+def skipped_steps(opt_state: Any) -> Any:
+    """The ``skipped`` counter of an outermost ``optzoo.skip_nonfinite`` state, or ``None``."""
+    value = getattr(opt_state, "skipped", None)
+    return None if value is None else _value(value)
+
+
+def learning_rates(opt_state: Any) -> dict[str, jax.Array]:
+    """The learning rates of the last update, from the state of :func:`build_optimizer`'s
+    ``inject_hyperparams``: ``lr`` (the main rate: ``learning_rate``, times ``lr_factor``
+    with ``group_schedules``) and ``lr_factor/<group>`` for each group with a schedule of its
+    own."""
+    hp = {k: _value(v) for k, v in optax.tree_utils.tree_get(opt_state, "hyperparams").items()}
+    lr = hp["learning_rate"] * hp["lr_factor"] if "lr_factor" in hp else hp["learning_rate"]
+    return {
+        "lr": lr,
+        **{
+            f"lr_factor/{k[len('lr_factor_') :]}": v
+            for k, v in hp.items()
+            if k.startswith("lr_factor_")
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- manifest
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    name = getattr(value, "__name__", None)
+    return name if isinstance(name, str) else repr(value)
+
+
+def optimizer_call(cfg: OptimizerConfig) -> dict:
+    """What the family calls, for the manifest: ``{'factory', 'function', 'learning_rate',
+    'schedule', 'group_schedules', 'kwargs' (everything the config passes: the family's
+    fixed mapping and ``options``, the preset name included), 'defaults' (the function's other
+    keyword defaults, so that any numerics keyword in effect is recorded even when the config
+    does not name it)}``."""
+    fn = OPTIMIZERS[cfg.name].function
+    kwargs = _keywords(cfg, Rates(cfg.learning_rate, cfg.adam_lr))
+    kwargs.pop("owner_computes", None)
+    params = inspect.signature(fn).parameters
+    return {
+        "factory": cfg.name,
+        "function": f"{fn.__module__}.{fn.__qualname__}",
+        "learning_rate": cfg.learning_rate,
+        "schedule": [cfg.schedule, cfg.warmup_steps],
+        "group_schedules": {g: list(cfg.group_schedule(g)) for g in GROUPS},
+        "kwargs": _jsonable(kwargs),
+        "defaults": {
+            k: _jsonable(p.default)
+            for k, p in params.items()
+            if k not in kwargs
+            and k not in ("learning_rate", "owner_computes")
+            and p.default is not inspect.Parameter.empty
+        },
+    }
+
+
+_NUMERICS_WORDS = (
+    "numerics",
+    "ortho",
+    "ns_",
+    "gram",
+    "polar",
+    "inv",
+    "steps",
+    "coeff",
+    "dtype",
+    "iter",
+    "method",
+)
+
+
+def block_updates(params: Any, cfg: OptimizerConfig) -> list[dict]:
+    """One row per parameter leaf for the manifest: ``path``, ``shape``, ``role``, ``group``,
+    ``transform`` (the name of its group's branch in :func:`plan`; for the symmetric stack
+    the names of ``symmetry_compatible_plan``'s assignments), ``lr_multiplier``, ``schedule``
+    (``[name, warmup]``) and ``numerics`` (the numerics-related keywords in effect, from
+    :func:`optimizer_call`: those naming no group, or naming this leaf's group; empty for
+    AdamW / row-norm / Lion maps, which have no iterative part)."""
+    call = optimizer_call(cfg)
+    effective = {**call["defaults"], **call["kwargs"]}
+    numeric = {k: v for k, v in effective.items() if any(w in k.lower() for w in _NUMERICS_WORDS)}
+    out = []
+    for row in routing.report(params, None, plan(cfg)).rows:
+        group = routing.ROLE_GROUPS[row.role]
+        name = str(row.transform)
+        iterative = not any(w in name for w in ("adam", "rownorm", "lion")) or "muon" in name
+        mine = {k: v for k, v in numeric.items() if not any(g in k for g in GROUPS if g != group)}
+        out.append(
+            {
+                "path": row.path,
+                "shape": list(row.shape),
+                "role": row.role,
+                "group": group,
+                "transform": name,
+                "lr_multiplier": row.lr_multiplier,
+                "schedule": list(cfg.group_schedule(group)),
+                "numerics": mine if iterative else {},
+            }
+        )
+    return out

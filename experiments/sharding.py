@@ -44,17 +44,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from experiments.configs import ShardingConfig
+from experiments.configs.checks import MESH_AXES, check_rules, parse_spec
 from optzoo import routing
-
-if TYPE_CHECKING:  # pragma: no cover
-    from experiments.configs.base import ShardingConfig
 
 __all__ = [
     "AXES",
@@ -65,6 +64,7 @@ __all__ = [
     "make_mesh",
     "parse_spec",
     "check_rules",
+    "path_str",
     "param_specs",
     "opt_state_specs",
     "named_shardings",
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 #: Mesh axis names, outermost first.
-AXES = ("dp", "fsdp", "tp")
+AXES = MESH_AXES
 #: Mesh axes the batch dimension is sharded over.
 BATCH_AXES = ("dp", "fsdp")
 #: Leaves with fewer elements stay replicated on ``'fsdp'`` (norm scales, biases, counters):
@@ -82,8 +82,16 @@ BATCH_AXES = ("dp", "fsdp")
 FSDP_MIN_SIZE = 1024
 
 #: Routing roles whose first fan-out axis is sharded on 'tp' (column-parallel).
-_COLUMN_ROLES = ("attn_q", "attn_k", "attn_v", "attn_qkv", "mlp_gate", "mlp_up", "mlp_gate_up",
-                 "expert_gate_up")
+_COLUMN_ROLES = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_qkv",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_gate_up",
+    "expert_gate_up",
+)
 #: Routing roles whose first fan-in axis is sharded on 'tp' (row-parallel).
 _ROW_ROLES = ("attn_o", "mlp_down", "expert_down")
 #: Vocabulary axis of the token table (V, d) and the LM head (d, V).
@@ -101,26 +109,31 @@ def mesh_shape(cfg: ShardingConfig, n_devices: int) -> dict[str, int]:
     dp = cfg.dp
     if dp == -1:
         if n_devices % inner:
-            raise ValueError(f"ShardingConfig.fsdp={cfg.fsdp} x tp={cfg.tp} = {inner} does not "
-                             f"divide the {n_devices} devices (dp=-1 takes the devices left)")
+            raise ValueError(
+                f"ShardingConfig.fsdp={cfg.fsdp} x tp={cfg.tp} = {inner} does not "
+                f"divide the {n_devices} devices (dp=-1 takes the devices left)"
+            )
         dp = n_devices // inner
     if dp * inner != n_devices:
-        raise ValueError(f"ShardingConfig: dp={dp} x fsdp={cfg.fsdp} x tp={cfg.tp} = "
-                         f"{dp * inner} devices, but there are {n_devices} (use dp=-1 to take "
-                         "the devices left)")
+        raise ValueError(
+            f"ShardingConfig: dp={dp} x fsdp={cfg.fsdp} x tp={cfg.tp} = "
+            f"{dp * inner} devices, but there are {n_devices} (use dp=-1 to take "
+            "the devices left)"
+        )
     return {"dp": dp, "fsdp": cfg.fsdp, "tp": cfg.tp}
 
 
-def make_mesh(cfg: ShardingConfig, devices: Sequence[Any] | None = None) -> Mesh:
-    """The ``('dp', 'fsdp', 'tp')`` mesh of ``devices`` (default: every device of every
-    process), in process-major order with ``tp`` innermost.
+def make_mesh(cfg: ShardingConfig | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """The ``('dp', 'fsdp', 'tp')`` mesh of ``cfg`` (default: every device on ``dp``) over
+    ``devices`` (default: every device of every process), in process-major order with ``tp``
+    innermost.
 
     Raises:
       ValueError: the axis sizes do not multiply to the device count (named fields).
     """
     devs = list(jax.devices() if devices is None else devices)
     devs.sort(key=lambda d: (d.process_index, d.id))
-    shape = mesh_shape(cfg, len(devs))
+    shape = mesh_shape(ShardingConfig() if cfg is None else cfg, len(devs))
     return Mesh(np.asarray(devs, dtype=object).reshape([shape[a] for a in AXES]), AXES)
 
 
@@ -139,63 +152,29 @@ def check_batch_layout(mesh: Mesh, global_batch: int) -> None:
     per = global_batch // count
     covered = sorted(r for a, b in rows for r in range(a, b))
     if covered != list(range(index * per, (index + 1) * per)):
-        raise ValueError(f"ShardingConfig: process {index} of {count} holds batch rows "
-                         f"{rows}, not the contiguous block [{index * per}, {(index + 1) * per})"
-                         f" its data loader reads; keep ShardingConfig.tp={mesh.shape['tp']} a "
-                         f"divisor of the local device count ({jax.local_device_count()})")
+        raise ValueError(
+            f"ShardingConfig: process {index} of {count} holds batch rows "
+            f"{rows}, not the contiguous block [{index * per}, {(index + 1) * per})"
+            f" its data loader reads; keep ShardingConfig.tp={mesh.shape['tp']} a "
+            f"divisor of the local device count ({jax.local_device_count()})"
+        )
 
 
 # ----------------------------------------------------------------------------- specs
-def parse_spec(spec: str, where: str) -> tuple[Any, ...] | None:
-    """Parses a user spec string: ``""`` -> ``None`` (replicated, any rank), else one entry per
-    parameter axis: ``None``/``-`` -> ``None``, ``"fsdp"`` -> ``'fsdp'``, ``"fsdp+tp"`` ->
-    ``('fsdp', 'tp')``.
-
-    Raises:
-      ValueError: naming ``where``, for an unknown axis name, an empty entry, or an axis used
-        twice.
-    """
-    text = spec.strip()
-    if not text:
-        return None
-    entries, used = [], []
-    for raw in text.split(","):
-        item = raw.strip()
-        if item in ("None", "-"):
-            entries.append(None)
-            continue
-        names = [n.strip() for n in item.split("+")]
-        bad = [n for n in names if n not in AXES]
-        if bad:
-            raise ValueError(f"{where}: spec {spec!r} has entry {raw.strip()!r}; each entry must "
-                             f"be None, '-', or mesh axes {list(AXES)} joined by '+'")
-        used += names
-        entries.append(names[0] if len(names) == 1 else tuple(names))
-    twice = sorted({n for n in used if used.count(n) > 1})
-    if twice:
-        raise ValueError(f"{where}: spec {spec!r} uses mesh axis {twice} more than once")
-    return tuple(entries)
-
-
-def check_rules(rules: Sequence[tuple[str, str]]) -> None:
-    """Validates ``ShardingConfig.rules`` (regexes compile, specs parse) without a model.
-
-    Raises:
-      ValueError: naming ``ShardingConfig.rules[i]``.
-    """
-    for i, (pattern, spec) in enumerate(rules):
-        where = f"ShardingConfig.rules[{i}]"
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"{where}: invalid regex {pattern!r}: {e}") from e
-        parse_spec(spec, where)
-
-
-def _path(path: tuple) -> str:
-    from experiments.optimizers import path_str
-
-    return path_str(path)
+def path_str(path: tuple) -> str:
+    """The '/'-joined key path of a leaf (DictKey/GetAttrKey/SequenceKey names) that partition
+    rules are matched against, a trailing ``/value`` (the ``nnx.Variable`` level that
+    ``nnx.Optimizer`` hands optax at ``init``) dropped."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    s = "/".join(parts)
+    return s[: -len("/value")] if s.endswith("/value") else s
 
 
 def _entry_size(entry: Any, sizes: dict[str, int]) -> int:
@@ -205,8 +184,9 @@ def _entry_size(entry: Any, sizes: dict[str, int]) -> int:
     return math.prod(sizes[n] for n in names)
 
 
-def fsdp_axis(shape: Sequence[int], fsdp: int, *, taken: Collection[int] = (),
-              min_size: int = FSDP_MIN_SIZE) -> int | None:
+def fsdp_axis(
+    shape: Sequence[int], fsdp: int, *, taken: Collection[int] = (), min_size: int = FSDP_MIN_SIZE
+) -> int | None:
     """The FSDP rule: the largest axis not in ``taken`` divisible by ``fsdp`` (first on ties);
     ``None`` (replicated) when there is none, ``fsdp == 1`` or the leaf has fewer than
     ``min_size`` elements."""
@@ -237,9 +217,11 @@ def _default_spec(path: str, shape: tuple[int, ...], sizes: dict[str, int]) -> P
         axis = _tp_axis(path, shape)
         if axis is not None:
             if shape[axis] % sizes["tp"]:
-                raise ValueError(f"ShardingConfig.tp={sizes['tp']} does not divide dimension "
-                                 f"{axis} (size {shape[axis]}) of parameter '{path}' {shape}, "
-                                 "which tensor parallelism shards on mesh axis 'tp'")
+                raise ValueError(
+                    f"ShardingConfig.tp={sizes['tp']} does not divide dimension "
+                    f"{axis} (size {shape[axis]}) of parameter '{path}' {shape}, "
+                    "which tensor parallelism shards on mesh axis 'tp'"
+                )
             entries[axis] = "tp"
     taken = {i for i, e in enumerate(entries) if e is not None}
     axis = fsdp_axis(shape, sizes["fsdp"], taken=taken)
@@ -248,21 +230,26 @@ def _default_spec(path: str, shape: tuple[int, ...], sizes: dict[str, int]) -> P
     return P(*entries) if any(e is not None for e in entries) else P()
 
 
-def _rule_spec(i: int, rule: tuple[str, str], path: str, shape: tuple[int, ...],
-               sizes: dict[str, int]) -> P:
+def _rule_spec(
+    i: int, rule: tuple[str, str], path: str, shape: tuple[int, ...], sizes: dict[str, int]
+) -> P:
     where = f"ShardingConfig.rules[{i}]"
     entries = parse_spec(rule[1], where)
     if entries is None:
         return P()
     if len(entries) != len(shape):
-        raise ValueError(f"{where} = {rule!r} matches parameter '{path}' of shape {shape}: the "
-                         f"spec has {len(entries)} entries, the parameter {len(shape)} axes")
+        raise ValueError(
+            f"{where} = {rule!r} matches parameter '{path}' of shape {shape}: the "
+            f"spec has {len(entries)} entries, the parameter {len(shape)} axes"
+        )
     for axis, entry in enumerate(entries):
         size = _entry_size(entry, sizes)
         if shape[axis] % size:
-            raise ValueError(f"{where} = {rule!r}: mesh axis {entry!r} (size {size}) does not "
-                             f"divide dimension {axis} (size {shape[axis]}) of parameter "
-                             f"'{path}' {shape}")
+            raise ValueError(
+                f"{where} = {rule!r}: mesh axis {entry!r} (size {size}) does not "
+                f"divide dimension {axis} (size {shape[axis]}) of parameter "
+                f"'{path}' {shape}"
+            )
     return P(*entries)
 
 
@@ -270,8 +257,10 @@ def _sizes(mesh: Any) -> dict[str, int]:
     shape = dict(mesh.shape)
     missing = [a for a in AXES if a not in shape]
     if missing:
-        raise ValueError(f"sharding: the mesh has axes {tuple(shape)}; expected {AXES} "
-                         "(build it with experiments.sharding.make_mesh)")
+        raise ValueError(
+            f"sharding: the mesh has axes {tuple(shape)}; expected {AXES} "
+            "(build it with experiments.sharding.make_mesh)"
+        )
     return {a: int(shape[a]) for a in AXES}
 
 
@@ -291,7 +280,7 @@ def param_specs(params: Any, cfg: ShardingConfig, mesh: Any) -> Any:
     used = [False] * len(cfg.rules)
 
     def one(key_path, leaf):
-        path, shape = _path(key_path), tuple(int(d) for d in np.shape(leaf))
+        path, shape = path_str(key_path), tuple(int(d) for d in np.shape(leaf))
         for i, pattern in enumerate(patterns):
             if pattern.search(path):
                 used[i] = True
@@ -301,16 +290,19 @@ def param_specs(params: Any, cfg: ShardingConfig, mesh: Any) -> Any:
     specs = jax.tree_util.tree_map_with_path(one, params)
     for i, hit in enumerate(used):
         if not hit:
-            raise ValueError(f"ShardingConfig.rules[{i}] = {cfg.rules[i]!r} matches no "
-                             "parameter path (paths look like 'layers/0/attn/q_proj/kernel')")
+            raise ValueError(
+                f"ShardingConfig.rules[{i}] = {cfg.rules[i]!r} matches no "
+                "parameter path (paths look like 'layers/0/attn/q_proj/kernel')"
+            )
     return specs
 
 
 def _param_index(params: Any, specs: Any) -> dict[str, tuple[tuple[int, ...], P]]:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
-    return {_path(p): (tuple(np.shape(x)), s)
-            for (p, x), s in zip(flat, spec_leaves, strict=True)}
+    return {
+        path_str(p): (tuple(np.shape(x)), s) for (p, x), s in zip(flat, spec_leaves, strict=True)
+    }
 
 
 def _mirrored(path: str, index: dict) -> tuple[tuple[int, ...], P] | None:
@@ -332,22 +324,22 @@ def opt_state_specs(opt_state: Any, params: Any, specs: Any, mesh: Any) -> Any:
 
     def one(key_path, leaf):
         shape = tuple(int(d) for d in np.shape(leaf))
-        hit = _mirrored(_path(key_path), index)
+        hit = _mirrored(path_str(key_path), index)
         if hit is None:
             return P()
         if hit[0] == shape:
             return hit[1]
         axis = fsdp_axis(shape, sizes["fsdp"])
-        return P() if axis is None else P(*["fsdp" if a == axis else None
-                                            for a in range(len(shape))])
+        return (
+            P() if axis is None else P(*["fsdp" if a == axis else None for a in range(len(shape))])
+        )
 
     return jax.tree_util.tree_map_with_path(one, opt_state)
 
 
 def named_shardings(specs: Any, mesh: Mesh) -> Any:
     """``NamedSharding(mesh, spec)`` for every ``PartitionSpec`` leaf of ``specs``."""
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 # ----------------------------------------------------------------------------- reports
@@ -367,5 +359,6 @@ def bytes_per_device(tree: Any) -> int:
 
 def spec_table(params: Any, specs: Any) -> dict[str, str]:
     """``{parameter path: 'shape -> spec'}`` for the run manifest."""
-    return {path: f"{shape} -> {spec}" for path, (shape, spec)
-            in _param_index(params, specs).items()}
+    return {
+        path: f"{shape} -> {spec}" for path, (shape, spec) in _param_index(params, specs).items()
+    }

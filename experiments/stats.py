@@ -1,4 +1,4 @@
-"""Statistics for optimizer comparisons across seeds (BENCHMARKS.md §E.2).
+"""Statistics for optimizer comparisons across seeds (docs/benchmarks.md#statistics).
 
 A difference between two optimizers is reported with its uncertainty and is only called a
 win when it is unlikely under run-to-run noise: Welch's t-test (unequal variances) at level
@@ -74,8 +74,13 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, 
     delta = float(xb.mean() - xa.mean())
     se = math.sqrt(va + vb)
     if se == 0.0:
-        return delta, 0.0, math.copysign(math.inf, delta) if delta else 0.0, math.inf, (
-            0.0 if delta else 1.0)
+        return (
+            delta,
+            0.0,
+            math.copysign(math.inf, delta) if delta else 0.0,
+            math.inf,
+            (0.0 if delta else 1.0),
+        )
     t = delta / se
     dof = (va + vb) ** 2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))
     return delta, se, t, dof, _t_sf(t, dof)
@@ -84,8 +89,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, 
 def compare(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Comparison:
     """Compares losses ``b`` against baseline ``a``: 'better' only if significantly lower."""
     if len(a) < 2 or len(b) < 2:
-        return Comparison(float(np.mean(b) - np.mean(a)), math.nan, math.nan, math.nan,
-                          math.nan, "n/a")
+        return Comparison(
+            float(np.mean(b) - np.mean(a)), math.nan, math.nan, math.nan, math.nan, "n/a"
+        )
     delta, se, t, dof, p = welch(a, b)
     if p < alpha:
         verdict = "better" if delta < 0 else "worse"

@@ -16,7 +16,7 @@
 #
 # A parameter block `W` whose network function is unchanged under a group action
 # `W ↦ g·W` should get an update map `f` that commutes with it: `f(g·G) = g·f(G)`
-# (Lau & Su 2026, arXiv:2605.18106; ALGORITHMS.md §1). This notebook measures that property
+# (Lau & Su 2026, arXiv:2605.18106; docs/math/symmetry.md). This notebook measures that property
 # with the public test kit `optzoo.testing`, for five optimizers and seven group actions on
 # an `m×n` matrix (units = rows):
 #
@@ -44,38 +44,19 @@
 # %%
 import functools
 import os
-import sys
-from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+import pandas as pd
+from IPython.display import display
+
+import optzoo
+from optzoo import testing
 
 SMOKE = os.environ.get("OPTZOO_SMOKE", "0").lower() not in ("", "0", "false", "no")
-
-
-def _find_repo() -> Path | None:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "optzoo" / "__init__.py").exists():
-            return p
-    return None
-
-
-try:  # an installed optzoo, or the checkout this notebook lives in
-    import optzoo
-except ImportError:
-    _root = _find_repo()
-    if _root is None:
-        raise ImportError("optzoo not found: run from inside the optzoo checkout or "
-                          "`pip install -e .[notebooks]`") from None
-    sys.path.insert(0, str(_root))
-    import optzoo
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pandas as pd  # noqa: E402
-from IPython.display import display  # noqa: E402
-
-from optzoo import testing  # noqa: E402
 
 # Full float32 matrix products (GPUs would default to TF32, whose ~1e-3 rounding would blur
 # the line between "exact" and "broken"; no effect on CPUs).
@@ -103,9 +84,13 @@ OPTIMIZERS: dict[str, optax.GradientTransformation] = {
     "row-norm": optzoo.rownorm(1.0, unit_axis=0),
     "centered row-norm": optzoo.rownorm(1.0, unit_axis=0, center=True),
 }
-sources = {"adam (optax)": "optax.adam", "lion (optzoo)": "optzoo.lion", "muon": "optzoo.muon",
-           "row-norm": "optzoo.rownorm(unit_axis=0)",
-           "centered row-norm": "optzoo.rownorm(unit_axis=0, center=True)"}
+sources = {
+    "adam (optax)": "optax.adam",
+    "lion (optzoo)": "optzoo.lion",
+    "muon": "optzoo.muon",
+    "row-norm": "optzoo.rownorm(unit_axis=0)",
+    "centered row-norm": "optzoo.rownorm(unit_axis=0, center=True)",
+}
 display(pd.DataFrame({"built from": sources}))
 
 # %% [markdown]
@@ -122,8 +107,7 @@ ACTIONS = {
     "G·Vᵀ (right rotation)": (testing.right_orthogonal(SHAPE, seed=3), "equivariance"),
     "P·G (row permutation)": (testing.permutation(SHAPE, axis=0, seed=4), "equivariance"),
     "signed permutation": (testing.signed_permutation(SHAPE, seed=5), "equivariance"),
-    "D·G (row scaling)": (testing.positive_diagonal_scaling(SHAPE, axis=0, seed=6),
-                          "invariance"),
+    "D·G (row scaling)": (testing.positive_diagonal_scaling(SHAPE, axis=0, seed=6), "invariance"),
     "G + 1cᵀ (shift)": (testing.shift(SHAPE, unit_axis=0, seed=7), "invariance"),
 }
 
@@ -131,23 +115,31 @@ ACTIONS = {
 RESPECTS = {
     "adam (optax)": {"P·G (row permutation)", "signed permutation", "D·G (row scaling)"},
     "lion (optzoo)": {"P·G (row permutation)", "signed permutation", "D·G (row scaling)"},
-    "muon": {"U·G·Vᵀ (bi-orthogonal)", "U·G (left rotation)", "G·Vᵀ (right rotation)",
-             "P·G (row permutation)"},
+    "muon": {
+        "U·G·Vᵀ (bi-orthogonal)",
+        "U·G (left rotation)",
+        "G·Vᵀ (right rotation)",
+        "P·G (row permutation)",
+    },
     "row-norm": {"G·Vᵀ (right rotation)", "P·G (row permutation)", "D·G (row scaling)"},
-    "centered row-norm": {"G·Vᵀ (right rotation)", "P·G (row permutation)",
-                          "G + 1cᵀ (shift)"},
+    "centered row-norm": {"G·Vᵀ (right rotation)", "P·G (row permutation)", "G + 1cᵀ (shift)"},
 }
 
 
 def error(tx, action, kind):
     if kind == "invariance":
-        return testing.equivariance_error(tx, params, grads_seq, action,
-                                          param_action=None, output_action=None)
+        return testing.equivariance_error(
+            tx, params, grads_seq, action, param_action=None, output_action=None
+        )
     return testing.equivariance_error(tx, params, grads_seq, action)
 
 
-errors = pd.DataFrame({a: {o: error(tx, act, kind) for o, tx in OPTIMIZERS.items()}
-                       for a, (act, kind) in ACTIONS.items()})
+errors = pd.DataFrame(
+    {
+        a: {o: error(tx, act, kind) for o, tx in OPTIMIZERS.items()}
+        for a, (act, kind) in ACTIONS.items()
+    }
+)
 display(errors.map(lambda e: f"{e:.1e}"))
 
 # %% [markdown]
@@ -158,12 +150,25 @@ display(errors.map(lambda e: f"{e:.1e}"))
 
 # %%
 RESPECT_TOL, BREAK_TOL = 1e-4, 1e-2
-verdict = pd.DataFrame({a: {o: ("respects" if errors.loc[o, a] <= RESPECT_TOL else
-                                "BREAKS" if errors.loc[o, a] >= BREAK_TOL else "unclear")
-                            for o in OPTIMIZERS} for a in ACTIONS})
+verdict = pd.DataFrame(
+    {
+        a: {
+            o: (
+                "respects"
+                if errors.loc[o, a] <= RESPECT_TOL
+                else "BREAKS"
+                if errors.loc[o, a] >= BREAK_TOL
+                else "unclear"
+            )
+            for o in OPTIMIZERS
+        }
+        for a in ACTIONS
+    }
+)
 display(verdict)
-expected = pd.DataFrame({a: {o: "respects" if a in RESPECTS[o] else "BREAKS"
-                             for o in OPTIMIZERS} for a in ACTIONS})
+expected = pd.DataFrame(
+    {a: {o: "respects" if a in RESPECTS[o] else "BREAKS" for o in OPTIMIZERS} for a in ACTIONS}
+)
 mismatch = verdict != expected
 assert not mismatch.any().any(), f"unexpected verdicts:\n{verdict[mismatch]}"
 
@@ -203,6 +208,7 @@ plt.show()
 # and values, which rotate along: the difference is float32 noise. Shown: the total
 # parameter change after the gradient sequence (learning rate 1, `W₀ = 0`).
 
+
 # %%
 def displacement(tx, grads):
     state, w = tx.init(params), params
@@ -219,9 +225,11 @@ for row, name in zip(axes, ["adam (optax)", "muon"], strict=True):
     of_rotated = displacement(tx, [{"w": rot(g["w"])} for g in grads_seq])
     rotated = np.asarray(rot(displacement(tx, grads_seq)))
     vmax = np.abs(rotated).max()
-    panels = [(of_rotated, "f(U·G·Vᵀ): update of the rotated G"),
-              (rotated, "U·f(G)·Vᵀ: rotated update"),
-              (of_rotated - rotated, "difference")]
+    panels = [
+        (of_rotated, "f(U·G·Vᵀ): update of the rotated G"),
+        (rotated, "U·f(G)·Vᵀ: rotated update"),
+        (of_rotated - rotated, "difference"),
+    ]
     for ax, (img, title) in zip(row, panels, strict=True):
         im = ax.imshow(img, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_title(f"{name.split()[0]}: {title}", fontsize=10)
@@ -229,8 +237,10 @@ for row, name in zip(axes, ["adam (optax)", "muon"], strict=True):
         ax.set_ylabel("row index i (unit)")
     cb = fig.colorbar(im, ax=list(row))
     cb.set_label("parameter change (learning-rate units)")
-    print(f"{name:14s} max |difference| / max |update| = "
-          f"{np.abs(of_rotated - rotated).max() / vmax:.1e}")
+    print(
+        f"{name:14s} max |difference| / max |update| = "
+        f"{np.abs(of_rotated - rotated).max() / vmax:.1e}"
+    )
 fig.suptitle("Rotating the gradient: coordinatewise Adam vs Muon's polar map")
 plt.show()
 
@@ -263,8 +273,9 @@ cases = {
 fig, ax = plt.subplots(figsize=(9, 4))
 idx = np.arange(M)
 for k, (label, upd) in enumerate(cases.items()):
-    ax.plot(idx, np.linalg.norm(upd, axis=1), marker="os^"[k], ls="-" if k < 2 else ":",
-            label=label)
+    ax.plot(
+        idx, np.linalg.norm(upd, axis=1), marker="os^"[k], ls="-" if k < 2 else ":", label=label
+    )
 ax.set_xlabel("row index i (unit)")
 ax.set_ylabel("ℓ₂ norm of the update's row i (learning-rate units)")
 ax.set_title("Row-norm: every unit moves by η — unless a left rotation mixes the units")
@@ -288,12 +299,11 @@ shift = ACTIONS["G + 1cᵀ (shift)"][0]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for name in ["row-norm", "centered row-norm"]:
     d = displacement(OPTIMIZERS[name], grads_seq)
-    axes[0].semilogy(np.arange(N), np.maximum(np.abs(d.sum(axis=0)), FLOOR), marker="o",
-                     label=name)
-    ds = displacement(OPTIMIZERS[name], [{"w": shift(g["w"], t)} for t, g in
-                                         enumerate(grads_seq)])
-    axes[1].semilogy(np.arange(N), np.maximum(np.abs(ds - d).max(axis=0), FLOOR), marker="o",
-                     label=name)
+    axes[0].semilogy(np.arange(N), np.maximum(np.abs(d.sum(axis=0)), FLOOR), marker="o", label=name)
+    ds = displacement(OPTIMIZERS[name], [{"w": shift(g["w"], t)} for t, g in enumerate(grads_seq)])
+    axes[1].semilogy(
+        np.arange(N), np.maximum(np.abs(ds - d).max(axis=0), FLOOR), marker="o", label=name
+    )
 axes[0].set_title("Horizontality: column sums of the total update |1ᵀΔ|")
 axes[0].set_ylabel("|Σ_i Δ_ij| (learning-rate units)")
 axes[1].set_title("Shift invariance: change of the update when G → G + 1cᵀ")
@@ -318,47 +328,89 @@ plt.show()
 
 # %%
 V, d, f = (24, 8, 16) if SMOKE else (64, 16, 32)
-shapes = {"embed": {"embedding": (V, d)}, "lm_head": {"kernel": (d, V)},
-          "layers": {"0": {"mlp": {"gate_proj": {"kernel": (d, f)},
-                                   "up_proj": {"kernel": (d, f)},
-                                   "down_proj": {"kernel": (f, d)}}}},
-          "final_norm": {"scale": (d,)}}
+shapes = {
+    "embed": {"embedding": (V, d)},
+    "lm_head": {"kernel": (d, V)},
+    "layers": {
+        "0": {
+            "mlp": {
+                "gate_proj": {"kernel": (d, f)},
+                "up_proj": {"kernel": (d, f)},
+                "down_proj": {"kernel": (f, d)},
+            }
+        }
+    },
+    "final_norm": {"scale": (d,)},
+}
+
 
 def is_shape(s):
     return isinstance(s, tuple)
 
+
 model_params = jax.tree.map(lambda s: jnp.zeros(s, jnp.float32), shapes, is_leaf=is_shape)
-model_grads = [jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32),
-                            shapes, is_leaf=is_shape) for _ in range(STEPS)]
+model_grads = [
+    jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s), jnp.float32), shapes, is_leaf=is_shape
+    )
+    for _ in range(STEPS)
+]
+
 
 def compose(*actions):
     """Apply ``actions`` left to right (each is an optzoo.testing.Action)."""
-    return testing.Action(lambda x, t: functools.reduce(lambda y, a: a(y, t), actions, x),
-                          " then ".join(a.name for a in actions))
+    return testing.Action(
+        lambda x, t: functools.reduce(lambda y, a: a(y, t), actions, x),
+        " then ".join(a.name for a in actions),
+    )
+
 
 Q, NEURONS, TOKENS = 11, 12, 13  # seeds: the same seed gives the same Q / permutation
 gate_up = compose(testing.permutation((d, f), 1, NEURONS), testing.left_orthogonal((d, f), Q))
-model_action = testing.per_leaf({
-    "embed": {"embedding": compose(testing.permutation((V, d), 0, TOKENS),
-                                   testing.right_orthogonal((V, d), Q))},
-    "lm_head": {"kernel": compose(testing.permutation((d, V), 1, TOKENS),
-                                  testing.left_orthogonal((d, V), Q))},
-    "layers": {"0": {"mlp": {"gate_proj": {"kernel": gate_up},
-                             "up_proj": {"kernel": gate_up},
-                             "down_proj": {"kernel": compose(
-                                 testing.permutation((f, d), 0, NEURONS),
-                                 testing.right_orthogonal((f, d), Q))}}}},
-    "final_norm": {"scale": None},
-})
+model_action = testing.per_leaf(
+    {
+        "embed": {
+            "embedding": compose(
+                testing.permutation((V, d), 0, TOKENS), testing.right_orthogonal((V, d), Q)
+            )
+        },
+        "lm_head": {
+            "kernel": compose(
+                testing.permutation((d, V), 1, TOKENS), testing.left_orthogonal((d, V), Q)
+            )
+        },
+        "layers": {
+            "0": {
+                "mlp": {
+                    "gate_proj": {"kernel": gate_up},
+                    "up_proj": {"kernel": gate_up},
+                    "down_proj": {
+                        "kernel": compose(
+                            testing.permutation((f, d), 0, NEURONS),
+                            testing.right_orthogonal((f, d), Q),
+                        )
+                    },
+                }
+            }
+        },
+        "final_norm": {"scale": None},
+    }
+)
 model_errors = {
     "optzoo.symmetry_compatible": testing.equivariance_error(
-        optzoo.symmetry_compatible(1e-2), model_params, model_grads, model_action),
-    "optax.adamw": testing.equivariance_error(optax.adamw(1e-2), model_params, model_grads,
-                                              model_action),
+        optzoo.symmetry_compatible(1e-2), model_params, model_grads, model_action
+    ),
+    "optax.adamw": testing.equivariance_error(
+        optax.adamw(1e-2), model_params, model_grads, model_action
+    ),
 }
 fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-ax.barh(list(model_errors), [max(v, FLOOR) for v in model_errors.values()],
-        color=["C2", "C0"], label="error after the run")
+ax.barh(
+    list(model_errors),
+    [max(v, FLOOR) for v in model_errors.values()],
+    color=["C2", "C0"],
+    label="error after the run",
+)
 ax.axvline(RESPECT_TOL, color="k", ls="--", lw=1, label="'respects' threshold 1e-4")
 ax.legend(fontsize=8, loc="lower right")
 ax.set_xscale("log")

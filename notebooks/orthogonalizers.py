@@ -37,41 +37,22 @@
 # %%
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown, display
+
+import experiments
+from experiments.bench import orthogonalize as bench
+from optzoo import linalg, testing
+
 SMOKE = os.environ.get("OPTZOO_SMOKE", "0").lower() not in ("", "0", "false", "no")
-
-
-def _find_repo() -> Path | None:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "optzoo" / "__init__.py").exists() and (p / "experiments").is_dir():
-            return p
-    return None
-
-
-try:  # an installed optzoo, or the checkout this notebook lives in
-    import experiments  # noqa: F401
-    import optzoo
-except ImportError:
-    _root = _find_repo()
-    if _root is None:
-        raise ImportError("optzoo not found: run from inside the optzoo checkout or "
-                          "`pip install -e .[experiments,notebooks]`") from None
-    sys.path.insert(0, str(_root))
-    import optzoo
-REPO = Path(optzoo.__file__).resolve().parents[1]
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from IPython.display import Markdown, display  # noqa: E402
-
-from experiments.bench import orthogonalize as bench  # noqa: E402
-from optzoo import linalg, testing  # noqa: E402
+REPO = Path(experiments.__file__).resolve().parents[1]  # the checkout (editable install)
 
 # Sizes: the side n of the "square" and "1:4" test matrices, the iteration counts of the
 # accuracy study, and the benchmark's model width d (its shapes are d×d, d×3d, d×4d, d×8d and
@@ -80,13 +61,14 @@ N = 32 if SMOKE else 256
 STEPS = (1, 2, 3, 4, 5, 6) if SMOKE else (1, 2, 3, 4, 5, 6, 7, 8)
 BENCH_D = 32 if SMOKE else 512
 # bfloat16 only on accelerators: CPUs emulate it, so its timings say nothing there
-BENCH_DTYPES = ["float32"] if SMOKE or jax.default_backend() == "cpu" else ["float32",
-                                                                            "bfloat16"]
+BENCH_DTYPES = ["float32"] if SMOKE or jax.default_backend() == "cpu" else ["float32", "bfloat16"]
 BENCH_MIN_TIME, BENCH_MAX_REPS = (0.0, 3) if SMOKE else (0.5, 20)
 BENCH_SKIP = ("qdwh", "newton_schulz") if SMOKE else ()  # smoke: fewer compilations
 BENCH_PEAK_D = 64 if SMOKE else None  # side of the reference matmul (None: the bench default)
-print(f"SMOKE={SMOKE}: n={N}, steps={STEPS}, bench d={BENCH_D} {BENCH_DTYPES}; "
-      f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+print(
+    f"SMOKE={SMOKE}: n={N}, steps={STEPS}, bench d={BENCH_D} {BENCH_DTYPES}; "
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind}"
+)
 
 # %% [markdown]
 # ## 1. The singular-value map φ(σ)
@@ -107,8 +89,7 @@ print(f"SMOKE={SMOKE}: n={N}, steps={STEPS}, bench d={BENCH_D} {BENCH_DTYPES}; "
 TABLES = {
     "NS5 (Jordan quintic ×5)": (np.tile(np.asarray(linalg.JORDAN_QUINTIC), (5, 1)), 1.0),
     "PE5 (Polar Express, [1e-3, 1])": (linalg.polar_express_coefficients(5), 1.02),
-    "auto rectangular (PE4, [5e-3, 1])": (linalg.polar_express_coefficients(4, lower=5e-3),
-                                          1.02),
+    "auto rectangular (PE4, [5e-3, 1])": (linalg.polar_express_coefficients(4, lower=5e-3), 1.02),
 }
 
 
@@ -169,10 +150,16 @@ for m, n in [(N, N), (N, 4 * N)]:
     rect = max(m, n) >= 2 * min(m, n)
     cases = {
         "NS5 (Jordan quintic ×5)": (linalg.newton_schulz, TABLES["NS5 (Jordan quintic ×5)"]),
-        "PE5 (Polar Express, [1e-3, 1])": (linalg.polar_express,
-                                           TABLES["PE5 (Polar Express, [1e-3, 1])"]),
-        "auto": (linalg.orthogonalize, TABLES["auto rectangular (PE4, [5e-3, 1])"] if rect
-                 else TABLES["PE5 (Polar Express, [1e-3, 1])"]),
+        "PE5 (Polar Express, [1e-3, 1])": (
+            linalg.polar_express,
+            TABLES["PE5 (Polar Express, [1e-3, 1])"],
+        ),
+        "auto": (
+            linalg.orthogonalize,
+            TABLES["auto rectangular (PE4, [5e-3, 1])"]
+            if rect
+            else TABLES["PE5 (Polar Express, [1e-3, 1])"],
+        ),
     }
     for name, (fn, (table, scale)) in cases.items():
         with jax.default_matmul_precision("highest"):
@@ -180,8 +167,9 @@ for m, n in [(N, N), (N, 4 * N)]:
         core = u.T @ np.asarray(out, np.float64) @ v
         diag_err = np.abs(np.diag(core) - phi(s / np.linalg.norm(s), table, scale)).max()
         off_err = np.abs(core - np.diag(np.diag(core))).max()
-        scalar_check.append(dict(shape=f"{m}×{n}", method=name, max_diag_error=diag_err,
-                                 max_off_diagonal=off_err))
+        scalar_check.append(
+            dict(shape=f"{m}×{n}", method=name, max_diag_error=diag_err, max_off_diagonal=off_err)
+        )
 scalar_check = pd.DataFrame(scalar_check)
 display(scalar_check)
 assert (scalar_check[["max_diag_error", "max_off_diagonal"]] < 1e-4).all().all(), scalar_check
@@ -199,6 +187,7 @@ assert (scalar_check[["max_diag_error", "max_off_diagonal"]] < 1e-4).all().all()
 # default is 4), through the Gram matrix when the small side is at least 64. The float32 SVD
 # is the exact reference (its FLOPs are not counted).
 
+
 # %%
 def rel_err(out, ref):
     out = np.asarray(out, np.float64)
@@ -213,18 +202,34 @@ for label, shape in [("square", (N, N)), ("1:4", (N, 4 * N))]:
         runs = {
             "newton_schulz (Jordan)": (linalg.newton_schulz(x, steps=t), "newton_schulz"),
             "polar_express": (linalg.polar_express(x, steps=t), "polar_express"),
-            "gram_newton_schulz (PE table)": (linalg.gram_newton_schulz(x, steps=t),
-                                              "gram_newton_schulz"),
+            "gram_newton_schulz (PE table)": (
+                linalg.gram_newton_schulz(x, steps=t),
+                "gram_newton_schulz",
+            ),
         }
         if label == "1:4":
             runs["auto"] = (linalg.orthogonalize(x, steps=t), "auto")
         for method, (out, flop_method) in runs.items():
-            acc_rows.append(dict(shape=label, dims=f"{shape[0]}×{shape[1]}", method=method,
-                                 steps=t, err=rel_err(out, ref),
-                                 mflops=linalg.orthogonalizer_flops(shape, flop_method, t) / 1e6))
-    acc_rows.append(dict(shape=label, dims=f"{shape[0]}×{shape[1]}", method="svd (float32)",
-                         steps=None, err=rel_err(linalg.orthogonalize(x, "svd"), ref),
-                         mflops=float("nan")))
+            acc_rows.append(
+                dict(
+                    shape=label,
+                    dims=f"{shape[0]}×{shape[1]}",
+                    method=method,
+                    steps=t,
+                    err=rel_err(out, ref),
+                    mflops=linalg.orthogonalizer_flops(shape, flop_method, t) / 1e6,
+                )
+            )
+    acc_rows.append(
+        dict(
+            shape=label,
+            dims=f"{shape[0]}×{shape[1]}",
+            method="svd (float32)",
+            steps=None,
+            err=rel_err(linalg.orthogonalize(x, "svd"), ref),
+            mflops=float("nan"),
+        )
+    )
 acc = pd.DataFrame(acc_rows)
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -232,15 +237,22 @@ for ax, (label, block) in zip(axes, acc.groupby("shape", sort=False), strict=Tru
     for i, (method, g) in enumerate(block[block.steps.notna()].groupby("method", sort=False)):
         ax.plot(g.mflops, g.err, marker="o", color=f"C{i}", label=method)
         for _, r in g.iterrows():
-            ax.annotate(f"{int(r.steps)}", (r.mflops, r.err), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+            ax.annotate(
+                f"{int(r.steps)}",
+                (r.mflops, r.err),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
     svd_err = block[block.method == "svd (float32)"].err.iloc[0]
     ax.axhline(svd_err, color="k", ls=":", label=f"svd (float32): {svd_err:.1e}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("cost of one call (MFLOP, theoretical)")
-    ax.set_ylabel("relative Frobenius error vs float64 polar (dimensionless)")
-    ax.set_title(f"{label} Gaussian {block.dims.iloc[0]} (labels: iteration count)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="cost of one call (MFLOP, theoretical)",
+        ylabel="relative Frobenius error vs float64 polar (dimensionless)",
+        title=f"{label} Gaussian {block.dims.iloc[0]} (labels: iteration count)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
 fig.tight_layout()
@@ -263,12 +275,14 @@ display(five.round(3))
 
 # %%
 t0 = time.perf_counter()
-local = bench.run(BENCH_D, BENCH_DTYPES, BENCH_MIN_TIME, BENCH_MAX_REPS, BENCH_SKIP,
-                  BENCH_PEAK_D)
+local = bench.run(BENCH_D, BENCH_DTYPES, BENCH_MIN_TIME, BENCH_MAX_REPS, BENCH_SKIP, BENCH_PEAK_D)
 print(f"benchmark: {time.perf_counter() - t0:.1f} s")
 local_df = pd.DataFrame(local["rows"])
-display(local_df[["dtype", "label", "method", "err", "sv_min", "sv_max", "ms", "gflops", "eff",
-                  "vs_optax"]].round(4))
+display(
+    local_df[
+        ["dtype", "label", "method", "err", "sv_min", "sv_max", "ms", "gflops", "eff", "vs_optax"]
+    ].round(4)
+)
 
 # %%
 MARKERS = {"square": "o", "1:3": "s", "1:4": "^", "1:8": "D", "router 32xd": "v"}
@@ -294,10 +308,14 @@ def error_vs_time(df, title):
         ax.set_ylabel("relative Frobenius error vs float64 polar (dimensionless)")
         ax.set_title(f"{title}: {dname}")
         ax.grid(alpha=0.3, which="both")
-        colours = [plt.Line2D([], [], color=COLOURS[m], marker="o", ls="", label=m)
-                   for m in methods]
-        shapes = [plt.Line2D([], [], color="gray", marker=mk, ls="", label=lab)
-                  for lab, mk in MARKERS.items() if lab in set(sub.label)]
+        colours = [
+            plt.Line2D([], [], color=COLOURS[m], marker="o", ls="", label=m) for m in methods
+        ]
+        shapes = [
+            plt.Line2D([], [], color="gray", marker=mk, ls="", label=lab)
+            for lab, mk in MARKERS.items()
+            if lab in set(sub.label)
+        ]
         first = ax.legend(handles=colours, fontsize=7, loc="lower left", title="method")
         ax.add_artist(first)
         ax.legend(handles=shapes, fontsize=7, loc="upper right", title="shape")
@@ -310,13 +328,20 @@ def relative_time_bars(df, title):
     dname = df.dtype.iloc[0]
     sub = df[(df.dtype == dname) & (df.method != bench.BASELINE)]
     table = sub.pivot(index="label", columns="method", values="vs_optax")
-    table = table.reindex(index=[s for s in MARKERS if s in table.index],
-                          columns=[m for m in COLOURS if m in table.columns])
+    table = table.reindex(
+        index=[s for s in MARKERS if s in table.index],
+        columns=[m for m in COLOURS if m in table.columns],
+    )
     fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(table.columns)
     for i, method in enumerate(table.columns):
-        ax.bar(np.arange(len(table)) + i * width, table[method], width, label=method,
-               color=COLOURS[method])
+        ax.bar(
+            np.arange(len(table)) + i * width,
+            table[method],
+            width,
+            label=method,
+            color=COLOURS[method],
+        )
     ax.axhline(1.0, color="k", lw=1, ls="--", label=f"{bench.BASELINE} (= 1)")
     ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, table.index)
     ax.set_yscale("log")
@@ -350,8 +375,9 @@ if H100.exists():
     display(Markdown(bench.markdown(h100)))
     error_vs_time(h100_df, f"{h100['device_kind']} (d={h100['d']})")
     plt.show()
-    relative_time_bars(h100_df[h100_df.dtype == "bfloat16"],
-                       f"{h100['device_kind']} (d={h100['d']})")
+    relative_time_bars(
+        h100_df[h100_df.dtype == "bfloat16"], f"{h100['device_kind']} (d={h100['d']})"
+    )
     plt.show()
 else:
     print(f"{H100} not found: no H100 panel")

@@ -16,7 +16,7 @@
 #
 # A layerwise optimizer such as `optzoo.symmetry_compatible` gives every parameter a
 # **role** (embedding, LM head, MoE router, attention, SwiGLU gate/up/down, experts,
-# vectors) and every role the update that matches its symmetry group (ALGORITHMS.md §1.6).
+# vectors) and every role the update that matches its symmetry group (docs/math/symmetry.md#roles).
 # The assignment is data, not code: `optzoo.routing` matches ordered regex rules on each
 # leaf's `/`-joined path (plus its shape), refuses any leaf no rule covers, and prints the
 # table the trainer logs at start-up.
@@ -38,52 +38,24 @@
 
 # %%
 import os
-import sys
-from pathlib import Path
+
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from flax import nnx
+from IPython.display import Markdown, display
+
+import experiments.models as models
+from optzoo import routing
+from optzoo.symmetric_stack import symmetry_compatible_plan
 
 SMOKE = os.environ.get("OPTZOO_SMOKE", "0").lower() not in ("", "0", "false", "no")
 
-
-def _find_repo() -> Path | None:
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "optzoo" / "__init__.py").exists() and (p / "experiments").is_dir():
-            return p
-    return None
-
-
-try:  # an installed optzoo, or the checkout this notebook lives in
-    import experiments  # noqa: F401
-    import optzoo
-except ImportError:
-    _root = _find_repo()
-    if _root is None:
-        raise ImportError("optzoo not found: run from inside the optzoo checkout or "
-                          "`pip install -e .[experiments,notebooks]`") from None
-    sys.path.insert(0, str(_root))
-    import optzoo  # noqa: F401
-
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from flax import nnx  # noqa: E402
-from IPython.display import Markdown, display  # noqa: E402
-
-import experiments.models as models  # noqa: E402
-from optzoo import routing  # noqa: E402
-
-try:  # the per-group transforms of symmetry_compatible, for the report's transform column
-    from optzoo.symmetric_stack import symmetry_compatible_plan
-except ImportError:
-    symmetry_compatible_plan = None
-    print("optzoo.symmetric_stack.symmetry_compatible_plan not available: the report shows "
-          "roles only (no transform / lr multiplier columns)")
-
-# model preset -> symmetry_compatible preset (released configurations, ALGORITHMS.md §1.9)
+# model preset -> symmetry_compatible preset (released configurations, docs/math/symmetry.md#setup)
 MODELS = {"tiny": "paper", "tiny_moe": "olmoe_left"}
 if not SMOKE:
-    MODELS |= {"qwen3_seed": "qwen3_row", "olmoe_seed": "olmoe_left",
-               "gptoss_seed": "gptoss_left"}
+    MODELS |= {"qwen3_seed": "qwen3_row", "olmoe_seed": "olmoe_left", "gptoss_seed": "gptoss_left"}
 BASE_LR = {"paper": 2e-2, "qwen3_row": 2e-2, "olmoe_left": 5e-3, "gptoss_left": 1e-3}
 print(f"SMOKE={SMOKE}: models {list(MODELS)}")
 
@@ -99,14 +71,16 @@ for name, preset in MODELS.items():
     cfg = models.get_preset(name)
     model = models.build(cfg, abstract=True)
     state = nnx.state(model, nnx.Param)
-    plan = None
-    if symmetry_compatible_plan is not None:
-        plan = symmetry_compatible_plan(BASE_LR[preset], preset=preset, head_dim=cfg.head_dim)
+    plan = symmetry_compatible_plan(BASE_LR[preset], preset=preset, head_dim=cfg.head_dim)
     rep = routing.report(state, None, plan)
     reports[name] = rep
-    display(Markdown(f"### `{name}` — {models.describe(cfg)}\n\n"
-                     f"symmetry_compatible preset `{preset}`, base learning rate "
-                     f"{BASE_LR[preset]:g}"))
+    display(
+        Markdown(
+            f"### `{name}` — {models.describe(cfg)}\n\n"
+            f"symmetry_compatible preset `{preset}`, base learning rate "
+            f"{BASE_LR[preset]:g}"
+        )
+    )
     print(rep)
     # every parameter is covered exactly once
     assert len(rep.rows) == len(models.param_paths(state)), name
@@ -129,16 +103,20 @@ for name, rep in reports.items():
     df["model"] = name
     frames.append(df)
 rows = pd.concat(frames, ignore_index=True)
-per_role = (rows.groupby(["model", "role", "transform"], sort=False)
-            .agg(leaves=("path", "size"), params=("params", "sum"),
-                 lr_multiplier=("lr_multiplier", "first"))
-            .reset_index())
+per_role = (
+    rows.groupby(["model", "role", "transform"], sort=False)
+    .agg(
+        leaves=("path", "size"), params=("params", "sum"), lr_multiplier=("lr_multiplier", "first")
+    )
+    .reset_index()
+)
 display(per_role)
 
 transforms = list(dict.fromkeys(per_role["transform"]))
 colour = {t: f"C{i}" for i, t in enumerate(transforms)}
-fig, axes = plt.subplots(1, len(reports), figsize=(7.5 * len(reports), 4.6), squeeze=False,
-                         layout="constrained")
+fig, axes = plt.subplots(
+    1, len(reports), figsize=(7.5 * len(reports), 4.6), squeeze=False, layout="constrained"
+)
 for ax, name in zip(axes[0], reports, strict=True):
     sub = per_role[per_role.model == name].iloc[::-1]
     ax.barh(sub.role, sub.params, color=[colour[t] for t in sub["transform"]])
@@ -148,10 +126,19 @@ for ax, name in zip(axes[0], reports, strict=True):
     total = sub.params.sum()
     ax.set_title(f"{name}: {total / 1e6:.2f}M parameters by role")
     ax.grid(alpha=0.3, axis="x", which="both")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[t]) for t in transforms
-               if t in set(sub["transform"])]
-    ax.legend(handles, [t for t in transforms if t in set(sub["transform"])], fontsize=7,
-              title="transform", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colour[t])
+        for t in transforms
+        if t in set(sub["transform"])
+    ]
+    ax.legend(
+        handles,
+        [t for t in transforms if t in set(sub["transform"])],
+        fontsize=7,
+        title="transform",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
 plt.show()
 
 share = rows.pivot_table(index="role", columns="model", values="params", aggfunc="sum")
@@ -166,9 +153,11 @@ display((100 * share / share.sum()).round(2).fillna(0.0))
 # prepended to the defaults fixes it; the first matching rule wins.
 
 # %%
-params = {"embed": {"embedding": jnp.zeros((64, 16))},
-          "my_projection": {"kernel": jnp.zeros((16, 16))},
-          "final_norm": {"scale": jnp.ones(16)}}
+params = {
+    "embed": {"embedding": jnp.zeros((64, 16))},
+    "my_projection": {"kernel": jnp.zeros((16, 16))},
+    "final_norm": {"scale": jnp.ones(16)},
+}
 try:
     routing.classify(params)
     raise AssertionError("an uncovered matrix must raise")

@@ -6,10 +6,15 @@ Where a factory shares its name with the module that defines it (``muon``, ``gal
 ``lion``, ``fismo``, ``natural_galore``, ``polargrad``, ``scion``, ``egn``, ``ringmaster``),
 the attribute is the factory; import module members with
 ``from optzoo.muon import scale_by_muon`` (or use the top-level ``scale_by_*`` names below).
+Every factory lists the arguments ``optax.inject_hyperparams`` cannot trace as
+``factory.static_args``; :func:`optzoo.plan` tells, per leaf, which transform, learning rate
+and matrix view an alias will use (``optzoo.plan`` is that function; its types live in
+``optzoo.plan`` the module, e.g. ``from optzoo.plan import PlanRow``).
 """
 
 from optzoo import (
     distributed,
+    fallback,
     layout,
     linalg,
     ringmaster_sim,
@@ -28,6 +33,7 @@ from optzoo.guard import SkipNonfiniteState, skip_nonfinite
 from optzoo.lion import ScaleByLionKappaState, lion, lion_kappa, scale_by_lion_kappa
 from optzoo.muon import ScaleByMuonState, muon, scale_by_muon
 from optzoo.natural_galore import NaturalGaLoreState, natural_galore, scale_by_natural_galore
+from optzoo.plan import plan
 from optzoo.polargrad import ScaleByPolarGradState, polargrad, scale_by_polargrad
 from optzoo.ringmaster import (
     DiscardStaleState,
@@ -63,6 +69,7 @@ __all__ = [
     "__version__",
     # modules
     "distributed",
+    "fallback",
     "layout",
     "linalg",
     "ringmaster_sim",
@@ -71,6 +78,8 @@ __all__ = [
     "symmetric",
     "symmetric_stack",
     "testing",
+    # the per-leaf plan of an alias
+    "plan",
     # LMO / orthogonalized family
     "muon",
     "scale_by_muon",

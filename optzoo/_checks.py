@@ -22,6 +22,7 @@ __all__ = [
     "float_dtype",
     "integer",
     "learning_rate",
+    "matrix",
     "nonnegative",
     "positive",
     "real",
@@ -51,8 +52,17 @@ def _concrete_scalar(value: Any) -> float | None:
     raise TypeError(f"{type(value).__name__} {value!r}")
 
 
-def real(value: Any, name: str, what: str, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> Any:
+def real(
+    value: Any,
+    name: str,
+    what: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allow_none: bool = False,
+) -> Any:
     """Checks a real hyperparameter: finite, not a bool, inside ``[lo, hi]`` (ends open on
     request). Returns ``value`` unchanged (traced values pass through)."""
     if value is None:
@@ -78,11 +88,19 @@ def real(value: Any, name: str, what: str, *, lo: float | None = None, hi: float
     return value
 
 
-def unit_interval(value: Any, name: str, what: str, *, lo_open: bool = False,
-                  hi_open: bool = False, allow_none: bool = False) -> Any:
+def unit_interval(
+    value: Any,
+    name: str,
+    what: str,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allow_none: bool = False,
+) -> Any:
     """``real`` in ``[0, 1]`` (a momentum, a decay rate, a fraction)."""
-    return real(value, name, what, lo=0.0, hi=1.0, lo_open=lo_open, hi_open=hi_open,
-                allow_none=allow_none)
+    return real(
+        value, name, what, lo=0.0, hi=1.0, lo_open=lo_open, hi_open=hi_open, allow_none=allow_none
+    )
 
 
 def positive(value: Any, name: str, what: str, *, allow_none: bool = False) -> Any:
@@ -95,8 +113,15 @@ def nonnegative(value: Any, name: str, what: str, *, allow_none: bool = False) -
     return real(value, name, what, lo=0.0, allow_none=allow_none)
 
 
-def integer(value: Any, name: str, what: str, *, lo: int | None = None, hi: int | None = None,
-            allow_none: bool = False) -> Any:
+def integer(
+    value: Any,
+    name: str,
+    what: str,
+    *,
+    lo: int | None = None,
+    hi: int | None = None,
+    allow_none: bool = False,
+) -> Any:
     """A static integer (a step count, a rank, a gap): a Python or numpy int, not a bool,
     inside ``[lo, hi]``. Under ``optax.inject_hyperparams`` such arguments must be listed in
     ``static_args``; a traced value is refused with that hint."""
@@ -105,11 +130,15 @@ def integer(value: Any, name: str, what: str, *, lo: int | None = None, hi: int 
             return value
         raise TypeError(f"{what}: {name} must be an int, got None")
     if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"{what}: {name} must be a static Python int; under "
-                        f"optax.inject_hyperparams list {name!r} in static_args")
+        raise TypeError(
+            f"{what}: {name} must be a static Python int; under "
+            f"optax.inject_hyperparams list {name!r} in static_args"
+        )
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what}: {name} must be an int, got {type(value).__name__} {value!r}"
-                        f"; under optax.inject_hyperparams list {name!r} in static_args")
+        raise TypeError(
+            f"{what}: {name} must be an int, got {type(value).__name__} {value!r}"
+            f"; under optax.inject_hyperparams list {name!r} in static_args"
+        )
     v = int(value)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         lo_s = "-inf" if lo is None else str(lo)
@@ -120,8 +149,10 @@ def integer(value: Any, name: str, what: str, *, lo: int | None = None, hi: int 
 
 def choice(value: Any, name: str, what: str, allowed: Sequence[Any]) -> Any:
     """``value`` is one of ``allowed`` (strings by equality, other values by identity)."""
-    ok = any(value is a or (isinstance(a, str) and isinstance(value, str) and value == a)
-             for a in allowed)
+    ok = any(
+        value is a or (isinstance(a, str) and isinstance(value, str) and value == a)
+        for a in allowed
+    )
     if not ok:
         raise ValueError(f"{what}: unknown {name} {value!r}; expected one of {list(allowed)}")
     return value
@@ -144,8 +175,9 @@ def float_dtype(dtype: Any, name: str, what: str) -> Any:
     except TypeError:
         raise TypeError(f"{what}: {name} must be a floating dtype or None, got {dtype!r}") from None
     if not jnp.issubdtype(d, jnp.floating):
-        raise TypeError(f"{what}: {name} must be a floating dtype (float32, bfloat16, ...) or "
-                        f"None, got {d}")
+        raise TypeError(
+            f"{what}: {name} must be a floating dtype (float32, bfloat16, ...) or None, got {d}"
+        )
     return dtype
 
 
@@ -154,3 +186,16 @@ def callable_or_none(value: Any, name: str, what: str) -> Callable[..., Any] | N
     if value is not None and not callable(value):
         raise TypeError(f"{what}: {name} must be callable or None, got {value!r}")
     return value
+
+
+def matrix(x: Any, name: str) -> jax.Array:
+    """``x`` as an array of a floating dtype with at least two axes ``(..., m, n)``; else a
+    ``TypeError`` / ``ValueError`` naming ``name``, the dtype and the shape."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype} (shape {x.shape})")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name}: expected an array of at least 2 dimensions (..., m, n), got shape {x.shape}"
+        )
+    return x

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, linalg
+from optzoo import _blocks, _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, maybe_apply
 
 #: ``gate_up_pair``: a fused gate|up axis of size ``2f`` read as ``f`` units ``(gate_j, up_j)``;
@@ -44,66 +43,41 @@ class SymmetricState(NamedTuple):
     mu: optax.Updates
 
 
-# ---------------------------------------------------------------------- validation
-def check_choice(value: Any, name: str, allowed: tuple, what: str) -> None:
-    if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
-        raise ValueError(f"{what}: unknown {name} {value!r}; expected one of {list(allowed)}")
-
-
-def check_beta(beta: Any, what: str) -> None:
-    # Concrete numbers only: under optax.inject_hyperparams beta arrives as an array.
-    if isinstance(beta, numbers.Real) and not isinstance(beta, bool) and not 0 <= beta <= 1:
-        raise ValueError(f"{what}: beta must lie in [0, 1], got {beta}")
-
-
-def check_unit_axis(unit_axis: Any, what: str) -> None:
-    if unit_axis is None:
-        return
-    if isinstance(unit_axis, bool) or not isinstance(unit_axis, numbers.Integral):
-        raise TypeError(f"{what}: unit_axis must be a Python int (the axis indexed by the "
-                        f"permuted units), got {unit_axis!r}; under optax.inject_hyperparams "
-                        "list 'unit_axis' in static_args")
-
-
 def is_zero(x: Any) -> bool:
+    """``x`` is a concrete real ``0`` (not a bool, not a traced or injected value)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0
 
 
-def is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
-
-
 # ------------------------------------------------------------------------ layouts
-def user_layouts(layout: layout_lib.LayoutSpec, tree: Any, what: str) -> list[Any]:
-    """The layout spec resolved to a flat list aligned with ``jax.tree.leaves(tree)``
-    (masked trees of ``optax.partition`` included: see :func:`optzoo.layout.resolve`).
-
-    ``None`` means ``MatrixLayout()``: the last two axes are the matrix, leading axes batch
-    axes, fewer than two axes no matrix. The unit maps take an explicit ``unit_axis`` and are
-    meant for embeddings, heads, routers and expert stacks, so they do not use the hidden-matrix
-    default of :func:`optzoo.layout.default_layout` (which refuses those leaves)."""
-    if layout is None:
-        layout = layout_lib.MatrixLayout()
-    return jax.tree.structure(tree).flatten_up_to(layout_lib.resolve(layout, tree, what=what))
-
-
-def unit_layout(lay: layout_lib.MatrixLayout, shape: tuple[int, ...], unit_axis: Any,
-                path: str, what: str, pair: str | None) -> layout_lib.MatrixLayout:
+def unit_layout(
+    lay: layout_lib.MatrixLayout,
+    shape: tuple[int, ...],
+    unit_axis: Any,
+    path: str,
+    what: str,
+    pair: str | None,
+) -> layout_lib.MatrixLayout:
     """A layout of ``shape`` whose matrix view has the units as rows: ``(batch, U, F)``."""
     ndim = len(shape)
     u = lay.unit_axis if lay.unit_axis is not None else unit_axis
     if u is None:
-        raise ValueError(f"{what}: parameter '{path}' of shape {shape} needs a unit axis (the "
-                         "axis indexed by tokens / vocabulary entries / experts / neurons): "
-                         "pass unit_axis= or a MatrixLayout(unit_axis=...)")
+        raise ValueError(
+            f"{what}: parameter '{path}' of shape {shape} needs a unit axis (the "
+            "axis indexed by tokens / vocabulary entries / experts / neurons): "
+            "pass unit_axis= or a MatrixLayout(unit_axis=...)"
+        )
     if not -ndim <= u < ndim:
-        raise ValueError(f"{what}: unit_axis {u} is out of range for parameter '{path}' of "
-                         f"shape {shape} ({ndim} axes). Flax Embed tables (V, d) have their "
-                         "units on axis 0; Dense kernels of LM heads/routers/gate/up "
-                         "projections (d, units) on axis 1 (-1)")
+        raise ValueError(
+            f"{what}: unit_axis {u} is out of range for parameter '{path}' of "
+            f"shape {shape} ({ndim} axes). Flax Embed tables (V, d) have their "
+            "units on axis 0; Dense kernels of LM heads/routers/gate/up "
+            "projections (d, units) on axis 1 (-1)"
+        )
     if lay.num_heads is not None:
-        raise ValueError(f"{what}: layout of '{path}' splits heads (num_heads="
-                         f"{lay.num_heads}); unit maps take a layout without num_heads")
+        raise ValueError(
+            f"{what}: layout of '{path}' splits heads (num_heads="
+            f"{lay.num_heads}); unit maps take a layout without num_heads"
+        )
     lay.validate(shape, path)
     red = tuple(a % ndim for a in lay.reduction_axes)
     out = tuple(a % ndim for a in lay.output_axes)
@@ -113,39 +87,60 @@ def unit_layout(lay: layout_lib.MatrixLayout, shape: tuple[int, ...], unit_axis:
     elif un in out:
         side, other = out, red
     else:
-        raise ValueError(f"{what}: unit_axis {u} of parameter '{path}' (shape {shape}) is a "
-                         f"batch axis of its layout (matrix axes {red} x {out}); the units "
-                         "must index the rows or columns of the matrix view")
+        raise ValueError(
+            f"{what}: unit_axis {u} of parameter '{path}' (shape {shape}) is a "
+            f"batch axis of its layout (matrix axes {red} x {out}); the units "
+            "must index the rows or columns of the matrix view"
+        )
     if len(side) != 1:
-        raise ValueError(f"{what}: the unit axis {u} of '{path}' must be the only axis on its "
-                         f"side of the matrix view, got axes {side}")
+        raise ValueError(
+            f"{what}: the unit axis {u} of '{path}' must be the only axis on its "
+            f"side of the matrix view, got axes {side}"
+        )
     if pair is not None and shape[un] % 2:
-        raise ValueError(f"{what}: gate_up_pair={pair!r} needs an even unit axis for "
-                         f"'{path}', got size {shape[un]} on axis {u}")
+        raise ValueError(
+            f"{what}: gate_up_pair={pair!r} needs an even unit axis for "
+            f"'{path}', got size {shape[un]} on axis {u}"
+        )
     return layout_lib.MatrixLayout(reduction_axes=(un,), output_axes=other, unit_axis=un)
 
 
-def unit_layouts(tree: Any, unit_axis: Any, layout: layout_lib.LayoutSpec, what: str,
-                 kind: str, pair: str | None = None, strict: bool = True) -> Any:
-    """Tree of unit-row layouts (``None`` for non-matrix leaves unless ``strict``)."""
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    for p, x in paths_leaves:
-        check_floating(x, path_str(p), f"{what}: {kind}")
-    lays = user_layouts(layout, tree, what)
+def unit_layouts(
+    tree: Any,
+    unit_axis: Any,
+    layout: layout_lib.LayoutSpec,
+    what: str,
+    kind: str,
+    pair: str | None = None,
+    strict: bool = True,
+) -> list[Any]:
+    """Unit-row layouts of the leaves of ``tree``, a flat list aligned with its leaves
+    (``None`` for leaves without a matrix layout, which raise unless ``strict=False``).
+
+    ``layout`` is resolved once (:func:`optzoo.layout.resolve`; masked trees of
+    ``optax.partition`` included) and every leaf's dtype is checked to be floating. ``None``
+    means ``MatrixLayout()``: the last two axes are the matrix, leading axes batch axes, fewer
+    than two axes no matrix. The unit maps take an explicit ``unit_axis`` and are meant for
+    embeddings, heads, routers and expert stacks, so they do not use the hidden-matrix default
+    of :func:`optzoo.layout.default_layout` (which refuses those leaves).
+    """
+    if layout is None:
+        layout = layout_lib.MatrixLayout()
+    paths, leaves, lays, _, _ = _blocks.flat_layouts(tree, layout, what, kind)
     out = []
-    for (p, x), lay in zip(paths_leaves, lays, strict=True):
-        path = path_str(p)
+    for path, x, lay in zip(paths, leaves, lays, strict=True):
         if lay is None:
             if strict:
                 raise ValueError(
                     f"{what}: parameter '{path}' of shape {tuple(jnp.shape(x))} has no matrix "
                     "layout (fewer than 2 axes, or a None layout); the block has no rule for it. "
                     "Use the alias (which sends such leaves to its documented `fallback`) or "
-                    "route it elsewhere with optzoo.routing")
+                    "route it elsewhere with optzoo.routing"
+                )
             out.append(None)
             continue
         out.append(unit_layout(lay, tuple(jnp.shape(x)), unit_axis, path, what, pair))
-    return treedef.unflatten(out)
+    return out
 
 
 # ------------------------------------------------------------------ matrix maps
@@ -222,11 +217,11 @@ NUMERICS = ("exact", "reference", "gram_ns", "pe_invsqrt")
 #: ``hybrid_optimizer_impl`` = ``'gramns'``, ``backend='polar_express'``, ``inner_steps=5``).
 REFERENCE_NUMERICS = {"hybrid": "gram_ns", "right": "gram_ns", "left": "pe_invsqrt"}
 
-# Polar Express minimax quintics (Amsel et al., arXiv:2505.16932, 8 steps), as tabulated by
-# the reference (optim/invsqrt.py, optim/hybrid.py) and gram_newton_schulz/coefficients.py:
-# every row but the last is evaluated at x/1.05 (safety factor), i.e. (a/1.05, b/1.05³,
-# c/1.05⁵); steps beyond 8 repeat the last row.
-_PE_UNSCALED = (
+#: Polar Express minimax quintics (Amsel et al., arXiv:2505.16932, 8 steps) as tabulated by
+#: the reference (``optim/invsqrt.py``, ``optim/hybrid.py``) and
+#: ``gram_newton_schulz/coefficients.py``, before the safety factor: every row but the last is
+#: evaluated at ``x/1.05`` (:data:`REFERENCE_COEFFS`); steps beyond 8 repeat the last row.
+PE_UNSCALED = (
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
     (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
     (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
@@ -237,11 +232,12 @@ _PE_UNSCALED = (
     (1.875, -1.25, 0.375),
 )
 _SAFETY = 1.05
-REFERENCE_COEFFS = tuple((a / _SAFETY, b / _SAFETY**3, c / _SAFETY**5)
-                         for a, b, c in _PE_UNSCALED[:-1]) + (_PE_UNSCALED[-1],)
-_GNS_EPS = 1e-7          # GramNewtonSchulz(ns_epsilon=1e-7), the released --ns_epsilon
-_GNS_RESTARTS = (2,)     # gram_newton_schulz_reset_iterations default [2]
-_PE_NORM_SAFETY = 1.02   # symmetric_matrix_invsqrt_polar_express: alpha = 1.02·‖A‖_F + eps
+REFERENCE_COEFFS = tuple(
+    (a / _SAFETY, b / _SAFETY**3, c / _SAFETY**5) for a, b, c in PE_UNSCALED[:-1]
+) + (PE_UNSCALED[-1],)
+_GNS_EPS = 1e-7  # GramNewtonSchulz(ns_epsilon=1e-7), the released --ns_epsilon
+_GNS_RESTARTS = (2,)  # gram_newton_schulz_reset_iterations default [2]
+_PE_NORM_SAFETY = 1.02  # symmetric_matrix_invsqrt_polar_express: alpha = 1.02·‖A‖_F + eps
 
 
 def reference_coefficients(steps: int) -> tuple[tuple[float, float, float], ...]:
@@ -253,7 +249,7 @@ def reference_coefficients(steps: int) -> tuple[tuple[float, float, float], ...]
 class Numerics(NamedTuple):
     """Resolved numerics of one spectral map (see :data:`NUMERICS`)."""
 
-    method: str                      # 'exact', 'gram_ns' or 'pe_invsqrt'
+    method: str  # 'exact', 'gram_ns' or 'pe_invsqrt'
     steps: int = 5
     coeffs: tuple = ()
     dtype: Any = None
@@ -264,8 +260,9 @@ class Numerics(NamedTuple):
         return f"{self.method}({self.steps} steps, {jnp.dtype(self.dtype).name})"
 
 
-def resolve_numerics(numerics: Any, kind: str, steps: Any, coeffs: Any, dtype: Any,
-                     what: str) -> Numerics:
+def resolve_numerics(
+    numerics: Any, kind: str, steps: Any, coeffs: Any, dtype: Any, what: str
+) -> Numerics:
     """Validates ``numerics`` / ``numerics_steps`` / ``numerics_coeffs`` / ``numerics_dtype``
     at construction (naming the argument) and resolves ``'reference'`` for map ``kind``."""
     _checks.choice(numerics, "numerics", what, NUMERICS)
@@ -282,14 +279,18 @@ def resolve_numerics(numerics: Any, kind: str, steps: Any, coeffs: Any, dtype: A
         try:
             arr = np.asarray(coeffs, dtype=np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"{what}: numerics_coeffs must be a (steps, 3) table or one "
-                            f"(a, b, c) triple of numbers, got {coeffs!r}") from None
+            raise TypeError(
+                f"{what}: numerics_coeffs must be a (steps, 3) table or one "
+                f"(a, b, c) triple of numbers, got {coeffs!r}"
+            ) from None
         if arr.shape == (3,):
             arr = np.tile(arr, (steps, 1))
         if arr.shape != (steps, 3) or not np.all(np.isfinite(arr)):
-            raise ValueError(f"{what}: numerics_coeffs must be finite with shape "
-                             f"({steps}, 3) (numerics_steps={steps}) or (3,), got shape "
-                             f"{arr.shape}")
+            raise ValueError(
+                f"{what}: numerics_coeffs must be finite with shape "
+                f"({steps}, 3) (numerics_steps={steps}) or (3,), got shape "
+                f"{arr.shape}"
+            )
         table = tuple(tuple(float(v) for v in row) for row in arr)
     if dtype is None:
         dtype = jnp.float16 if numerics == "gram_ns" else jnp.float32
@@ -388,10 +389,17 @@ def gram_ns_polar(y: jax.Array, num: Numerics, ns_eps: jax.Array) -> jax.Array:
     return _t(x) if tall else x
 
 
-def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
-               gram_steps: int, owner_computes: OwnerComputes | None = None,
-               num: Numerics | None = None, scale: jax.Array | None = None,
-               eps: Any = 1e-8) -> jax.Array:
+def gram_polar(
+    y: jax.Array,
+    side: str,
+    gram_eps: Any,
+    gram_method: str,
+    gram_steps: int,
+    owner_computes: OwnerComputes | None = None,
+    num: Numerics | None = None,
+    scale: jax.Array | None = None,
+    eps: Any = 1e-8,
+) -> jax.Array:
     """Polar factor of ``y`` (rows = units) under the chosen numerics.
 
     ``'exact'``: ``Y (YᵀY)^{-1/2}`` (right) or ``(YYᵀ)^{-1/2} Y`` (left), 'auto' inverting the
@@ -432,18 +440,21 @@ def gram_polar(y: jax.Array, side: str, gram_eps: Any, gram_method: str,
                 return _mm(z, _isqrt_eigh(_mm(_t(z), z), gram_eps))
             return _mm(_isqrt_eigh(_mm(z, _t(z)), gram_eps), z)
         if side == "right":
-            r = linalg.inverse_sqrt_psd(_mm(_t(z), z), method=gram_method, eps=gram_eps,
-                                        steps=gram_steps)
+            r = linalg.inverse_sqrt_psd(
+                _mm(_t(z), z), method=gram_method, eps=gram_eps, steps=gram_steps
+            )
             return _mm(z, r)
-        left = linalg.inverse_sqrt_psd(_mm(z, _t(z)), method=gram_method, eps=gram_eps,
-                                       steps=gram_steps)
+        left = linalg.inverse_sqrt_psd(
+            _mm(z, _t(z)), method=gram_method, eps=gram_eps, steps=gram_steps
+        )
         return _mm(left, z)
 
     return maybe_apply(owner_computes, polar, y)
 
 
-def nu_factor(y: jax.Array, p: jax.Array, alpha: Any, eps: Any, scope: str,
-              scale: jax.Array | None = None) -> Any:
+def nu_factor(
+    y: jax.Array, p: jax.Array, alpha: Any, eps: Any, scope: str, scale: jax.Array | None = None
+) -> Any:
     """``max(ν, eps)^α``, ``ν = s·⟨Y, P⟩`` per matrix (``(b, 1, 1)``) or per leaf, where ``Y`` is
     the momentum divided by ``scale`` ``s``; ``None`` if ``α = 0``. ``α`` and ``eps`` enter as
     arrays of ``y``'s dtype whether they are Python floats or injected hyperparameters, so
@@ -494,7 +505,10 @@ def scale_by_unit_map(
     pair: str | None = None,
     group: bool = True,
 ) -> optax.GradientTransformation:
-    """EMA momentum, then ``matrix_fn`` on the unit-row view of every leaf (§1.3 skeleton)."""
+    """EMA momentum ``M ← βM + (1−β)G`` (``optax.tree.update_moment``, in float32 or wider;
+    Nesterov input ``(1−β)G + βM``), then ``matrix_fn`` on the float32 unit-row view of every
+    leaf; updates in the gradients' dtypes, the momentum in its buffer's."""
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def fn(x):
@@ -503,35 +517,28 @@ def scale_by_unit_map(
 
     def init_fn(params):
         unit_layouts(params, unit_axis, layout, what, "parameter", pair)
-        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)),
-                          params)
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
         return SymmetricState(count=jnp.zeros([], jnp.int32), mu=mu)
 
     def update_fn(updates, state, params=None):
         del params
         lays = unit_layouts(updates, unit_axis, layout, what, "update", pair)
-
-        def moment(g, m):
+        gs, treedef = jax.tree.flatten(updates)
+        new_mus, inputs = [], []
+        for g, m in zip(gs, treedef.flatten_up_to(state.mu), strict=True):
             # beta as an array of the accumulation dtype, so that 1 - beta rounds the same
-            # whether beta is a Python float or an injected hyperparameter.
+            # whether beta is a Python float or an injected hyperparameter
             acc = jnp.promote_types(jnp.result_type(m), jnp.float32)
             b = jnp.asarray(beta, acc)
-            return b * m.astype(acc) + (1 - b) * g.astype(acc)
-
-        mu32 = jax.tree.map(moment, updates, state.mu)
-        if nesterov:
-            def nest(g, m):
-                b = jnp.asarray(beta, m.dtype)
-                return (1 - b) * g.astype(m.dtype) + b * m
-
-            inputs = jax.tree.map(nest, updates, mu32)
-        else:
-            inputs = mu32
-        out = layout_lib.map_matrices(fn, inputs, lays, group=group, what=what)
-        out = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), out, updates)
-        mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu32, state.mu)
-        return out, SymmetricState(count=optax.safe_increment(state.count), mu=mu)
+            g = g.astype(acc)
+            mu = optax.tree.update_moment(g, m.astype(acc), b, 1)
+            inputs.append(optax.tree.update_moment(g, mu, b, 1) if nesterov else mu)
+            new_mus.append(mu.astype(m.dtype))
+        out = _blocks.map_matrices(
+            fn, treedef.unflatten(inputs), treedef.unflatten(lays), group=group, what=what
+        )
+        return _blocks.cast_like(out, updates), SymmetricState(
+            count=optax.safe_increment(state.count), mu=treedef.unflatten(new_mus)
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-

@@ -29,7 +29,7 @@ def path_str(path: tuple[Any, ...]) -> str:
 def map_with_path(fn: Callable[..., Any], tree: Any, *rest: Any, is_leaf=None) -> Any:
     """`jax.tree.map_with_path` whose function receives the '/'-joined path string."""
     return jax.tree_util.tree_map_with_path(
-            lambda p, *xs: fn(path_str(p), *xs), tree, *rest, is_leaf=is_leaf
+        lambda p, *xs: fn(path_str(p), *xs), tree, *rest, is_leaf=is_leaf
     )
 
 
@@ -37,5 +37,7 @@ def check_floating(x: Any, path: str, what: str = "leaf") -> None:
     """Raises TypeError naming `path` unless `x` has a floating dtype."""
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{what} '{path}' has dtype {dtype}; expected a floating dtype "
-                                        "(float16, bfloat16, float32 or float64)")
+        raise TypeError(
+            f"{what} '{path}' has dtype {dtype}; expected a floating dtype "
+            "(float16, bfloat16, float32 or float64)"
+        )

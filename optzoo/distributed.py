@@ -5,7 +5,7 @@ parameters and momentum sharded over devices (FSDP), the naive SPMD program gath
 matrix on every device and orthogonalizes all of them there: ``D`` devices do the same work
 ``D`` times. *Owner-computes* gives each matrix one owner instead:
 
-1. the ``(b, m, n)`` stack of same-shape matrices (one :func:`optzoo.layout.map_matrices`
+1. the ``(b, m, n)`` stack of same-shape matrices (one the block layer's ``map_matrices``
    group) is padded with zero matrices to a multiple of ``D`` (the product of the sizes of
    the mesh axes it is distributed over);
 2. it is constrained to ``NamedSharding(mesh, P(axes, None, None))`` — every device now holds
@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from optzoo import layout as layout_lib
 
 __all__ = ["OwnerComputes", "GroupPlan"]
 
@@ -99,8 +101,10 @@ class OwnerComputes:
 
     def __post_init__(self):
         if not isinstance(self.mesh, Mesh):
-            raise TypeError(f"OwnerComputes.mesh must be a jax.sharding.Mesh, got "
-                            f"{type(self.mesh).__name__} ({self.mesh!r})")
+            raise TypeError(
+                f"OwnerComputes.mesh must be a jax.sharding.Mesh, got "
+                f"{type(self.mesh).__name__} ({self.mesh!r})"
+            )
         object.__setattr__(self, "axes", _normalize_axes(self.axes, self.mesh))
 
     # ----------------------------------------------------------------------- geometry
@@ -128,10 +132,8 @@ class OwnerComputes:
 
         Returns:
           One :class:`GroupPlan` per group, in first-appearance order (the grouping of
-          :func:`optzoo.layout.map_matrices`).
+          the block layer's ``map_matrices``).
         """
-        from optzoo import layout as layout_lib  # lazy: optzoo.layout imports this module
-
         if layouts is None:  # documented: every >= 2-D leaf's last two axes (a plan, not a map)
             layouts = layout_lib.MatrixLayout()
         resolved = layout_lib.resolve(layouts, tree, what="OwnerComputes.plan")
@@ -144,8 +146,10 @@ class OwnerComputes:
             key = (m, n, jnp.dtype(x.dtype).name)
             counts[key] = counts.get(key, 0) + b
         d = self.num_owners
-        return [GroupPlan(m, n, dt, b, self.per_device(b), d * self.per_device(b) - b)
-                for (m, n, dt), b in counts.items()]
+        return [
+            GroupPlan(m, n, dt, b, self.per_device(b), d * self.per_device(b) - b)
+            for (m, n, dt), b in counts.items()
+        ]
 
     # -------------------------------------------------------------------------- apply
     def apply(self, fn: Callable[[jax.Array], jax.Array], stack: jax.Array) -> jax.Array:
@@ -167,8 +171,9 @@ class OwnerComputes:
           ValueError: if ``stack`` is not 3-D.
         """
         if jnp.ndim(stack) != 3:
-            raise ValueError(f"OwnerComputes.apply: expected a (batch, m, n) stack, got shape "
-                             f"{jnp.shape(stack)}")
+            raise ValueError(
+                f"OwnerComputes.apply: expected a (batch, m, n) stack, got shape {jnp.shape(stack)}"
+            )
         b = stack.shape[0]
         if b == 0:
             return fn(stack)
@@ -187,13 +192,21 @@ class OwnerComputes:
         # check_vma=False: the output is per-device by construction (out_specs names the
         # owner axes; other mesh axes hold identical replicas), and some linalg primitives'
         # internal loops (lax.linalg.qdwh) do not type-check under varying-manual-axes.
-        out = jax.shard_map(fn, mesh=self.mesh, in_specs=(self.partition_spec,),
-                            out_specs=self.partition_spec, check_vma=False)(stack)
+        out = jax.shard_map(
+            fn,
+            mesh=self.mesh,
+            in_specs=(self.partition_spec,),
+            out_specs=self.partition_spec,
+            check_vma=False,
+        )(stack)
         if explicit:
             out = jax.sharding.reshard(out, NamedSharding(self.mesh, P()))
         out = out[:b] if pad else out
-        if explicit and isinstance(source, NamedSharding) and source.mesh.shape_tuple == (
-                self.mesh.shape_tuple):
+        if (
+            explicit
+            and isinstance(source, NamedSharding)
+            and source.mesh.shape_tuple == (self.mesh.shape_tuple)
+        ):
             out = jax.sharding.reshard(out, NamedSharding(self.mesh, source.spec))
         return out
 
@@ -201,8 +214,9 @@ class OwnerComputes:
         return any(t == AxisType.Explicit for t in self.mesh.axis_types)
 
 
-def maybe_apply(owner_computes: OwnerComputes | None, fn: Callable[[jax.Array], jax.Array],
-                stack: jax.Array) -> jax.Array:
+def maybe_apply(
+    owner_computes: OwnerComputes | None, fn: Callable[[jax.Array], jax.Array], stack: jax.Array
+) -> jax.Array:
     """``owner_computes.apply(fn, stack)``, or ``fn(stack)`` when ``owner_computes`` is None.
 
     Args:
@@ -233,8 +247,10 @@ def check_owner_computes(owner_computes: Any, what: str) -> None:
       TypeError: for any other value.
     """
     if owner_computes is not None and not isinstance(owner_computes, OwnerComputes):
-        raise TypeError(f"{what}: owner_computes must be an optzoo.OwnerComputes or None, got "
-                        f"{type(owner_computes).__name__} ({owner_computes!r})")
+        raise TypeError(
+            f"{what}: owner_computes must be an optzoo.OwnerComputes or None, got "
+            f"{type(owner_computes).__name__} ({owner_computes!r})"
+        )
 
 
 def _normalize_axes(axes: Any, mesh: Mesh) -> tuple[str, ...]:
@@ -244,16 +260,21 @@ def _normalize_axes(axes: Any, mesh: Mesh) -> tuple[str, ...]:
     if isinstance(axes, str):
         axes = (axes,)
     if not isinstance(axes, (tuple, list)) or not all(isinstance(a, str) for a in axes):
-        raise TypeError(f"OwnerComputes.axes must be a mesh axis name, a tuple of names or "
-                        f"None, got {axes!r}")
+        raise TypeError(
+            f"OwnerComputes.axes must be a mesh axis name, a tuple of names or None, got {axes!r}"
+        )
     axes = tuple(axes)
     if not axes:
-        raise ValueError(f"OwnerComputes.axes must name at least one mesh axis (or be None "
-                         f"for all of {list(names)})")
+        raise ValueError(
+            f"OwnerComputes.axes must name at least one mesh axis (or be None "
+            f"for all of {list(names)})"
+        )
     unknown = [a for a in axes if a not in names]
     if unknown:
-        raise ValueError(f"OwnerComputes.axes: unknown mesh axis name(s) {unknown}; the "
-                         f"mesh's axes are {list(names)}")
+        raise ValueError(
+            f"OwnerComputes.axes: unknown mesh axis name(s) {unknown}; the "
+            f"mesh's axes are {list(names)}"
+        )
     if len(set(axes)) != len(axes):
         raise ValueError(f"OwnerComputes.axes repeats an axis: {axes}")
     return axes

@@ -41,16 +41,15 @@ the last micro-batch's ``batch``, not from the accumulated gradients.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optzoo import _checks
+from optzoo import _blocks, _checks
+from optzoo import _egn_solve as solve
 from optzoo._tree import check_floating, map_with_path
 
 __all__ = [
@@ -68,7 +67,7 @@ LOSSES = ("mse", "cross_entropy")
 #: Names accepted by ``solver`` (``None``: ``'cholesky'`` for ``'mse'``, ``'lu'`` otherwise).
 SOLVERS = ("cholesky", "lu", "cg")
 
-LossLike = str | Callable[[jax.Array, jax.Array], jax.Array]
+LossLike = solve.LossLike
 
 
 class ScaleByEGNState(NamedTuple):
@@ -119,229 +118,23 @@ def _resolve_solver(solver: str | None, loss: LossLike, what: str) -> str:
     return solver
 
 
-def _static_int(value: Any, name: str, what: str) -> int:
-    """A Python int from ``value`` (concrete arrays too); a clear error if it is traced."""
-    try:
-        return int(value)
-    except (TypeError, jax.errors.ConcretizationTypeError) as e:
-        raise TypeError(f"{what}: {name} must be a concrete integer, got {value!r}; under "
-                        f"optax.inject_hyperparams list '{name}' in static_args") from e
-
-
-def _compute_dtype(tree: Any) -> Any:
-    leaves = jax.tree.leaves(tree)
-    return jnp.result_type(*[jnp.result_type(x) for x in leaves], jnp.float32)
-
-
-def _split_batch(batch: Any, what: str) -> tuple[Any, jax.Array]:
-    if batch is None:
-        raise ValueError(
-            f"{what}: update() needs the keyword argument batch=(inputs, targets), e.g. "
-            "tx.update(grads, state, params, batch=(x, y)); EGN solves on the batch's "
-            "Jacobian. Inside optax.chain pass it to the chain's update (it is forwarded).")
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(f"{what}: batch must be a pair (inputs, targets), got "
-                         f"{type(batch).__name__}"
-                         f"{' of length ' + str(len(batch)) if hasattr(batch, '__len__') else ''}")
-    return batch[0], batch[1]
-
-
-def _output_shape(apply_fn: Callable, params: Any, x: Any, what: str) -> tuple[int, int]:
-    shape = jax.eval_shape(apply_fn, params, x)
-    if not hasattr(shape, "shape") or len(shape.shape) != 2:
-        got = getattr(shape, "shape", type(shape).__name__)
-        raise ValueError(
-            f"{what}: apply_fn(params, inputs) must return one array of shape [b, c] "
-            f"(batch, outputs), got {got}; reshape scalar outputs to [b, 1] and flatten "
-            "sequence outputs to [b*s, c] with matching targets")
-    if not jnp.issubdtype(shape.dtype, jnp.floating):
-        raise TypeError(f"{what}: apply_fn must return floating outputs, got {shape.dtype}")
-    return int(shape.shape[0]), int(shape.shape[1])
-
-
-def _check_targets(loss: LossLike, y: Any, b: int, c: int, what: str) -> None:
-    y_shape = tuple(jnp.shape(y))
-    if not y_shape or y_shape[0] != b:
-        raise ValueError(f"{what}: targets of shape {y_shape} do not match the {b} outputs "
-                         f"of apply_fn (shape [{b}, {c}])")
-    if isinstance(loss, str) and loss == "mse" and y_shape != (b, c):
-        raise ValueError(f"{what}: loss='mse' needs targets of shape [b, c] = {(b, c)}, got "
-                         f"{y_shape}")
-    if isinstance(loss, str) and loss == "cross_entropy":
-        integer = jnp.issubdtype(jnp.result_type(y), jnp.integer)
-        if not ((integer and y_shape == (b,)) or (not integer and y_shape == (b, c))):
-            raise ValueError(
-                f"{what}: loss='cross_entropy' needs integer labels of shape [b] = ({b},) or "
-                f"floating class probabilities of shape [b, c] = {(b, c)}, got "
-                f"{jnp.result_type(y)} {y_shape}")
-
-
-def _raise_bad_labels(bad: Any, lo: Any, hi: Any, c: int, what: str) -> None:
-    if bool(bad):
-        raise ValueError(
-            f"{what}: loss='cross_entropy' integer labels must lie in [0, {c}) (the {c} "
-            f"outputs of apply_fn); got labels in [{int(lo)}, {int(hi)}]. One-hot encoding "
-            "would silently drop such samples from the loss and the direction.")
-
-
-def _check_labels(loss: LossLike, y: Any, c: int, what: str) -> None:
-    """Integer cross-entropy labels inside ``[0, c)``.
-
-    Concrete labels (eager calls): a ``ValueError`` at once. Traced labels (inside ``jit``,
-    ``scan``, ``MultiSteps``): the same message is raised from a host callback that runs only
-    when a label is out of range, so the jitted call fails (``JaxRuntimeError`` carrying the
-    message) instead of returning a result; valid batches cost one reduction and a branch.
-    (optax's ``softmax_cross_entropy_with_integer_labels`` returns a NaN loss for such a
-    label and a finite gradient; EGN's step would silently drop the sample, so we refuse.)
-    """
-    if not (isinstance(loss, str) and loss == "cross_entropy"):
-        return
-    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
-        return
-    if isinstance(y, jax.core.Tracer):
-        lo, hi = jnp.min(y), jnp.max(y)
-        bad = (lo < 0) | (hi >= c)
-        jax.lax.cond(bad, lambda: jax.debug.callback(_raise_bad_labels, bad, lo, hi, c, what),
-                     lambda: None)
-        return
-    yn = np.asarray(y)
-    if yn.size and (yn.min() < 0 or yn.max() >= c):
-        _raise_bad_labels(True, yn.min(), yn.max(), c, what)
-
-
-# --------------------------------------------------------------------- loss pieces
-def _per_sample(loss: LossLike, out: jax.Array, y: jax.Array):
-    """``(values [b], r [b, c], q [b, c, c] or None for Q = I)`` of the output loss."""
-    if isinstance(loss, str) and loss == "mse":
-        diff = out - y.astype(out.dtype)
-        return 0.5 * jnp.sum(diff * diff, axis=-1), diff, None
-    if isinstance(loss, str) and loss == "cross_entropy":
-        c = out.shape[-1]
-        if jnp.issubdtype(y.dtype, jnp.integer):
-            target = jax.nn.one_hot(y, c, dtype=out.dtype)
-        else:
-            target = y.astype(out.dtype)
-        logp = jax.nn.log_softmax(out, axis=-1)
-        mass = jnp.sum(target, axis=-1, keepdims=True)  # 1 for probability targets
-        p = jnp.exp(logp)
-        r = mass * p - target
-        q = mass[..., None] * (jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :])
-        return -jnp.sum(target * logp, axis=-1), r, q
-    values = jax.vmap(loss)(out, y)
-    r = jax.vmap(jax.grad(loss))(out, y)
-    q = jax.vmap(jax.hessian(loss))(out, y)
-    return values, r.astype(out.dtype), q.astype(out.dtype)
-
-
-def _cast(tree: Any, dtype: Any) -> Any:
-    return jax.tree.map(lambda p: jnp.asarray(p).astype(dtype), tree)
-
-
-def egn_loss(apply_fn: Callable, loss: LossLike = "mse") -> Callable[[Any, Any], jax.Array]:
-    """The minibatch objective EGN minimizes: ``(params, (x, y)) -> (1/b) Σ_i ℓ(f_i, y_i)``.
-
-    ``'mse'`` is ``ℓ = ½‖f_i − y_i‖²`` (so ``Q = I``), ``'cross_entropy'`` is
-    ``−Σ_k y_ik log softmax(f_i)_k`` (integer labels or class probabilities). Computed in at
-    least float32.
-    """
-    _check_loss(loss, "egn_loss")
-
-    def objective(params, batch):
-        x, y = _split_batch(batch, "egn_loss")
-        pc = _cast(params, _compute_dtype(params))
-        out = apply_fn(pc, x)
-        y = jnp.asarray(y)
-        if jnp.ndim(out) == 2:
-            _check_labels(loss, y, int(jnp.shape(out)[1]), "egn_loss")
-        values, _, _ = _per_sample(loss, out, y)
-        return jnp.mean(values)
-
-    return objective
-
-
-# ------------------------------------------------------------------------ solves
-def _sym_factor(q: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-sample ``S_i = Q_i^{1/2}`` and ``s_i = Q_i^{+1/2} r_i`` (pseudo-inverse root)."""
-    w, v = jnp.linalg.eigh(q)
-    w = jnp.maximum(w, 0.0)
-    c = q.shape[-1]
-    keep = w > (10.0 * c * jnp.finfo(q.dtype).eps) * w[..., -1:]
-    root = jnp.where(keep, jnp.sqrt(jnp.where(keep, w, 1.0)), 0.0)
-    inv_root = jnp.where(keep, 1.0 / root.clip(min=jnp.finfo(q.dtype).tiny), 0.0)
-    s_mat = jnp.einsum("ikl,il,iml->ikm", v, root, v)
-    s_vec = jnp.einsum("ikl,il->ik", v, inv_root * jnp.einsum("ilk,il->ik", v, r))
-    return s_mat, s_vec
-
-
-def _block_mv(s_mat: jax.Array | None, v: jax.Array) -> jax.Array:
-    return v if s_mat is None else jnp.einsum("ikl,il->ik", s_mat, v)
-
-
-def _regularizer(a: jax.Array, b: int, lam: jax.Array) -> jax.Array:
-    """The diagonal shift ``bλ``, floored at ``n·eps·max|a|`` (``n = bc``, eps of the solve
-    dtype) and at the dtype's ``tiny``.
-
-    A Gram matrix of duplicated (or linearly dependent) samples is exactly singular; rounding
-    in forming it is ~``n·eps·‖a‖``, so a shift below that factors a numerically indefinite
-    or singular matrix (damping 1e-12 on two identical float32 samples: LU returned NaN).
-    The floor only acts when ``bλ`` is below it — never at the defaults on data of ordinary
-    scale — and damping ``≤ 0`` is refused at construction; traced values (under
-    ``optax.inject_hyperparams``) are floored, not checked.
-    """
-    n = a.shape[0]
-    finfo = jnp.finfo(a.dtype)
-    floor = jnp.maximum(n * finfo.eps * jnp.max(jnp.abs(a)), finfo.tiny)
-    return jnp.maximum((b * lam).astype(a.dtype), floor)
-
-
-def _explicit_z(jac: list[jax.Array], r, q, lam, solver: str):
-    """``z`` of ``(QK + bλI) z = r`` (LU) or via the symmetric form (Cholesky), ``[b, c]``."""
-    b, c = r.shape
-    n = b * c
-    mats = [j.reshape(n, -1) for j in jac]
-    kmat = sum(m @ m.T for m in mats)
-    eye = jnp.eye(n, dtype=r.dtype)
-    if solver == "lu":
-        a = kmat if q is None else jnp.einsum(
-            "ikl,iln->ikn", q, kmat.reshape(b, c, n)).reshape(n, n)
-        return jnp.linalg.solve(a + _regularizer(a, b, lam) * eye,
-                                r.reshape(n)).reshape(b, c)
-    s_mat, s_vec = (None, r) if q is None else _sym_factor(q, r)
-    m = kmat if s_mat is None else jnp.einsum(
-        "ikl,iljm,jmn->ikjn", s_mat, kmat.reshape(b, c, b, c), s_mat).reshape(n, n)
-    factor = jax.scipy.linalg.cho_factor(m + _regularizer(m, b, lam) * eye, lower=True)
-    u = jax.scipy.linalg.cho_solve(factor, s_vec.reshape(n)).reshape(b, c)
-    return _block_mv(s_mat, u)
-
-
-def _cg_z(jvp_fn, vjp_fn, r, q, lam, tol, maxiter):
-    """``z`` by CG on ``(SKS + bλI) u = s``, ``K v = J(Jᵀv)`` matrix-free."""
-    b = r.shape[0]
-    s_mat, s_vec = (None, r) if q is None else _sym_factor(q, r)
-
-    def gram(v):
-        return _block_mv(s_mat, jvp_fn(vjp_fn(_block_mv(s_mat, v))))
-
-    # Scale of SKS for the damping floor (see _regularizer): its Rayleigh quotient on the
-    # right-hand side, one extra matvec. Without it damping 1e-30 on duplicated float32
-    # samples returned NaN (1e-12: a 1e5 direction instead of ~1).
-    norm2 = jnp.sum(s_vec * s_vec)
-    unit = s_vec / jnp.sqrt(jnp.where(norm2 > 0, norm2, 1.0))
-    rayleigh = jnp.abs(jnp.sum(unit * gram(unit)))
-    finfo = jnp.finfo(s_vec.dtype)
-    shift = jnp.maximum((b * lam).astype(s_vec.dtype),
-                        jnp.maximum(s_vec.size * finfo.eps * rayleigh, finfo.tiny))
-
-    def matvec(v):
-        return gram(v) + shift.astype(v.dtype) * v
-
-    u, _ = jax.scipy.sparse.linalg.cg(matvec, s_vec, tol=tol, maxiter=maxiter)
-    return _block_mv(s_mat, u)
-
-
-def _check_egn_args(what: str, *, apply_fn, loss, damping, adaptive_damping, momentum,
-                    damping_decrease, damping_increase, damping_min, damping_max, cg_tol,
-                    cg_maxiter, max_jacobian_size, mu_dtype) -> None:
+def _check_egn_args(
+    what: str,
+    *,
+    apply_fn,
+    loss,
+    damping,
+    adaptive_damping,
+    momentum,
+    damping_decrease,
+    damping_increase,
+    damping_min,
+    damping_max,
+    cg_tol,
+    cg_maxiter,
+    max_jacobian_size,
+    mu_dtype,
+) -> None:
     """Construction-time checks shared by :func:`scale_by_egn` and :func:`egn`."""
     if not callable(apply_fn):
         raise TypeError(f"{what}: apply_fn must be callable, got {type(apply_fn).__name__}")
@@ -355,8 +148,10 @@ def _check_egn_args(what: str, *, apply_fn, loss, damping, adaptive_damping, mom
     _checks.positive(damping_max, "damping_max", what)
     lo, hi = (_concrete(v) for v in (damping_min, damping_max))
     if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"{what}: damping_min must be <= damping_max, got damping_min={lo:g} "
-                         f"> damping_max={hi:g}")
+        raise ValueError(
+            f"{what}: damping_min must be <= damping_max, got damping_min={lo:g} "
+            f"> damping_max={hi:g}"
+        )
     # |cg_tol| >= 1 (jax uses tol² · ‖b‖²) stops CG before its first iteration: a zero step.
     _checks.real(cg_tol, "cg_tol", what, lo=0.0, hi=1.0, hi_open=True)
     _checks.integer(cg_maxiter, "cg_maxiter", what, lo=1, allow_none=True)
@@ -369,6 +164,29 @@ def _concrete(value: Any) -> float | None:
         return float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return None
+
+
+# ------------------------------------------------------------------------ loss
+def egn_loss(apply_fn: Callable, loss: LossLike = "mse") -> Callable[[Any, Any], jax.Array]:
+    """The minibatch objective EGN minimizes: ``(params, (x, y)) -> (1/b) Σ_i ℓ(f_i, y_i)``.
+
+    ``'mse'`` is ``ℓ = ½‖f_i − y_i‖²`` (so ``Q = I``), ``'cross_entropy'`` is
+    ``−Σ_k y_ik log softmax(f_i)_k`` (integer labels or class probabilities). Computed in at
+    least float32.
+    """
+    _check_loss(loss, "egn_loss")
+
+    def objective(params, batch):
+        x, y = solve.split_batch(batch, "egn_loss")
+        pc = solve.cast(params, solve.compute_dtype(params))
+        out = apply_fn(pc, x)
+        y = jnp.asarray(y)
+        if jnp.ndim(out) == 2:
+            solve.check_labels(loss, y, int(jnp.shape(out)[1]), "egn_loss")
+        values, _, _ = solve.per_sample(loss, out, y)
+        return jnp.mean(values)
+
+    return objective
 
 
 # ------------------------------------------------------------------------ blocks
@@ -501,113 +319,117 @@ def scale_by_egn(
       Moré, *The Levenberg–Marquardt algorithm: implementation and theory* (1978) (gain ratio).
     """
     what = "scale_by_egn"
-    _check_egn_args(what, apply_fn=apply_fn, loss=loss, damping=damping,
-                    adaptive_damping=adaptive_damping, momentum=momentum,
-                    damping_decrease=damping_decrease, damping_increase=damping_increase,
-                    damping_min=damping_min, damping_max=damping_max, cg_tol=cg_tol,
-                    cg_maxiter=cg_maxiter, max_jacobian_size=max_jacobian_size,
-                    mu_dtype=mu_dtype)
+    _check_egn_args(
+        what,
+        apply_fn=apply_fn,
+        loss=loss,
+        damping=damping,
+        adaptive_damping=adaptive_damping,
+        momentum=momentum,
+        damping_decrease=damping_decrease,
+        damping_increase=damping_increase,
+        damping_min=damping_min,
+        damping_max=damping_max,
+        cg_tol=cg_tol,
+        cg_maxiter=cg_maxiter,
+        max_jacobian_size=max_jacobian_size,
+        mu_dtype=mu_dtype,
+    )
     solver = _resolve_solver(solver, loss, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+    damping_rule = dict(
+        decrease=damping_decrease, increase=damping_increase, lo=damping_min, hi=damping_max
+    )
 
     def init_fn(params):
         map_with_path(lambda p, x: check_floating(x, p, f"{what}: parameter"), params)
-        cd = _compute_dtype(params)
-        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)),
-                          params)
+        cd = solve.compute_dtype(params)
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
         # Separate buffers (a state holding one buffer twice cannot be donated) and a copy of
         # ``damping`` (under inject_hyperparams it is the hyperparameter state's own array).
-        return ScaleByEGNState(count=jnp.zeros([], jnp.int32),
-                               damping=jnp.array(damping, cd, copy=True), mu=mu,
-                               loss=jnp.zeros([], cd), rho=jnp.zeros([], cd))
+        return ScaleByEGNState(
+            count=jnp.zeros([], jnp.int32),
+            damping=jnp.array(damping, cd, copy=True),
+            mu=mu,
+            loss=jnp.zeros([], cd),
+            rho=jnp.zeros([], cd),
+        )
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{what}: update() needs params (the model's Jacobian is taken "
-                             "at them)")
-        x, y = _split_batch(batch, what)
-        y = jnp.asarray(y)
-        map_with_path(lambda p, v: check_floating(v, p, f"{what}: parameter"), params)
-        cd = _compute_dtype(params)
-        pc = _cast(params, cd)
-        b, c = _output_shape(apply_fn, pc, x, what)
-        _check_targets(loss, y, b, c, what)
-        _check_labels(loss, y, c, what)
-        lam = state.damping if adaptive_damping else jnp.asarray(damping, cd)
-        lam = lam.astype(cd)
-        leaves, treedef = jax.tree.flatten(pc)
-
-        if solver == "cg":
-            raw_out, jvp_fn = jax.linearize(lambda p: apply_fn(p, x), pc)
-            transpose = jax.linear_transpose(jvp_fn, pc)
-
-            def vjp_fn(w):
-                return _cast(transpose(w.astype(raw_out.dtype))[0], cd)
-
-            def j_times(tree):
-                return jvp_fn(_cast(tree, cd)).astype(cd)
-
-            values, r, q = _per_sample(loss, raw_out.astype(cd), y)
-            z = _cg_z(j_times, vjp_fn, r, q, lam, cg_tol, cg_maxiter)
-            u = vjp_fn(z)
-        else:
-            d = sum(math.prod(jnp.shape(v)) for v in leaves)
-            if b * c * d > _static_int(max_jacobian_size, "max_jacobian_size", what):
-                raise ValueError(
-                    f"{what}: the explicit Jacobian would hold b·c·d = {b}·{c}·{d} = "
-                    f"{b * c * d:,} numbers (> max_jacobian_size={max_jacobian_size:,}); use "
-                    "solver='cg' (matrix-free JVP/VJP with conjugate gradients, no Jacobian "
-                    "stored), a smaller batch, or raise max_jacobian_size")
-
-            def flat_out(p):
-                o = apply_fn(p, x)
-                return o.reshape(-1), o
-
-            jac_tree, out = jax.jacrev(flat_out, has_aux=True)(pc)
-            out = out.astype(cd)
-            jac = [j.astype(cd) for j in treedef.flatten_up_to(jac_tree)]
-            values, r, q = _per_sample(loss, out, y)
-            z = _explicit_z(jac, r, q, lam, solver).reshape(-1)
-            u = treedef.unflatten([jnp.tensordot(z, j, axes=1) for j in jac])
-
-            def j_times(tree):
-                flat = treedef.flatten_up_to(tree)
-                return sum(j.reshape(b * c, -1) @ t.reshape(-1)
-                           for j, t in zip(jac, flat, strict=True)).reshape(b, c)
-
-        loss_value = jnp.mean(values)
+        inputs = solve.checked_inputs(apply_fn, loss, params, batch, what)
+        cd = inputs.dtype
+        lam = (state.damping if adaptive_damping else jnp.asarray(damping, cd)).astype(cd)
+        d = solve.direction(
+            apply_fn,
+            loss,
+            solver,
+            inputs,
+            lam,
+            cg_tol=cg_tol,
+            cg_maxiter=cg_maxiter,
+            max_jacobian_size=max_jacobian_size,
+            what=what,
+        )
+        loss_value = jnp.mean(d.values)
         if adaptive_damping:
-            ju = j_times(u)
-            qju = _block_mv(q, ju) if q is not None else ju
-            predicted = (jnp.sum(r * ju) - 0.5 * jnp.sum(ju * qju)) / b
-            trial = jax.tree.map(lambda p, v: p - v, pc, u)
-            trial_values, _, _ = _per_sample(loss, apply_fn(trial, x).astype(cd), y)
-            trial_loss = jnp.mean(trial_values)
-            # predicted = ½uᵀHu + λ‖u‖² ≥ 0; it is 0 only at a stationary point (u = 0),
-            # where λ is left alone. A non-finite trial loss counts as a failed step.
-            informative = predicted > 0
-            rho = (loss_value - trial_loss) / jnp.where(informative, predicted, 1.0)
-            failed = ~jnp.isfinite(trial_loss) | ~jnp.isfinite(rho)
-            new_lam = jnp.where(informative & (rho > 0.75), lam * damping_decrease, lam)
-            new_lam = jnp.where(failed | (informative & (rho < 0.25)),
-                                lam * damping_increase, new_lam)
-            new_lam = jnp.clip(new_lam, damping_min, damping_max).astype(cd)
-            rho = jnp.where(failed, -jnp.inf, jnp.where(informative, rho, 1.0)).astype(cd)
+            new_lam, rho = _adapted_damping(
+                apply_fn, loss, inputs, d, lam, loss_value, **damping_rule
+            )
         else:
             new_lam, rho = lam, jnp.zeros([], cd)
-
         count = optax.safe_increment(state.count)
-        mu = jax.tree.map(lambda m, v: (momentum * m + (1.0 - momentum) * v).astype(m.dtype),
-                          state.mu, u)
-        debias = 1.0 - jnp.asarray(momentum, cd) ** count.astype(cd)
-        out_tree = jax.tree.map(lambda m: m / debias.astype(m.dtype), mu)
-        out_tree = jax.tree.map(lambda o, g: jnp.asarray(o).astype(jnp.result_type(g)),
-                                out_tree, updates)
-        return out_tree, ScaleByEGNState(count=count, damping=new_lam, mu=mu,
-                                         loss=loss_value.astype(cd), rho=rho)
+        mu, out = _averaged(d.u, state.mu, momentum, count, cd)
+        return _blocks.cast_like(out, updates), ScaleByEGNState(
+            count=count, damping=new_lam, mu=mu, loss=loss_value.astype(cd), rho=rho
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _adapted_damping(
+    apply_fn,
+    loss,
+    inputs: solve.Inputs,
+    d: solve.Direction,
+    lam,
+    loss_value,
+    *,
+    decrease,
+    increase,
+    lo,
+    hi,
+) -> tuple[jax.Array, jax.Array]:
+    """``(next λ, ρ)`` from the gain ratio ``ρ = (L(θ) − L(θ − u)) / (gᵀu − ½uᵀHu)`` of the
+    full step ``−u`` on the same batch: ``λ·decrease`` if ``ρ > 3/4``, ``λ·increase`` if
+    ``ρ < 1/4`` or the trial loss is not finite, clipped to ``[lo, hi]``."""
+    cd, b = inputs.dtype, inputs.b
+    ju = d.j_times(d.u)
+    qju = solve.block_mv(d.q, ju) if d.q is not None else ju
+    predicted = (jnp.sum(d.r * ju) - 0.5 * jnp.sum(ju * qju)) / b
+    trial = jax.tree.map(lambda p, v: p - v, inputs.params, d.u)
+    trial_values, _, _ = solve.per_sample(loss, apply_fn(trial, inputs.x).astype(cd), inputs.y)
+    trial_loss = jnp.mean(trial_values)
+    # predicted = ½uᵀHu + λ‖u‖² ≥ 0; it is 0 only at a stationary point (u = 0), where λ is
+    # left alone. A non-finite trial loss counts as a failed step.
+    informative = predicted > 0
+    rho = (loss_value - trial_loss) / jnp.where(informative, predicted, 1.0)
+    failed = ~jnp.isfinite(trial_loss) | ~jnp.isfinite(rho)
+    new_lam = jnp.where(informative & (rho > 0.75), lam * decrease, lam)
+    new_lam = jnp.where(failed | (informative & (rho < 0.25)), lam * increase, new_lam)
+    new_lam = jnp.clip(new_lam, lo, hi).astype(cd)
+    rho = jnp.where(failed, -jnp.inf, jnp.where(informative, rho, 1.0)).astype(cd)
+    return new_lam, rho
+
+
+def _averaged(u: Any, mu: Any, momentum: Any, count: jax.Array, cd: Any) -> tuple[Any, Any]:
+    """``(m, m/(1 − β^t))``: the EMA ``m ← βm + (1−β)u`` (kept in its buffer's dtype) and
+    its bias-corrected value, ``t = count``."""
+    mu = _blocks.cast_like(optax.tree.update_moment(u, mu, momentum, 1), mu)
+    # Not optax.tree.bias_correction: it runs under its own jit, where XLA rounds the
+    # quotient differently (1 ulp) from the eager expression this state was defined with.
+    debias = 1.0 - jnp.asarray(momentum, cd) ** count.astype(cd)
+    return mu, jax.tree.map(lambda m: m / debias.astype(m.dtype), mu)
 
 
 # ------------------------------------------------------------------------ line search
@@ -627,17 +449,21 @@ def _backtracking(
     """
 
     def init_fn(params):
-        return EGNLineSearchState(inner=tx.init(params), step_size=jnp.ones([], jnp.float32),
-                                  trials=jnp.zeros([], jnp.int32))
+        return EGNLineSearchState(
+            inner=tx.init(params),
+            step_size=jnp.ones([], jnp.float32),
+            trials=jnp.zeros([], jnp.int32),
+        )
 
     def update_fn(updates, state, params=None, *, batch=None, **extra_args):
         delta, inner = tx.update(updates, state.inner, params, batch=batch, **extra_args)
-        cd = _compute_dtype(params)
-        pc = _cast(params, cd)
-        dc = _cast(delta, cd)
+        cd = solve.compute_dtype(params)
+        pc = solve.cast(params, cd)
+        dc = solve.cast(delta, cd)
         value, grad = jax.value_and_grad(objective)(pc, batch)
-        slope = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grad), jax.tree.leaves(dc),
-                                                    strict=True))
+        slope = sum(
+            jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grad), jax.tree.leaves(dc), strict=True)
+        )
         # Rounding slack relative to the loss (somax adds an absolute eps, which accepts a
         # tenfold increase once the loss is below ~1e-7 in float32).
         slack = jnp.finfo(cd).eps * jnp.abs(value)
@@ -658,11 +484,11 @@ def _backtracking(
             return i + 1, t, trial(t)
 
         t0 = jnp.minimum(state.step_size.astype(cd) * increase, 1.0).astype(cd)
-        reductions, t, _ = jax.lax.while_loop(
-            cond, body, (jnp.zeros([], jnp.int32), t0, trial(t0)))
+        reductions, t, _ = jax.lax.while_loop(cond, body, (jnp.zeros([], jnp.int32), t0, trial(t0)))
         out = jax.tree.map(lambda v, u: (t * v).astype(jnp.result_type(u)), dc, delta)
-        return out, EGNLineSearchState(inner=inner, step_size=t.astype(jnp.float32),
-                                       trials=(reductions + 1).astype(jnp.int32))
+        return out, EGNLineSearchState(
+            inner=inner, step_size=t.astype(jnp.float32), trials=(reductions + 1).astype(jnp.int32)
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -779,31 +605,54 @@ def egn(
     """
     what = "egn"
     _checks.learning_rate(learning_rate, "learning_rate", what)
-    _check_egn_args(what, apply_fn=apply_fn, loss=loss, damping=damping,
-                    adaptive_damping=adaptive_damping, momentum=momentum,
-                    damping_decrease=damping_decrease, damping_increase=damping_increase,
-                    damping_min=damping_min, damping_max=damping_max, cg_tol=cg_tol,
-                    cg_maxiter=cg_maxiter, max_jacobian_size=max_jacobian_size,
-                    mu_dtype=mu_dtype)
+    direction = dict(
+        loss=loss,
+        damping=damping,
+        adaptive_damping=adaptive_damping,
+        momentum=momentum,
+        damping_decrease=damping_decrease,
+        damping_increase=damping_increase,
+        damping_min=damping_min,
+        damping_max=damping_max,
+        cg_tol=cg_tol,
+        cg_maxiter=cg_maxiter,
+        max_jacobian_size=max_jacobian_size,
+        mu_dtype=mu_dtype,
+    )
+    _check_egn_args(what, apply_fn=apply_fn, **direction)
     _checks.choice(linesearch, "linesearch", what, (True, False))
     _checks.nonnegative(weight_decay, "weight_decay", what)
     _checks.integer(linesearch_steps, "linesearch_steps", what, lo=0)
-    _checks.real(linesearch_decrease, "linesearch_decrease", what, lo=0.0, hi=1.0,
-                 lo_open=True, hi_open=True)
+    _checks.real(
+        linesearch_decrease, "linesearch_decrease", what, lo=0.0, hi=1.0, lo_open=True, hi_open=True
+    )
     _checks.real(linesearch_increase, "linesearch_increase", what, lo=1.0)
-    _checks.real(linesearch_c1, "linesearch_c1", what, lo=0.0, hi=1.0, lo_open=True,
-                 hi_open=True)
+    _checks.real(linesearch_c1, "linesearch_c1", what, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     base = optax.chain(
-        scale_by_egn(
-            apply_fn, loss=loss, damping=damping, adaptive_damping=adaptive_damping,
-            momentum=momentum, solver=solver, damping_decrease=damping_decrease,
-            damping_increase=damping_increase, damping_min=damping_min,
-            damping_max=damping_max, cg_tol=cg_tol, cg_maxiter=cg_maxiter,
-            max_jacobian_size=max_jacobian_size, mu_dtype=mu_dtype),
+        scale_by_egn(apply_fn, solver=solver, **direction),
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(learning_rate),
     )
     if not linesearch:
         return base
-    return _backtracking(base, egn_loss(apply_fn, loss), int(linesearch_steps),
-                         linesearch_decrease, linesearch_increase, linesearch_c1)
+    return _backtracking(
+        base,
+        egn_loss(apply_fn, loss),
+        int(linesearch_steps),
+        linesearch_decrease,
+        linesearch_increase,
+        linesearch_c1,
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the model, the loss and solver, sizes
+#: and iteration counts, dtypes, masks): pass ``static_args=factory.static_args``.
+scale_by_egn.static_args = (
+    "apply_fn",
+    "loss",
+    "solver",
+    "cg_maxiter",
+    "max_jacobian_size",
+    "mu_dtype",
+)
+egn.static_args = scale_by_egn.static_args + ("weight_decay_mask", "linesearch_steps")

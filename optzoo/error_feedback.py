@@ -21,8 +21,7 @@ are batch axes):
 
 * ``'spectral'`` — the best Frobenius approximation of ``P`` by a multiple of its computed
   polar factor ``O ≈ polar(P)``: ``C(P) = (⟨P, O⟩/‖O‖_F²)·O``. With the exact polar factor
-  this is ``(‖P‖_*/r)·polar(P)``, ``r = rank(P)`` (``= min(m, n)`` for full-rank ``P``),
-  the compressor of ALGORITHMS.md §3, and
+  this is ``(‖P‖_*/r)·polar(P)``, ``r = rank(P)`` (``= min(m, n)`` for full-rank ``P``), and
   ``‖P − C(P)‖_F² = ‖P‖_F² − ‖P‖_*²/r ≤ (1 − 1/min(m,n))‖P‖_F²``. With an approximate
   (Newton–Schulz / Polar Express) ``O`` the least-squares scale keeps the compressor
   contractive (``‖P − C(P)‖_F < ‖P‖_F`` whenever ``⟨P, O⟩ > 0``).
@@ -63,12 +62,15 @@ at ``c = 0.5``), so "Muon stalls" is a statement about the exact polar factor. T
 recursion equals the authors' toy script (``sign_subgradient_descent_ef_momentum``) to float32
 rounding over 25 steps.
 
-UNVERIFIED (ALGORITHMS.md §12.2): the matrix compressor is our generalization of the
-verified sign case; whether the paper's deep-learning runs keep Nesterov momentum or a shape
-scale is unknown. Choices made here: no Nesterov by default (the toy code has none), no shape
-scale (it would break ``Δ + E = P``), so the step has the magnitude of ``γ·M`` (like
-PolarGrad's ``‖M‖_*`` scaling, divided by ``r``), not Muon's unit singular values:
-learning rates do not transfer from Muon.
+UNVERIFIED: the matrix compressor is our generalization of the verified sign case; whether
+the paper's deep-learning runs keep Nesterov momentum or a shape scale is unknown. Choices
+made here: no Nesterov by default (the toy code has none), no shape scale (it would break
+``Δ + E = P``), so the step has the magnitude of ``γ·M`` (like PolarGrad's ``‖M‖_*``
+scaling, divided by ``r``), not Muon's unit singular values: learning rates do not transfer
+from Muon.
+
+The module is the EF recursion and its two compressors; momentum, the batched matrix map, the
+orthogonalizer, the argument checks and the fallback split are blocks of :mod:`optzoo._blocks`.
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks
+from optzoo import fallback as fallback_lib
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
@@ -126,6 +128,11 @@ def _least_squares_multiple(p: jax.Array, o: jax.Array, axis: Any) -> jax.Array:
     return (scale * oa).astype(p.dtype)
 
 
+def _spectral(orth: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """The spectral compressor ``P -> (⟨P, O⟩/‖O‖_F²)·O`` with ``O = orth(P)`` per matrix."""
+    return lambda p: _least_squares_multiple(p, orth(p), (-2, -1))
+
+
 def compress_spectral(
     p: jax.typing.ArrayLike, *, method: str = "auto", steps: int | None = None
 ) -> jax.Array:
@@ -144,9 +151,7 @@ def compress_spectral(
     Returns:
       Array of the shape and dtype of ``p``.
     """
-    p = jnp.asarray(p)
-    o = linalg.orthogonalize(p, method=method, steps=steps)
-    return _least_squares_multiple(p, o, (-2, -1))
+    return _spectral(_blocks.orthogonalizer(method, steps))(jnp.asarray(p))
 
 
 def compress_sign(p: jax.typing.ArrayLike, *, axis: Any = None) -> jax.Array:
@@ -172,32 +177,19 @@ def _no_layout_error(what: str, path: str, shape: tuple[int, ...]) -> ValueError
     return ValueError(
         f"{what}: parameter '{path}' of shape {tuple(shape)} has no matrix layout, so the "
         "spectral compressor is undefined for it; use compressor='sign', give it a "
-        "MatrixLayout, or use the ef_muon alias, which sends such leaves to its fallback")
-
-
-def _compress_tree(p_tree: Any, layouts: Any, compressor: str, method: str,
-                   steps: int | None, what: str,
-                   owner_computes: OwnerComputes | None = None) -> Any:
-    if compressor == "spectral":
-        def otherwise(x, path):
-            raise _no_layout_error(what, path, jnp.shape(x))
-
-        return layout_lib.map_matrices(
-            lambda mat: compress_spectral(mat, method=method, steps=steps), p_tree, layouts,
-            otherwise=otherwise, what=what, owner_computes=owner_computes)
-    return layout_lib.map_matrices(
-        lambda mat: compress_sign(mat, axis=(-2, -1)), p_tree, layouts,
-        otherwise=lambda x, path: compress_sign(x), what=what)
+        "MatrixLayout, or use the ef_muon alias, which sends such leaves to its fallback"
+    )
 
 
 # ------------------------------------------------------------------------------ block
-def _check_args(what: str, *, beta, compressor, nesterov, ortho_method, ns_steps, mu_dtype,
-                error_dtype) -> None:
+def _check_args(
+    what: str, *, beta, compressor, nesterov, ortho_method, ns_steps, mu_dtype, error_dtype
+) -> None:
     """Construction-time checks shared by :func:`scale_by_ef_muon` and :func:`ef_muon`."""
     _checks.choice(compressor, "compressor", what, COMPRESSORS)
-    _checks.choice(ortho_method, "ortho_method", what, linalg.ORTHOGONALIZERS)
+    _blocks.check_ortho(ortho_method, None, what)
     _checks.unit_interval(beta, "beta", what, hi_open=True)
-    _checks.integer(ns_steps, "ns_steps", what, lo=1, allow_none=True)
+    _blocks.check_steps(ns_steps, what)
     _checks.float_dtype(mu_dtype, "mu_dtype", what)
     _checks.float_dtype(error_dtype, "error_dtype", what)
     if not isinstance(nesterov, bool | np.bool_):
@@ -277,68 +269,99 @@ def scale_by_ef_muon(
       Parshakova, Khaled, Crawshaw, Garrigos, Gower, *Muon Does Not Converge on Convex
       Lipschitz Functions*, arXiv:2605.08980 (2026): error feedback for Muon and
       non-Euclidean subgradient methods with momentum (the sign case follows the authors'
-      toy code; the spectral compressor is our generalization, ALGORITHMS.md §3).
+      toy code; the spectral compressor is our generalization, module docstring).
       Seide et al. (1-bit SGD, 2014) and Karimireddy et al., *Error Feedback Fixes SignSGD*,
       arXiv:1901.09847 (the EF template with a scaled-sign compressor).
     """
     what = "scale_by_ef_muon"
-    _check_args(what, beta=beta, compressor=compressor, nesterov=nesterov,
-                ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                error_dtype=error_dtype)
+    _check_args(
+        what,
+        beta=beta,
+        compressor=compressor,
+        nesterov=nesterov,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        error_dtype=error_dtype,
+    )
     _checks.learning_rate(step_size, "step_size", what)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     error_dtype = None if error_dtype is None else jax.dtypes.canonicalize_dtype(error_dtype)
 
+    if compressor == "spectral":
+        spectral = _spectral(_blocks.orthogonalizer(ortho_method, ns_steps))
+
+        def compress(p_tree, layouts):
+            def otherwise(x, path):
+                raise _no_layout_error(what, path, jnp.shape(x))
+
+            return _blocks.map_matrices(
+                spectral,
+                p_tree,
+                layouts,
+                otherwise=otherwise,
+                what=what,
+                owner_computes=owner_computes,
+            )
+    else:
+
+        def compress(p_tree, layouts):
+            return _blocks.map_matrices(
+                lambda mat: compress_sign(mat, axis=(-2, -1)),
+                p_tree,
+                layouts,
+                otherwise=lambda x, path: compress_sign(x),
+                what=what,
+            )
+
     def err_dtype(x):
         return error_dtype or jnp.promote_types(jnp.result_type(x), jnp.float32)
 
     def check(tree, kind):
-        for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            check_floating(x, path_str(kp), kind)
-        layouts = layout_lib.resolve(layout, tree, what=what)
+        paths, leaves, lays, layouts, treedef = _blocks.flat_layouts(tree, layout, what, kind)
         if compressor == "spectral":
-            paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-            for (kp, x), lay in zip(paths_leaves, treedef.flatten_up_to(layouts), strict=True):
+            for path, x, lay in zip(paths, leaves, lays, strict=True):
                 if lay is None:
-                    raise _no_layout_error(what, path_str(kp), jnp.shape(x))
-        return layouts
+                    raise _no_layout_error(what, path, jnp.shape(x))
+        return leaves, layouts, treedef
 
     def init_fn(params):
         check(params, "parameter")
-        mu = jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
         error = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), err_dtype(p)), params)
         return ScaleByEFMuonState(jnp.zeros([], jnp.int32), mu, error)
 
     def update_fn(updates, state, params=None):
         del params
-        layouts = check(updates, "update")
-        mu = jax.tree.map(lambda g, m: (beta * m + (1.0 - beta) * g).astype(m.dtype),
-                          updates, state.mu)
-        if nesterov:
-            x = jax.tree.map(lambda g, m: beta * m + (1.0 - beta) * g, updates, mu)
-        else:
-            x = mu
+        gs, layouts, treedef = check(updates, "update")
+        count_inc = optax.safe_increment(state.count)
+        mus, xs = _blocks.momentum_step(
+            gs, treedef.flatten_up_to(state.mu), beta, count_inc, nesterov=nesterov
+        )
         gamma = step_size(state.count) if callable(step_size) else step_size
-        p = jax.tree.map(lambda xi, e: (gamma * xi.astype(e.dtype) + e).astype(e.dtype),
-                         x, state.error)
-        delta = _compress_tree(p, layouts, compressor, ortho_method, ns_steps, what,
-                               owner_computes)
+        p = jax.tree.map(
+            lambda xi, e: (gamma * xi.astype(e.dtype) + e).astype(e.dtype),
+            treedef.unflatten(xs),
+            state.error,
+        )
+        delta = compress(p, layouts)
         error = jax.tree.map(lambda pi, d: (pi - d).astype(pi.dtype), p, delta)
-        out = jax.tree.map(lambda d, g: d.astype(jnp.result_type(g)), delta, updates)
-        return out, ScaleByEFMuonState(optax.safe_increment(state.count), mu, error)
+        return _blocks.cast_like(delta, updates), ScaleByEFMuonState(
+            count_inc, treedef.unflatten(mus), error
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-# -------------------------------------------------------------- alias helpers (shared)
+# ------------------------------------------------------------------------------ alias
 class _ScheduledDecayState(NamedTuple):
     count: jax.Array
 
 
-def _add_scheduled_decay(learning_rate: optax.ScalarOrSchedule, weight_decay: Any,
-                         mask: Any) -> optax.GradientTransformation:
+def _add_scheduled_decay(
+    learning_rate: optax.ScalarOrSchedule, weight_decay: Any, mask: Any
+) -> optax.GradientTransformation:
     """``u + η_t·λ·W``: decoupled weight decay for a chain whose lr was applied earlier."""
 
     def init_fn(params):
@@ -347,18 +370,20 @@ def _add_scheduled_decay(learning_rate: optax.ScalarOrSchedule, weight_decay: An
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("ef_muon: the weight decay needs the parameters: call "
-                             "update(updates, state, params)")
+            raise ValueError(
+                "ef_muon: the weight decay needs the parameters: call "
+                "update(updates, state, params)"
+            )
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        out = jax.tree.map(lambda u, w: (u + lr * weight_decay * w).astype(u.dtype),
-                           updates, params)
+        out = jax.tree.map(
+            lambda u, w: (u + lr * weight_decay * w).astype(u.dtype), updates, params
+        )
         return out, _ScheduledDecayState(optax.safe_increment(state.count))
 
     tx = optax.GradientTransformation(init_fn, update_fn)
     return tx if mask is None else optax.masked(tx, mask)
 
 
-# ------------------------------------------------------------------------------ alias
 def ef_muon(
     learning_rate: optax.ScalarOrSchedule,
     beta: jax.typing.ArrayLike = 0.95,
@@ -372,8 +397,7 @@ def ef_muon(
     ns_steps: int | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     error_dtype: jax.typing.DTypeLike | None = None,
-    fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    fallback: fallback_lib.FallbackSpec = None,
     owner_computes: OwnerComputes | None = None,
 ) -> optax.GradientTransformation:
     r"""EF-Muon: Muon-type compressed momentum steps with error feedback.
@@ -396,10 +420,13 @@ def ef_muon(
 
     Leaves without a matrix layout (biases, norm scales, scalars: fewer than two dimensions
     by default) go to ``fallback`` through ``optax.partition``; by default
-    ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default of the matrix
-    aliases) with ``lr_fb = adam_learning_rate`` or, by default, ``0.015 × learning_rate``
-    following its schedule (as :func:`optzoo.muon`),
-    the Muon README's choice for such parameters.
+    :class:`optzoo.fallback.AdamW() <optzoo.fallback.AdamW>` (the shared default of the matrix
+    aliases, :mod:`optzoo.fallback`): ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)``
+    with ``lr_fb = 0.015 × learning_rate`` following its schedule and injected values (as
+    :func:`optzoo.muon`), the Muon README's choice for such parameters. Configure it with
+    ``fallback=optzoo.fallback.AdamW(learning_rate=..., b2=..., ...)``; its first moment keeps
+    the parameters' dtype unless ``AdamW(mu_dtype=...)`` (``mu_dtype`` here is the EF
+    momentum's only).
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
@@ -421,10 +448,9 @@ def ef_muon(
       ns_steps: iterations of an iterative orthogonalizer.
       mu_dtype: dtype of the momentum.
       error_dtype: dtype of the error buffer (default float32 or wider).
-      fallback: transform for leaves without a matrix layout (gets the full optax update
-        contract: it must include its own learning rate).
-      adam_learning_rate: learning rate of the default AdamW fallback; ``None`` (default):
-        ``0.015 × learning_rate``, following its schedule and injected values.
+      fallback: the leaves without a matrix layout: an ``optax.GradientTransformation``
+        (with its own learning rate), an :class:`optzoo.fallback.AdamW`, or ``None`` (the
+        default AdamW above).
       owner_computes: distribute the spectral compressor's orthogonalizations over
         devices, each matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``'sign'`` is local and ignores it.
@@ -449,24 +475,54 @@ def ef_muon(
       momentum; exact equations of the deep-learning variant UNVERIFIED).
     """
     what = "ef_muon"
+    # named here first: scale_by_ef_muon would report a bad rate as its ``step_size``
     _checks.learning_rate(learning_rate, "learning_rate", what)
-    if adam_learning_rate is not None:
-        _checks.learning_rate(adam_learning_rate, "adam_learning_rate", what)
-    _checks.nonnegative(weight_decay, "weight_decay", what)
-    _check_args(what, beta=beta, compressor=compressor, nesterov=nesterov,
-                ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                error_dtype=error_dtype)
-    if fallback is not None and not isinstance(fallback, optax.GradientTransformation):
-        raise TypeError(f"{what}: fallback must be an optax.GradientTransformation or None, "
-                        f"got {type(fallback).__name__}")
-    matrix_tx = optax.chain(
-        scale_by_ef_muon(beta, compressor=compressor, nesterov=nesterov,
-                         step_size=learning_rate, layout=layout,
-                         ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                         error_dtype=error_dtype, owner_computes=owner_computes),
-        _add_scheduled_decay(learning_rate, weight_decay, weight_decay_mask),
-        optax.scale(-1.0),
+    _check_args(
+        what,
+        beta=beta,
+        compressor=compressor,
+        nesterov=nesterov,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        error_dtype=error_dtype,
     )
-    return _partition.split_by_layout(matrix_tx, _partition.default_fallback(
-        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate), layout,
-                          "ef_muon")
+    tx = scale_by_ef_muon(
+        beta,
+        compressor=compressor,
+        nesterov=nesterov,
+        step_size=learning_rate,
+        layout=layout,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        error_dtype=error_dtype,
+        owner_computes=owner_computes,
+    )
+    return _blocks.with_fallback(
+        what,
+        tx,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        layout=layout,
+        fallback=fallback,
+        matrix_label="matrix",
+        matrix_chain=(
+            _add_scheduled_decay(learning_rate, weight_decay, weight_decay_mask),
+            optax.scale(-1.0),
+        ),
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the compressor, iteration counts,
+#: dtypes, layouts, masks, the fallback): pass ``static_args=factory.static_args``.
+scale_by_ef_muon.static_args = (
+    "compressor",
+    "layout",
+    "ortho_method",
+    "ns_steps",
+    "mu_dtype",
+    "error_dtype",
+    "owner_computes",
+)
+ef_muon.static_args = scale_by_ef_muon.static_args + ("weight_decay_mask", "fallback")

@@ -3,7 +3,7 @@ r"""FISMO: Fisher-structured momentum orthogonalization (Kronecker-whitened Muon
 FISMO (Xu, Yan, Zhang, 2026) takes a trust-region step in a Kronecker-factored Fisher
 metric ``F ≈ Q ⊗ P``: maximizing ``⟨G, ΔW⟩`` subject to ``‖P^{1/2} ΔW Q^{1/2}‖₂ ≤ 1`` gives
 ``ΔW = P^{-1/2} polar(P^{-1/2} G Q^{-1/2}) Q^{-1/2}`` (substitute ``Z = P^{1/2} ΔW Q^{1/2}``).
-With momentum in the whitened coordinates, per matrix ``G ∈ R^{m×n}`` (ALGORITHMS.md §8):
+With momentum in the whitened coordinates, per matrix ``G ∈ R^{m×n}``:
 
 .. math::
   L_t &= \tfrac{1}{n} G Q_{t-1}^{-1} G^\top + \mu\,\tfrac{\mathrm{tr}P_{t-1}}{m} I_m ,\quad
@@ -58,7 +58,8 @@ Implementation choices (DEFAULT (ours) where the source is silent):
   depends on the gradient scale (for ``‖G‖² ≪ μ·mn`` it tends to the identity and FISMO to
   Muon). This follows the summary of the paper's equations; unverified against the paper.
 * Shape factor ``s``: ``'jordan'`` ``√max(1, n/m)`` (Muon's ``√max(1, fan_out/fan_in)``),
-  ``'rms'`` ``rms_scale·√max(m, n)`` (Moonshot), ``'none'`` 1.
+  ``'rms'`` ``rms_scale·√max(m, n)`` (Moonshot), ``None`` 1 (the shape-factor block of
+  :mod:`optzoo._blocks`, shared with :func:`optzoo.muon`).
 
 Geometry and symmetry: the step is the LMO of the spectral-norm ball in the metric
 ``‖P^{1/2}·Q^{1/2}‖₂`` (steepest descent under a Kronecker-factored Fisher norm). Because the
@@ -80,7 +81,6 @@ vector-like leaves the layout ``None`` too.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -89,15 +89,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks, linalg
+from optzoo import fallback as fallback_lib
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = ["MAX_FACTOR_DIM", "SHAPE_SCALES", "ScaleByFismoState", "scale_by_fismo", "fismo"]
 
-#: Names accepted by ``shape_scale``.
-SHAPE_SCALES = ("jordan", "rms", "none")
+#: Values accepted by ``shape_scale`` (Muon's: ``'jordan'``, ``'rms'`` or ``None``).
+SHAPE_SCALES = _blocks.SHAPE_SCALES
 
 #: Default ``max_factor_dim``: no Kronecker factor larger than 16384 x 16384 (1 GiB in float32,
 #: 2 GiB with its cached root) is allocated unless asked for. Every hidden and MLP width up to
@@ -126,14 +126,6 @@ class ScaleByFismoState(NamedTuple):
     right_root: Any
 
 
-def _shape_factor(kind: str, m: int, n: int, rms_scale: Any) -> Any:
-    if kind == "jordan":
-        return math.sqrt(max(1.0, n / m))
-    if kind == "rms":
-        return rms_scale * math.sqrt(max(m, n))
-    return 1.0
-
-
 def _identity_stack(b: int, d: int, dtype: Any) -> jax.Array:
     """``b`` copies of ``I_d`` as one freshly allocated ``(b, d, d)`` array."""
     return jnp.tile(jnp.eye(d, dtype=dtype)[None], (b, 1, 1))
@@ -154,8 +146,9 @@ def _max_abs(g: jax.Array) -> jax.Array:
     return jnp.maximum(s, jnp.finfo(g.dtype).tiny)
 
 
-def _factor_step(factor: jax.Array, stat: jax.Array, scale: jax.Array, gamma: Any,
-                 damping: Any) -> jax.Array:
+def _factor_step(
+    factor: jax.Array, stat: jax.Array, scale: jax.Array, gamma: Any, damping: Any
+) -> jax.Array:
     r"""``sym(d·F̃/tr F̃)`` with ``F̃ = γF + (1 − γ)(s²·S + μ(tr F/d)·I)``: the
     trace-normalized EMA, evaluated without forming ``s²``.
 
@@ -165,7 +158,7 @@ def _factor_step(factor: jax.Array, stat: jax.Array, scale: jax.Array, gamma: An
     and ``B = (1 − γ)·stat`` (both ``O(1)``), ``F̃ = A + s²B`` and, exactly,
 
     .. math::
-      rac{d\,	ilde F}{\mathrm{tr}	ilde F}
+      rac{d\,	ilde F}{\mathrm{tr}	ilde F}
         = d\Big(w_A rac{A}{\mathrm{tr}A} + w_B rac{B}{\mathrm{tr}B}\Big),\quad
       w_B = \sigma(\log r) = 1 - w_A,\quad
       \log r = 2\log s + \log\mathrm{tr}B - \log\mathrm{tr}A ,
@@ -224,19 +217,10 @@ def _validate(what: str, **kw: Any) -> None:
     _checks.choice(kw["root_method"], "root_method", what, ("eigh", "newton_schulz"))
     _checks.choice(kw["shape_scale"], "shape_scale", what, SHAPE_SCALES)
     _checks.positive(kw["rms_scale"], "rms_scale", what)
-    _checks.choice(kw["ortho_method"], "ortho_method", what, linalg.ORTHOGONALIZERS)
-    _checks.integer(kw["ns_steps"], "ns_steps", what, lo=1, allow_none=True)
+    _blocks.check_ortho(kw["ortho_method"], None, what)
+    _blocks.check_steps(kw["ns_steps"], what)
     _checks.float_dtype(kw["mu_dtype"], "mu_dtype", what)
     _static_dim(kw["max_factor_dim"], what)
-    for name in ("learning_rate", "adam_learning_rate"):
-        if name in kw and not (name == "adam_learning_rate" and kw[name] is None):
-            _checks.learning_rate(kw[name], name, what)
-    if "weight_decay" in kw:
-        _checks.nonnegative(kw["weight_decay"], "weight_decay", what)
-    if kw.get("fallback") is not None and not isinstance(
-            kw["fallback"], optax.GradientTransformation):
-        raise TypeError(f"{what}: fallback must be an optax.GradientTransformation or None, "
-                        f"got {type(kw['fallback']).__name__}")
 
 
 def _static_dim(value: Any, what: str) -> int | None:
@@ -248,15 +232,19 @@ def _static_dim(value: Any, what: str) -> int | None:
     on the concrete value at ``init``)."""
     if value is None or isinstance(value, jax.core.Tracer):
         return None
-    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0 and jnp.issubdtype(
-            value.dtype, jnp.integer):
+    if (
+        isinstance(value, jax.Array | np.ndarray)
+        and np.ndim(value) == 0
+        and jnp.issubdtype(value.dtype, jnp.integer)
+    ):
         value = int(value)
     _checks.integer(value, "max_factor_dim", what, lo=1)
     return int(value)
 
 
-def _check_factor_size(lay: layout_lib.MatrixLayout, shape: tuple[int, ...], path: str,
-                       max_factor_dim: Any, what: str) -> None:
+def _check_factor_size(
+    lay: layout_lib.MatrixLayout, shape: tuple[int, ...], path: str, max_factor_dim: Any, what: str
+) -> None:
     """Refuses a leaf whose Kronecker factor would be larger than ``max_factor_dim²``."""
     max_factor_dim = _static_dim(max_factor_dim, what)
     if max_factor_dim is None:
@@ -273,7 +261,8 @@ def _check_factor_size(lay: layout_lib.MatrixLayout, shape: tuple[int, ...], pat
         f"factors and cached roots would take {gib:.3g} GiB in float32. Embeddings, LM heads "
         "and other vocabulary-sized leaves belong to the fallback: give this leaf the layout "
         "None (layout={..., '" + path + "': None} or a callable returning None for it); or "
-        "pass max_factor_dim=None (or a larger int) to accept the cost")
+        "pass max_factor_dim=None (or a larger int) to accept the cost"
+    )
 
 
 def scale_by_fismo(
@@ -284,7 +273,7 @@ def scale_by_fismo(
     precondition_frequency: int = 10,
     root_eps: float = 1e-6,
     root_method: str = "eigh",
-    shape_scale: str = "jordan",
+    shape_scale: str | None = "jordan",
     rms_scale: jax.typing.ArrayLike = 0.2,
     ortho_method: str = "auto",
     ns_steps: int | None = None,
@@ -327,7 +316,7 @@ def scale_by_fismo(
         ``eps``; 0 gives the paper's exact roots).
       root_method: ``'eigh'`` (default) or ``'newton_schulz'`` (coupled iteration, 20 steps).
       shape_scale: ``'jordan'`` (``√max(1, fan_out/fan_in)``), ``'rms'``
-        (``rms_scale·√max(fan_in, fan_out)``) or ``'none'``.
+        (``rms_scale·√max(fan_in, fan_out)``) or ``None``.
       rms_scale: the constant of ``shape_scale='rms'``.
       ortho_method: orthogonalizer of ``polar(M)`` (:func:`optzoo.linalg.orthogonalize`).
       ns_steps: iterations of an iterative orthogonalizer.
@@ -373,35 +362,39 @@ def scale_by_fismo(
       official code is public; defaults are ours, UNVERIFIED).
     """
     what = "scale_by_fismo"
-    _validate(what, beta=beta, gamma=gamma, damping=damping,
-              precondition_frequency=precondition_frequency, root_eps=root_eps,
-              root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
-              ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-              max_factor_dim=max_factor_dim)
+    _validate(
+        what,
+        beta=beta,
+        gamma=gamma,
+        damping=damping,
+        precondition_frequency=precondition_frequency,
+        root_eps=root_eps,
+        root_method=root_method,
+        shape_scale=shape_scale,
+        rms_scale=rms_scale,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        max_factor_dim=max_factor_dim,
+    )
     every = int(precondition_frequency)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def plans(tree, kind):
-        layouts = layout_lib.resolve(layout, tree, what=what)
-        paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        out = []
-        for (kp, x), lay in zip(paths_leaves, treedef.flatten_up_to(layouts), strict=True):
-            path = path_str(kp)
-            check_floating(x, path, kind)
+        paths, leaves, lays, _, treedef = _blocks.flat_layouts(tree, layout, what, kind)
+        for path, x, lay in zip(paths, leaves, lays, strict=True):
             if lay is None:
                 raise ValueError(
                     f"{what}: parameter '{path}' of shape {tuple(jnp.shape(x))} has no matrix "
                     "layout; FISMO needs a matrix per leaf. Give it a MatrixLayout, or use "
-                    "optzoo.fismo, which sends such leaves to its fallback")
+                    "optzoo.fismo, which sends such leaves to its fallback"
+                )
             _check_factor_size(lay, jnp.shape(x), path, max_factor_dim, what)
-            out.append(lay)
-        return treedef, out
+        return treedef, lays
 
     maybe_root = _root_refresher(root_method)
     check_owner_computes(owner_computes, what)
-
-    def orth(x):
-        return linalg.orthogonalize(x, method=ortho_method, steps=ns_steps)
+    orth = _blocks.orthogonalizer(ortho_method, ns_steps)
 
     def init_fn(params):
         treedef, lays = plans(params, "parameter")
@@ -416,16 +409,23 @@ def scale_by_fismo(
         # Every field gets its own buffers (the roots start equal to the factors but are not
         # the same arrays): a state built eagerly can be donated to a jitted step
         # (``jax.jit(step, donate_argnums=...)``) without "donate the same buffer twice".
-        return ScaleByFismoState(jnp.zeros([], jnp.int32), un(mu), un(left), un(right),
-                                 un([jnp.array(x, copy=True) for x in left]),
-                                 un([jnp.array(x, copy=True) for x in right]))
+        return ScaleByFismoState(
+            jnp.zeros([], jnp.int32),
+            un(mu),
+            un(left),
+            un(right),
+            un([jnp.array(x, copy=True) for x in left]),
+            un([jnp.array(x, copy=True) for x in right]),
+        )
 
     def update_fn(updates, state, params=None):
         del params
         treedef, lays = plans(updates, "update")
         grads = treedef.flatten_up_to(updates)
-        flat = [treedef.flatten_up_to(s) for s in (state.mu, state.left, state.right,
-                                                   state.left_root, state.right_root)]
+        flat = [
+            treedef.flatten_up_to(s)
+            for s in (state.mu, state.left, state.right, state.left_root, state.right_root)
+        ]
         refresh = state.count % every == 0
         whitened = []
         for g_leaf, lay, mu, p, q, p_root, q_root in zip(grads, lays, *flat, strict=True):
@@ -444,27 +444,36 @@ def scale_by_fismo(
             q_new = _factor_step(q, stat_r, s, gamma, damping)
             q_root = maybe_root(refresh, q_new, q_root, root_eps)
             white = (p_root @ gs @ q_root) * s
-            mu_mat = beta * lay.to_matrix(mu).astype(fdt) + (1.0 - beta) * white
+            mu_mat = optax.tree.update_moment(white, lay.to_matrix(mu).astype(fdt), beta, 1)
             whitened.append((mu_mat, p_new, q_new, p_root, q_root))
         # polar(M) of all leaves at once: same-shape matrices batched (and distributed)
-        polars = layout_lib.map_stacks(orth, [w[0] for w in whitened],
-                                       owner_computes=owner_computes, what=what)
+        polars = _blocks.map_stacks(
+            orth, [w[0] for w in whitened], owner_computes=owner_computes, what=what
+        )
         results = []
         for g_leaf, lay, mu, (mu_mat, p_new, q_new, p_root, q_root), o in zip(
-                grads, lays, flat[0], whitened, polars, strict=True):
-            m, n = mu_mat.shape[-2:]
-            u = _shape_factor(shape_scale, m, n, rms_scale) * (p_root @ o @ q_root)
+            grads, lays, flat[0], whitened, polars, strict=True
+        ):
+            u = _blocks.apply_shape_factor(shape_scale, p_root @ o @ q_root, rms_scale)
             shape = jnp.shape(g_leaf)
-            results.append((lay.from_matrix(mu_mat, shape).astype(mu.dtype), p_new, q_new,
-                            p_root, q_root,
-                            lay.from_matrix(u, shape).astype(jnp.result_type(g_leaf))))
+            results.append(
+                (
+                    lay.from_matrix(mu_mat, shape).astype(mu.dtype),
+                    p_new,
+                    q_new,
+                    p_root,
+                    q_root,
+                    lay.from_matrix(u, shape).astype(jnp.result_type(g_leaf)),
+                )
+            )
         if results:
             cols = [treedef.unflatten(list(c)) for c in zip(*results, strict=True)]
         else:  # no matrix leaves (e.g. every leaf routed to the fallback)
             cols = [treedef.unflatten([])] * 6
         mu, left, right, left_root, right_root, out = cols
-        return out, ScaleByFismoState(optax.safe_increment(state.count), mu, left, right,
-                                      left_root, right_root)
+        return out, ScaleByFismoState(
+            optax.safe_increment(state.count), mu, left, right, left_root, right_root
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -478,7 +487,7 @@ def fismo(
     precondition_frequency: int = 10,
     root_eps: float = 1e-6,
     root_method: str = "eigh",
-    shape_scale: str = "jordan",
+    shape_scale: str | None = "jordan",
     rms_scale: jax.typing.ArrayLike = 0.2,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
@@ -486,8 +495,7 @@ def fismo(
     ortho_method: str = "auto",
     ns_steps: int | None = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
-    fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    fallback: fallback_lib.FallbackSpec = None,
     owner_computes: OwnerComputes | None = None,
     max_factor_dim: int | None = MAX_FACTOR_DIM,
 ) -> optax.GradientTransformation:
@@ -507,9 +515,11 @@ def fismo(
 
     Leaves without a matrix layout (biases, norm scales, scalars: fewer than two dimensions
     by default) go to ``fallback`` through ``optax.partition``; by default
-    ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)`` (the shared default of the matrix
-    aliases) with ``lr_fb = adam_learning_rate`` or, by default, ``0.015 × learning_rate``
-    following its schedule (as :func:`optzoo.muon`).
+    :class:`optzoo.fallback.AdamW() <optzoo.fallback.AdamW>` (the shared default of the matrix
+    aliases, :mod:`optzoo.fallback`): ``optax.adamw(lr_fb, b1=0.9, b2=0.95, weight_decay=0)``
+    with ``lr_fb = 0.015 × learning_rate`` following its schedule and injected values (as
+    :func:`optzoo.muon`). Configure it with ``fallback=optzoo.fallback.AdamW(...)``; its first
+    moment keeps the parameters' dtype unless ``AdamW(mu_dtype=...)``.
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
@@ -530,17 +540,17 @@ def fismo(
       precondition_frequency: root refresh period (int; static under inject_hyperparams).
       root_eps: relative damping of the inverse roots.
       root_method: ``'eigh'`` or ``'newton_schulz'``.
-      shape_scale: ``'jordan'``, ``'rms'`` or ``'none'``.
+      shape_scale: ``'jordan'``, ``'rms'`` or ``None``.
       rms_scale: constant of ``'rms'``.
       weight_decay: decoupled weight decay ``λ`` (multiplied by ``η``) of matrix leaves.
       weight_decay_mask: tree of booleans or callable selecting decayed leaves.
       layout: matrix view of each leaf; leaves whose layout is ``None`` go to the fallback.
       ortho_method: orthogonalizer of ``polar(M)``.
       ns_steps: iterations of an iterative orthogonalizer.
-      mu_dtype: dtype of the momentum.
-      fallback: transform for leaves without a matrix layout (with its own learning rate).
-      adam_learning_rate: learning rate of the default AdamW fallback; ``None`` (default):
-        ``0.015 × learning_rate``, following its schedule and injected values.
+      mu_dtype: dtype of the momentum ``M`` (not of the fallback's moments).
+      fallback: the leaves without a matrix layout: an ``optax.GradientTransformation``
+        (with its own learning rate), an :class:`optzoo.fallback.AdamW`, or ``None`` (the
+        default AdamW above).
       owner_computes: distribute the orthogonalizations of ``polar(M)`` over devices, each
         matrix computed by one owner (:class:`optzoo.OwnerComputes`,
         :mod:`optzoo.distributed`); ``None`` (default): wherever XLA places them.
@@ -563,23 +573,61 @@ def fismo(
       Xu, Yan, Zhang, *FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer*, ICML 2026,
       arXiv:2601.21750.
     """
-    _validate("fismo", beta=beta, gamma=gamma, damping=damping,
-              precondition_frequency=precondition_frequency, root_eps=root_eps,
-              root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
-              ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-              max_factor_dim=max_factor_dim, learning_rate=learning_rate,
-              adam_learning_rate=adam_learning_rate, weight_decay=weight_decay,
-              fallback=fallback)
-    matrix_tx = optax.chain(
-        scale_by_fismo(beta, gamma=gamma, damping=damping,
-                       precondition_frequency=precondition_frequency, root_eps=root_eps,
-                       root_method=root_method, shape_scale=shape_scale, rms_scale=rms_scale,
-                       ortho_method=ortho_method, ns_steps=ns_steps, mu_dtype=mu_dtype,
-                       layout=layout, owner_computes=owner_computes,
-                       max_factor_dim=max_factor_dim),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
+    what = "fismo"
+    _validate(
+        what,
+        beta=beta,
+        gamma=gamma,
+        damping=damping,
+        precondition_frequency=precondition_frequency,
+        root_eps=root_eps,
+        root_method=root_method,
+        shape_scale=shape_scale,
+        rms_scale=rms_scale,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        max_factor_dim=max_factor_dim,
     )
-    return _partition.split_by_layout(matrix_tx, _partition.default_fallback(
-        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate), layout,
-                          "fismo")
+    tx = scale_by_fismo(
+        beta,
+        gamma=gamma,
+        damping=damping,
+        precondition_frequency=precondition_frequency,
+        root_eps=root_eps,
+        root_method=root_method,
+        shape_scale=shape_scale,
+        rms_scale=rms_scale,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        mu_dtype=mu_dtype,
+        layout=layout,
+        owner_computes=owner_computes,
+        max_factor_dim=max_factor_dim,
+    )
+    return _blocks.with_fallback(
+        what,
+        tx,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        layout=layout,
+        fallback=fallback,
+        matrix_label="matrix",
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the preconditioner's period and size
+#: cap, choices, dtypes, layouts, masks, the fallback): pass ``static_args=factory.static_args``.
+scale_by_fismo.static_args = (
+    "precondition_frequency",
+    "root_method",
+    "shape_scale",
+    "ortho_method",
+    "ns_steps",
+    "mu_dtype",
+    "layout",
+    "owner_computes",
+    "max_factor_dim",
+)
+fismo.static_args = scale_by_fismo.static_args + ("weight_decay_mask", "fallback")

@@ -122,23 +122,26 @@ def skip_nonfinite(
     _checks.integer(max_consecutive, "max_consecutive", what, lo=0, allow_none=True)
     _checks.choice(check_extra_args, "check_extra_args", what, (True, False))
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
-        raise TypeError(f"{what}: inner must be an optax GradientTransformation, got "
-                        f"{type(inner).__name__}")
+        raise TypeError(
+            f"{what}: inner must be an optax GradientTransformation, got {type(inner).__name__}"
+        )
     limit = None if max_consecutive is None else int(max_consecutive)
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
         # Three separate buffers: a shared one cannot be donated (XLA refuses to donate
         # the same buffer twice).
-        return SkipNonfiniteState(inner.init(params), jnp.zeros([], jnp.int32),
-                                  jnp.zeros([], jnp.int32), jnp.array(True))
+        return SkipNonfiniteState(
+            inner.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), jnp.array(True)
+        )
 
     def update(updates, state, params=None, **extra_args):
         finite = all_finite(updates)
         if check_extra_args and extra_args:
             finite = finite & all_finite(extra_args)
-        consecutive = jnp.where(finite, jnp.zeros([], jnp.int32),
-                                optax.safe_increment(state.consecutive))
+        consecutive = jnp.where(
+            finite, jnp.zeros([], jnp.int32), optax.safe_increment(state.consecutive)
+        )
         protect = ~finite
         if limit is not None:
             # optax.apply_if_finite applies the update when notfinite_count > limit.
@@ -155,13 +158,18 @@ def skip_nonfinite(
             # An inner transformation that reads a non-finite extra argument (EGN's batch)
             # is not saved by a zero gradient: skip the step instead. A state that already
             # held non-finite values (e.g. a -inf diagnostic) is only judged by its updates.
-            ok = all_finite(z_updates) & (all_finite(z_state)
-                                          | ~all_finite(state.inner_state))
-            return jax.tree.map(lambda a, b: jnp.where(ok, a, b),
-                                (z_updates, z_state), (zeros, state.inner_state))
+            ok = all_finite(z_updates) & (all_finite(z_state) | ~all_finite(state.inner_state))
+            return jax.tree.map(
+                lambda a, b: jnp.where(ok, a, b), (z_updates, z_state), (zeros, state.inner_state)
+            )
 
         new_updates, inner_state = jax.lax.cond(protect, guarded, apply, None)
         skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
         return new_updates, SkipNonfiniteState(inner_state, skipped, consecutive, finite)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the wrapped transformation, the mode,
+#: the consecutive-skip cap): pass ``static_args=factory.static_args``.
+skip_nonfinite.static_args = ("inner", "mode", "max_consecutive")

@@ -6,7 +6,7 @@ the input dtype (the result comes back in the input dtype), and accumulate reduc
 matrix products) in float32 or wider.
 
 Orthogonalizers approximate the polar factor ``polar(X) = U_r V_rᵀ`` of ``X = U Σ Vᵀ``
-(the partial isometry on the range of ``X``; ALGORITHMS.md §0.2):
+(the partial isometry on the range of ``X``; docs/math/conventions.md#primitives):
 
 * :func:`newton_schulz` — odd-polynomial iteration ``X ← aX + (bA + cA²)X``, ``A = XXᵀ``,
   with one coefficient triple (Jordan's quintic by default) or a per-step table.
@@ -72,7 +72,8 @@ ORTHOGONALIZERS = ("auto", "newton_schulz", "polar_express", "gram_newton_schulz
 _NONFINITE = ("nan", "zero", "raise")
 
 # Default Polar Express settings: reproduce the 5-step table used by modded-nanogpt and the
-# symmetry-compatible reference (ALGORITHMS.md §2.3, BENCHMARKS.md §C.3).
+# symmetry-compatible reference (docs/math/orthogonalization.md#polar-express,
+# docs/benchmarks.md#polar-express).
 _PE_LOWER = 1e-3
 _PE_CUSHION = 0.02
 _PE_SAFETY = 1.02
@@ -88,16 +89,6 @@ _AUTO_RECT_LOWER = 5e-3
 
 
 # --------------------------------------------------------------------------------- checks
-def _check_matrix(x: Any, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype} (shape {x.shape})")
-    if x.ndim < 2:
-        raise ValueError(f"{name}: expected an array of at least 2 dimensions (..., m, n), got "
-                         f"shape {x.shape}")
-    return x
-
-
 def _compute_dtype(x: jax.Array, dtype: Any, name: str) -> Any:
     dt = jnp.dtype(x.dtype if dtype is None else dtype)
     if not jnp.issubdtype(dt, jnp.floating):
@@ -110,8 +101,10 @@ def _check_nonfinite_mode(nonfinite: str, x: jax.Array, name: str) -> None:
         raise ValueError(f"{name}: nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
     if nonfinite == "raise":
         if isinstance(x, jax.core.Tracer):
-            raise ValueError(f"{name}: nonfinite='raise' needs a concrete input; under jit use "
-                             "nonfinite='nan' or 'zero'")
+            raise ValueError(
+                f"{name}: nonfinite='raise' needs a concrete input; under jit use "
+                "nonfinite='nan' or 'zero'"
+            )
         if not bool(jnp.all(jnp.isfinite(x))):
             raise ValueError(f"{name}: input of shape {x.shape} contains NaN or Inf")
 
@@ -218,8 +211,10 @@ def _coefficient_table(coeffs: Any, steps: int | None, name: str) -> np.ndarray:
     try:
         table = np.asarray(coeffs, dtype=np.float64)
     except (TypeError, jax.errors.ConcretizationTypeError) as e:
-        raise TypeError(f"{name}: coefficients must be concrete numbers (they fix the unrolled "
-                        "iteration at trace time)") from e
+        raise TypeError(
+            f"{name}: coefficients must be concrete numbers (they fix the unrolled "
+            "iteration at trace time)"
+        ) from e
     if table.shape == (3,):
         if steps is None:
             steps = 5
@@ -228,11 +223,13 @@ def _coefficient_table(coeffs: Any, steps: int | None, name: str) -> np.ndarray:
         table = np.tile(table, (int(steps), 1))
     elif table.ndim == 2 and table.shape[1] == 3 and table.shape[0] >= 1:
         if steps is not None and int(steps) != table.shape[0]:
-            raise ValueError(f"{name}: steps={steps} disagrees with a coefficient table of "
-                             f"{table.shape[0]} rows")
+            raise ValueError(
+                f"{name}: steps={steps} disagrees with a coefficient table of {table.shape[0]} rows"
+            )
     else:
-        raise ValueError(f"{name}: coefficients must have shape (3,) or (steps, 3), got "
-                         f"{table.shape}")
+        raise ValueError(
+            f"{name}: coefficients must have shape (3,) or (steps, 3), got {table.shape}"
+        )
     if not np.all(np.isfinite(table)):
         raise ValueError(f"{name}: coefficients must be finite")
     return table
@@ -281,7 +278,7 @@ def newton_schulz(
       Jordan et al., "Muon: an optimizer for hidden layers" (2024), kellerjordan.github.io.
     """
     name = "newton_schulz"
-    x = _check_matrix(x, name)
+    x = _checks.matrix(x, name)
     dt = _compute_dtype(x, dtype, name)
     _check_steps(steps, name)
     _check_eps(eps, name)
@@ -390,8 +387,7 @@ def polar_express_coefficients(
         raise ValueError(f"polar_express_coefficients: cushion must be in [0, 1), got {cushion}")
     if safety < 1.0:
         raise ValueError(f"polar_express_coefficients: safety must be >= 1, got {safety}")
-    return np.array(_polar_express_table(int(steps), float(lower), float(cushion),
-                                         float(safety)))
+    return np.array(_polar_express_table(int(steps), float(lower), float(cushion), float(safety)))
 
 
 def polar_express(
@@ -428,8 +424,7 @@ def polar_express(
     _check_steps(steps, "polar_express", allow_none=False)
     _check_eps(eps, "polar_express")
     table = polar_express_coefficients(steps, lower=lower)
-    return newton_schulz(x, table, dtype=dtype, eps=eps,
-                         norm_scale=_PE_SAFETY, nonfinite=nonfinite)
+    return newton_schulz(x, table, dtype=dtype, eps=eps, norm_scale=_PE_SAFETY, nonfinite=nonfinite)
 
 
 def gram_newton_schulz(
@@ -482,7 +477,7 @@ def gram_newton_schulz(
       (iterate on XXᵀ); the polynomial map is Jordan's / Polar Express's (see above).
     """
     name = "gram_newton_schulz"
-    x = _check_matrix(x, name)
+    x = _checks.matrix(x, name)
     dt = _compute_dtype(x, dtype, name)
     _check_steps(steps, name)
     _check_eps(eps, name)
@@ -563,15 +558,16 @@ _RANK_DOC = """
 """
 
 
-def polar_svd(x: jax.typing.ArrayLike, *, dtype: Any = None, rtol: float | None = None,
-              nonfinite: str = "nan") -> jax.Array:
+def polar_svd(
+    x: jax.typing.ArrayLike, *, dtype: Any = None, rtol: float | None = None, nonfinite: str = "nan"
+) -> jax.Array:
     """Exact polar factor ``U_r V_rᵀ`` from a thin SVD (the accuracy reference).
 
     Singular values at or below ``rtol·σ_max`` count as zero (see the rank tolerance below).
     Computed in float32 or wider (``dtype``) on the input scaled by its largest entry.
     """
     name = "polar_svd"
-    x = _check_matrix(x, name)
+    x = _checks.matrix(x, name)
     dt = jnp.promote_types(_compute_dtype(x, dtype, name), jnp.float32)
     _check_nonfinite_mode(nonfinite, x, name)
     rtol = _rank_rtol(rtol, x.shape, dt, name)
@@ -586,8 +582,14 @@ def polar_svd(x: jax.typing.ArrayLike, *, dtype: Any = None, rtol: float | None 
 polar_svd.__doc__ += _RANK_DOC
 
 
-def polar_qdwh(x: jax.typing.ArrayLike, *, dtype: Any = None, max_iterations: int = 10,
-               rtol: float | None = None, nonfinite: str = "nan") -> jax.Array:
+def polar_qdwh(
+    x: jax.typing.ArrayLike,
+    *,
+    dtype: Any = None,
+    max_iterations: int = 10,
+    rtol: float | None = None,
+    nonfinite: str = "nan",
+) -> jax.Array:
     """Polar factor by QDWH (``jax.lax.linalg.qdwh``), float32 or wider, batched by vmap.
 
     QDWH (Nakatsukasa, Bai, Gygi 2010) iterates a rational map that sends every positive
@@ -606,7 +608,7 @@ def polar_qdwh(x: jax.typing.ArrayLike, *, dtype: Any = None, max_iterations: in
     A zero matrix returns zero.
     """
     name = "polar_qdwh"
-    x = _check_matrix(x, name)
+    x = _checks.matrix(x, name)
     dt = jnp.promote_types(_compute_dtype(x, dtype, name), jnp.float32)
     _check_nonfinite_mode(nonfinite, x, name)
     _checks.integer(max_iterations, "max_iterations", name, lo=1)
@@ -701,31 +703,40 @@ def orthogonalize(
     Returns:
       Array of the input's shape and dtype.
     """
-    x = _check_matrix(x, "orthogonalize")
+    x = _checks.matrix(x, "orthogonalize")
     _check_steps(steps, "orthogonalize")
     _check_eps(eps, "orthogonalize")
     if method not in ORTHOGONALIZERS:
-        raise ValueError(f"orthogonalize: unknown method {method!r}; expected one of "
-                         f"{ORTHOGONALIZERS}")
+        raise ValueError(
+            f"orthogonalize: unknown method {method!r}; expected one of {ORTHOGONALIZERS}"
+        )
     if method == "auto":
         if coeffs is not None:
             raise ValueError("orthogonalize: coeffs cannot be combined with method='auto'")
         if _is_rectangular(x.shape):
-            table = polar_express_coefficients(_AUTO_RECT_STEPS if steps is None else steps,
-                                               lower=_AUTO_RECT_LOWER)
+            table = polar_express_coefficients(
+                _AUTO_RECT_STEPS if steps is None else steps, lower=_AUTO_RECT_LOWER
+            )
             fn = gram_newton_schulz if _prefers_gram(x.shape) else newton_schulz
-            return fn(x, table, dtype=dtype, eps=eps, norm_scale=_PE_SAFETY,
-                      nonfinite=nonfinite)
+            return fn(x, table, dtype=dtype, eps=eps, norm_scale=_PE_SAFETY, nonfinite=nonfinite)
         method = "polar_express"
     if coeffs is not None and method not in ("newton_schulz", "gram_newton_schulz"):
-        raise ValueError(f"orthogonalize: coeffs applies to newton_schulz and "
-                         f"gram_newton_schulz, not {method!r}")
+        raise ValueError(
+            f"orthogonalize: coeffs applies to newton_schulz and gram_newton_schulz, not {method!r}"
+        )
     if method == "newton_schulz":
-        return newton_schulz(x, JORDAN_QUINTIC if coeffs is None else coeffs, steps,
-                             dtype=dtype, eps=eps, nonfinite=nonfinite)
+        return newton_schulz(
+            x,
+            JORDAN_QUINTIC if coeffs is None else coeffs,
+            steps,
+            dtype=dtype,
+            eps=eps,
+            nonfinite=nonfinite,
+        )
     if method == "polar_express":
-        return polar_express(x, 5 if steps is None else steps, dtype=dtype, eps=eps,
-                             nonfinite=nonfinite)
+        return polar_express(
+            x, 5 if steps is None else steps, dtype=dtype, eps=eps, nonfinite=nonfinite
+        )
     if method == "gram_newton_schulz":
         return gram_newton_schulz(x, coeffs, steps, dtype=dtype, eps=eps, nonfinite=nonfinite)
     if method == "svd":
@@ -733,8 +744,13 @@ def orthogonalize(
     return polar_qdwh(x, dtype=dtype, nonfinite=nonfinite)
 
 
-def orthogonalizer_flops(shape: Sequence[int], method: str = "auto", steps: int | None = None,
-                         *, restarts: Sequence[int] | None = None) -> int:
+def orthogonalizer_flops(
+    shape: Sequence[int],
+    method: str = "auto",
+    steps: int | None = None,
+    *,
+    restarts: Sequence[int] | None = None,
+) -> int:
     """Theoretical FLOPs of one call on a ``(..., m, n)`` array (leading terms, matmuls only).
 
     ``newton_schulz``/``polar_express``: ``T(4r²c + 2r³)`` per matrix; ``gram_newton_schulz``
@@ -808,7 +824,7 @@ def inverse_sqrt_psd(
         ``steps < 1``.
     """
     name = "inverse_sqrt_psd"
-    a = _check_matrix(a, name)
+    a = _checks.matrix(a, name)
     if a.shape[-1] != a.shape[-2]:
         raise ValueError(f"{name}: expected square matrices, got shape {a.shape}")
     _checks.choice(method, "method", name, ("eigh", "newton_schulz"))
@@ -825,6 +841,7 @@ def inverse_sqrt_psd(
     zero = ~(trace > 0) | ~(peak > 0)
     scale = jnp.where(zero, 1.0, trace / n)
     x = x / scale + eps * jnp.eye(n, dtype=dt)  # mean eigenvalue 1 (+eps)
+
     def eigh_root(x):
         w, v = jnp.linalg.eigh(x)
         w = jnp.maximum(w, eps)
@@ -849,8 +866,9 @@ def inverse_sqrt_psd(
         # entries near 1e-38 lose terms, a few % of its scale) makes the coupled iteration
         # diverge to inf. Those matrices are redone by eigh (compiled, run only if needed).
         bad = ~jnp.all(jnp.isfinite(root), axis=(-2, -1), keepdims=True)
-        root = jax.lax.cond(jnp.any(bad), lambda r: jnp.where(bad, eigh_root(x), r),
-                            lambda r: r, root)
+        root = jax.lax.cond(
+            jnp.any(bad), lambda r: jnp.where(bad, eigh_root(x), r), lambda r: r, root
+        )
     # out = root / √(2ᵉ·scale): directly where 2ᵉ·scale (the old tr(A)/n) is a normal number
     # (bitwise the unscaled formula), else as root·2^{−e/2}/√scale (finite for any e).
     tiny = float(jnp.finfo(dt).tiny)
@@ -879,7 +897,7 @@ def _normalize_along(x: jax.Array, axis: int, eps: Any, name: str) -> jax.Array:
     """``x/(‖x‖₂ + eps)`` along ``axis`` as ``y/(‖y‖ + eps·2⁻ᵉ)`` with ``y = x·2⁻ᵉ`` (exact
     power-of-two rescaling: bitwise the direct formula wherever that one neither overflowed
     nor underflowed). A zero slice stays zero, also with ``eps = 0``."""
-    x = _check_matrix(x, name)
+    x = _checks.matrix(x, name)
     _check_eps(eps, name)
     acc = jnp.promote_types(x.dtype, jnp.float32)
     y, norm, e = _norm_along(x.astype(acc), axis)

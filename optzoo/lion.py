@@ -6,7 +6,7 @@ current gradient. Lion-𝒦 (Chen, Liu, Liang, Liu, 2024) replaces ``sign`` by `
 feasible set is the ``1/λ``-ball of the norm dual to ``𝒦`` (for norm-like ``𝒦``).
 
 The Lion-𝒦 maps available here (``kappa=``), with the constraint each implies together with
-decoupled weight decay ``λ`` (ALGORITHMS.md §5):
+decoupled weight decay ``λ`` (docs/math/lion.md):
 
 * ``'sign'``: ``sign(z)``, 𝒦 = ‖z‖₁ (Lion) — box ``‖x‖_∞ ≤ 1/λ``, coordinatewise.
 * ``'tanh'``: ``tanh(βz)``, 𝒦 = Σ log cosh(βzᵢ)/β — soft box ``‖x‖_∞ ≤ 1/λ``
@@ -24,7 +24,7 @@ decoupled weight decay ``λ`` (ALGORITHMS.md §5):
 
 For every bounded map (``|∇𝒦(z)| ≤ 1`` in the dual norm) and ``0 < ηλ ≤ 1`` the iterates obey
 ``‖x_t‖ − 1/λ ≤ (1 − ηλ)^t (‖x_0‖ − 1/λ)`` in that norm, whatever the gradients: the ball is
-invariant and is approached geometrically from outside (ALGORITHMS.md §5).
+invariant and is approached geometrically from outside (docs/math/lion.md).
 """
 
 from __future__ import annotations
@@ -36,18 +36,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, map_with_path, path_str
+from optzoo._tree import check_floating, map_with_path
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
-__all__ = [
-    "ScaleByLionKappaState",
-    "KAPPAS",
-    "scale_by_lion_kappa",
-    "lion",
-    "lion_kappa",
-]
+__all__ = ["ScaleByLionKappaState", "KAPPAS", "scale_by_lion_kappa", "lion", "lion_kappa"]
 
 KappaLike = str | Callable[[jax.Array], jax.Array]
 
@@ -114,25 +108,40 @@ def _check_kappa(kappa: Any, name: str, allowed: tuple[str, ...], what: str) -> 
         _checks.choice(kappa, name, what, allowed)
         return
     if not callable(kappa):
-        raise ValueError(f"{what}: {name} must be one of {list(allowed)} or a callable "
-                         f"z -> ∇𝒦(z), got {kappa!r}")
+        raise ValueError(
+            f"{what}: {name} must be one of {list(allowed)} or a callable z -> ∇𝒦(z), got {kappa!r}"
+        )
     probe = jax.ShapeDtypeStruct((2, 3), jnp.float32)
     try:
         out = jax.eval_shape(kappa, probe)
     except Exception as err:  # noqa: BLE001 - any failure of the user's map is reported
-        raise TypeError(f"{what}: {name} must be a callable z -> ∇𝒦(z) taking one array; "
-                        f"calling it on a (2, 3) float32 array failed: "
-                        f"{type(err).__name__}: {err}") from None
+        raise TypeError(
+            f"{what}: {name} must be a callable z -> ∇𝒦(z) taking one array; "
+            f"calling it on a (2, 3) float32 array failed: "
+            f"{type(err).__name__}: {err}"
+        ) from None
     shape = getattr(out, "shape", None)
     dtype = getattr(out, "dtype", None)
     if shape != (2, 3) or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{what}: {name} must map an array to a floating array of the same "
-                        f"shape; on a (2, 3) float32 array it returned {out!r}")
+        raise TypeError(
+            f"{what}: {name} must map an array to a floating array of the same "
+            f"shape; on a (2, 3) float32 array it returned {out!r}"
+        )
 
 
-def _validate(what: str, *, b1: Any, b2: Any, kappa: Any = "sign", beta: Any = 1.0,
-              mu_dtype: Any = None, spectral_method: str = "polar_express",
-              spectral_steps: Any = None, vector_kappa: Any = None, **rates: Any) -> None:
+def _validate(
+    what: str,
+    *,
+    b1: Any,
+    b2: Any,
+    kappa: Any = "sign",
+    beta: Any = 1.0,
+    mu_dtype: Any = None,
+    spectral_method: str = "polar_express",
+    spectral_steps: Any = None,
+    vector_kappa: Any = None,
+    **rates: Any,
+) -> None:
     """Construction-time checks shared by the factories (optzoo._checks: Python numbers,
     numpy scalars and 0-d arrays are checked; traced values pass through)."""
     _check_kappa(kappa, "kappa", KAPPAS, what)
@@ -142,8 +151,8 @@ def _validate(what: str, *, b1: Any, b2: Any, kappa: Any = "sign", beta: Any = 1
     _checks.unit_interval(b2, "b2", what)
     _checks.positive(beta, "beta", what)
     _checks.float_dtype(mu_dtype, "mu_dtype", what)
-    _checks.choice(spectral_method, "spectral_method", what, linalg.ORTHOGONALIZERS)
-    _checks.integer(spectral_steps, "spectral_steps", what, lo=1, allow_none=True)
+    _blocks.check_ortho(spectral_method, None, what, name="spectral_method")
+    _blocks.check_steps(spectral_steps, what, "spectral_steps")
     if "learning_rate" in rates:
         _checks.learning_rate(rates["learning_rate"], "learning_rate", what)
     if "weight_decay" in rates:
@@ -155,31 +164,6 @@ def _leaf_map(kappa: KappaLike, beta: Any) -> Callable[[jax.Array], jax.Array]:
         return kappa
     fn = _ELEMENTWISE[kappa]
     return lambda z: fn(z, beta)
-
-
-def _check_tree(tree: Any, what: str) -> None:
-    map_with_path(lambda p, x: check_floating(x, p, what), tree)
-
-
-def _spectral_directions(
-    z_tree: Any,
-    layout: layout_lib.LayoutSpec,
-    vector_map: Callable[[jax.Array], jax.Array] | None,
-    method: str,
-    steps: int | None,
-    owner_computes: OwnerComputes | None = None,
-) -> Any:
-    """polar(Z) on every leaf with a matrix layout, ``vector_map`` (or an error) elsewhere."""
-    layouts = layout_lib.resolve(layout, z_tree, what="lion_kappa(kappa='spectral')")
-
-    def otherwise(z, path):
-        if vector_map is None:
-            raise _no_layout_error(path, jnp.shape(z))
-        return vector_map(z)
-
-    return layout_lib.map_matrices(
-        lambda mat: _bounded_polar(mat, method, steps), z_tree, layouts,
-        otherwise=otherwise, owner_computes=owner_computes)
 
 
 #: Orthogonalizers whose output is the exact polar factor (singular values 0 or 1 up to
@@ -202,7 +186,7 @@ def _bounded_polar(mat: jax.Array, method: str, steps: int | None) -> jax.Array:
     extra matrix products per matrix. The exact methods (``'svd'``, ``'qdwh'``) are returned
     as computed.
     """
-    o = linalg.orthogonalize(mat, method=method, steps=steps)
+    o = _blocks.orthogonalizer(method, steps)(mat)
     if method in _EXACT_POLAR:
         return o
     acc = jnp.promote_types(o.dtype, jnp.float32)
@@ -215,14 +199,21 @@ def _bounded_polar(mat: jax.Array, method: str, steps: int | None) -> jax.Array:
     return (1.5 * of - 0.5 * cubic).astype(o.dtype)
 
 
-def _check_spectral_coverage(params: Any, layout: layout_lib.LayoutSpec, has_vector: bool):
-    layouts = layout_lib.resolve(layout, params, what="lion_kappa(kappa='spectral')")
-    if has_vector:
-        return
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    for (path, x), lay in zip(paths_leaves, treedef.flatten_up_to(layouts), strict=True):
-        if lay is None:
-            raise _no_layout_error(path_str(path), jnp.shape(x))
+def _checked_layouts(
+    tree: Any, layout: layout_lib.LayoutSpec, spectral: bool, has_vector: bool, kind: str
+) -> Any:
+    """Every leaf of ``tree`` checked floating; under ``'spectral'`` the layout tree, every
+    leaf without a layout refused unless ``vector_kappa`` covers it (else ``None``)."""
+    if not spectral:
+        map_with_path(lambda p, x: check_floating(x, p, f"scale_by_lion_kappa: {kind}"), tree)
+        return None
+    paths, leaves, lays, layouts, _ = _blocks.flat_layouts(
+        tree, layout, "lion_kappa(kappa='spectral')", kind
+    )
+    for path, x, lay in zip(paths, leaves, lays, strict=True):
+        if lay is None and not has_vector:
+            raise _no_layout_error(path, jnp.shape(x))
+    return layouts
 
 
 def _no_layout_error(path: str, shape: tuple[int, ...]) -> ValueError:
@@ -230,7 +221,8 @@ def _no_layout_error(path: str, shape: tuple[int, ...]) -> ValueError:
         f"lion_kappa(kappa='spectral'): parameter '{path}' of shape {tuple(shape)} has no "
         "matrix layout, so polar(Z) is undefined for it; pass vector_kappa (e.g. "
         "vector_kappa='sign') to use a vector map on such leaves, a layout covering it, or "
-        "route it to another transform")
+        "route it to another transform"
+    )
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -328,40 +320,53 @@ def scale_by_lion_kappa(
       Chen, Liu, Liang, Liu, *Lion Secretly Solves Constrained Optimization: As Lyapunov
       Predicts*, arXiv:2310.05898 (ICLR 2024) (Lion-𝒦).
     """
-    _validate("scale_by_lion_kappa", b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype,
-              spectral_method=spectral_method, spectral_steps=spectral_steps,
-              vector_kappa=vector_kappa)
-    check_owner_computes(owner_computes, "scale_by_lion_kappa")
+    what = "scale_by_lion_kappa"
+    _validate(
+        what,
+        b1=b1,
+        b2=b2,
+        kappa=kappa,
+        beta=beta,
+        mu_dtype=mu_dtype,
+        spectral_method=spectral_method,
+        spectral_steps=spectral_steps,
+        vector_kappa=vector_kappa,
+    )
+    check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
     spectral = isinstance(kappa, str) and kappa == "spectral"
-    if spectral:
-        vector_map = None if vector_kappa is None else _leaf_map(vector_kappa, beta)
-    else:
-        leaf_map = _leaf_map(kappa, beta)
+    vector_map = _leaf_map(vector_kappa, beta) if vector_kappa is not None else None
+    leaf_map = None if spectral else _leaf_map(kappa, beta)
+
+    def on_vector(z, path):
+        if vector_map is None:
+            raise _no_layout_error(path, jnp.shape(z))
+        return vector_map(z)
+
+    def direction(z, layouts):
+        if not spectral:
+            return jax.tree.map(leaf_map, z)
+        return _blocks.map_matrices(
+            lambda mat: _bounded_polar(mat, spectral_method, spectral_steps),
+            z,
+            layouts,
+            otherwise=on_vector,
+            owner_computes=owner_computes,
+        )
 
     def init_fn(params):
-        _check_tree(params, "parameter")
-        if spectral:
-            _check_spectral_coverage(params, layout, vector_map is not None)
-        mu = jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
+        _checked_layouts(params, layout, spectral, vector_map is not None, "parameter")
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
         return ScaleByLionKappaState(count=jnp.zeros([], jnp.int32), mu=mu)
 
     def update_fn(updates, state, params=None):
         del params
-        _check_tree(updates, "update")
-        # Same expression (and operation order) as optax.scale_by_lion, using the OLD momentum.
-        z = jax.tree.map(lambda g, m: (1.0 - b1) * g + b1 * m, updates, state.mu)
-        if spectral:
-            directions = _spectral_directions(
-                z, layout, vector_map, spectral_method, spectral_steps, owner_computes)
-        else:
-            directions = jax.tree.map(leaf_map, z)
+        layouts = _checked_layouts(updates, layout, spectral, True, "update")
+        # optax.scale_by_lion's recursion: the direction reads the OLD momentum.
+        z = optax.tree.update_moment(updates, state.mu, b1, 1)
         # Updates keep the gradients' dtype (optax would promote them to mu_dtype).
-        directions = jax.tree.map(
-            lambda u, g: jnp.asarray(u).astype(jnp.result_type(g)), directions, updates)
-        mu = jax.tree.map(
-            lambda g, m: ((1.0 - b2) * g + b2 * m).astype(m.dtype), updates, state.mu)
+        directions = _blocks.cast_like(direction(z, layouts), updates)
+        mu = _blocks.cast_like(optax.tree.update_moment(updates, state.mu, b2, 1), state.mu)
         count = optax.safe_increment(state.count)
         return directions, ScaleByLionKappaState(count=count, mu=mu)
 
@@ -369,6 +374,25 @@ def scale_by_lion_kappa(
 
 
 # ---------------------------------------------------------------------------- aliases
+def _decayed(
+    what: str,
+    tx: optax.GradientTransformation,
+    weight_decay: Any,
+    mask: Any,
+    learning_rate: optax.ScalarOrSchedule,
+) -> optax.GradientTransformation:
+    """``chain(tx, add_decayed_weights(λ, mask), scale_by_learning_rate(η))``, the update
+    shapes checked against the parameters."""
+    return _blocks.check_update_shapes(
+        optax.chain(
+            tx,
+            optax.add_decayed_weights(weight_decay, mask),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        what,
+    )
+
+
 def lion(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -424,13 +448,21 @@ def lion(
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, arXiv:2302.06675 (2023),
       Algorithm 2.
     """
-    _validate("lion", b1=b1, b2=b2, mu_dtype=mu_dtype, learning_rate=learning_rate,
-              weight_decay=weight_decay)
-    return _partition.check_update_shapes(optax.chain(
+    _validate(
+        "lion",
+        b1=b1,
+        b2=b2,
+        mu_dtype=mu_dtype,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+    )
+    return _decayed(
+        "lion",
         scale_by_lion_kappa(b1=b1, b2=b2, kappa="sign", mu_dtype=mu_dtype),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "lion")
+        weight_decay,
+        mask,
+        learning_rate,
+    )
 
 
 def lion_kappa(
@@ -528,15 +560,31 @@ def lion_kappa(
       Predicts*, arXiv:2310.05898 (ICLR 2024).
       Chen et al., *Symbolic Discovery of Optimization Algorithms*, arXiv:2302.06675 (2023).
     """
-    _validate("lion_kappa", b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype,
-              spectral_method=spectral_method, spectral_steps=spectral_steps,
-              vector_kappa=vector_kappa, learning_rate=learning_rate,
-              weight_decay=weight_decay)
-    return _partition.check_update_shapes(optax.chain(
-        scale_by_lion_kappa(
-            b1=b1, b2=b2, kappa=kappa, beta=beta, mu_dtype=mu_dtype, layout=layout,
-            spectral_method=spectral_method, spectral_steps=spectral_steps,
-            vector_kappa=vector_kappa, owner_computes=owner_computes),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "lion_kappa")
+    direction = dict(
+        b1=b1,
+        b2=b2,
+        kappa=kappa,
+        beta=beta,
+        mu_dtype=mu_dtype,
+        spectral_method=spectral_method,
+        spectral_steps=spectral_steps,
+        vector_kappa=vector_kappa,
+    )
+    _validate("lion_kappa", learning_rate=learning_rate, weight_decay=weight_decay, **direction)
+    tx = scale_by_lion_kappa(layout=layout, owner_computes=owner_computes, **direction)
+    return _decayed("lion_kappa", tx, weight_decay, mask, learning_rate)
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the maps, iteration counts, dtypes,
+#: layouts, masks): pass ``static_args=factory.static_args``.
+lion.static_args = ("mu_dtype", "mask")
+scale_by_lion_kappa.static_args = (
+    "kappa",
+    "mu_dtype",
+    "layout",
+    "spectral_method",
+    "spectral_steps",
+    "vector_kappa",
+    "owner_computes",
+)
+lion_kappa.static_args = scale_by_lion_kappa.static_args + ("mask",)

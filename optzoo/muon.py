@@ -12,43 +12,30 @@ polar factor of the Nesterov mix of ``B`` and the gradient, times a shape factor
 
 All matrices of the same ``(m, n)`` shape and dtype — across leaves, layers, experts and
 heads — are stacked and orthogonalized in one batched call
-(:func:`optzoo.layout.map_matrices`): on a GPT-2-small tree this is 4 orthogonalizer calls
+(the block layer's ``map_matrices``): on a GPT-2-small tree this is 4 orthogonalizer calls
 instead of 48.
 
-The momentum/orthogonalize/fallback plumbing here is shared with :mod:`optzoo.polargrad`
-through the private helpers below (``_flat_layouts``, ``_momentum_step``,
-``_orthogonalizer``, ``_matrix_alias``).
+The module is the math; momentum, the batched matrix map, the orthogonalizer, the shape factor
+and the fallback split are blocks of :mod:`optzoo._blocks`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks
+from optzoo import fallback as fallback_lib
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = ["PRECONDITIONINGS", "SHAPE_SCALES", "ScaleByMuonState", "scale_by_muon", "muon"]
 
-#: Values accepted by ``shape_scale``: Jordan's ``√max(1, fan_out/fan_in)``, Moonshot's
-#: ``rms_scale·√max(fan_in, fan_out)``, or ``None`` (no factor).
-SHAPE_SCALES = ("jordan", "rms", None)
-
-#: Values accepted by ``preconditioning`` (the scaling applied before Newton–Schulz, as in
-#: ``optax.contrib.muon``): ``'frobenius'`` (divide by ``‖X‖_F``, the default), ``'spectral'``
-#: (by ``‖X‖₂``, exact), ``'aol'`` (rows of the wide view scaled by ``(Σ_j |XXᵀ|_ij)^{-1/2}``,
-#: Prach & Lampert's almost-orthogonal layer rescaling: ``‖X‖₂ ≤ 1`` and often much closer to 1
-#: than Frobenius), ``'schatten'`` (by the Schatten-4 norm ``‖XXᵀ‖_F^{1/2}``).
-PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
+SHAPE_SCALES = _blocks.SHAPE_SCALES
+PRECONDITIONINGS = _blocks.PRECONDITIONINGS
 
 
 class ScaleByMuonState(NamedTuple):
@@ -63,234 +50,6 @@ class ScaleByMuonState(NamedTuple):
 
     count: jax.Array
     mu: optax.Updates
-
-
-# ------------------------------------------------------------------------ validation
-def _check_choice(value: Any, name: str, allowed: Sequence[Any], what: str) -> None:
-    if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
-        raise ValueError(f"{what}: unknown {name} {value!r}; expected one of {list(allowed)}")
-
-
-def _check_unit_interval(value: Any, name: str, what: str) -> None:
-    # Only concrete numbers are checked: under optax.inject_hyperparams they arrive as arrays.
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{what}: {name} must lie in [0, 1], got {value}")
-
-
-def _check_steps(steps: Any, what: str) -> None:
-    if steps is None:
-        return
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise TypeError(f"{what}: ns_steps must be a Python int or None, got {steps!r}; under "
-                        "optax.inject_hyperparams list 'ns_steps' in static_args")
-    if steps < 1:
-        raise ValueError(f"{what}: ns_steps must be >= 1, got {steps}")
-
-
-def _check_ortho(method: Any, coeffs: Any, what: str, preconditioning: str = "frobenius") -> None:
-    _check_choice(method, "ortho_method", linalg.ORTHOGONALIZERS, what)
-    if coeffs is not None and method not in ("newton_schulz", "gram_newton_schulz"):
-        raise ValueError(f"{what}: ns_coeffs applies to ortho_method 'newton_schulz' or "
-                         f"'gram_newton_schulz', not {method!r}")
-    _checks.choice(preconditioning, "preconditioning", what, PRECONDITIONINGS)
-    if preconditioning != "frobenius" and method != "newton_schulz":
-        raise ValueError(f"{what}: preconditioning={preconditioning!r} applies to "
-                         f"ortho_method='newton_schulz' (optax.contrib.muon's iteration), not "
-                         f"{method!r}")
-
-
-# ------------------------------------------------------------------ shared plumbing
-def _is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
-
-
-def _flat_layouts(tree: Any, layout: layout_lib.LayoutSpec, what: str, kind: str):
-    """``(paths, leaves, layouts, layout_tree, treedef)`` of ``tree``; checks floating dtypes."""
-    layouts = layout_lib.resolve(layout, tree, what=what)
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    lays = treedef.flatten_up_to(layouts)
-    paths = [path_str(p) for p, _ in paths_leaves]
-    leaves = [x for _, x in paths_leaves]
-    for p, x in zip(paths, leaves, strict=True):
-        check_floating(x, p, f"{what}: {kind}")
-    return paths, leaves, lays, layouts, treedef
-
-
-def _init_momentum(params: Any, layout: layout_lib.LayoutSpec, mu_dtype: Any, what: str):
-    """Zero momentum for matrix leaves, ``MaskedNode`` for the others."""
-    _, leaves, lays, _, treedef = _flat_layouts(params, layout, what, "parameter")
-    mu = [optax.MaskedNode() if lay is None
-          else jnp.zeros(jnp.shape(x), mu_dtype or jnp.result_type(x))
-          for x, lay in zip(leaves, lays, strict=True)]
-    return treedef.unflatten(mu)
-
-
-def _momentum_step(
-    inputs: list[Any],
-    mus: list[Any],
-    beta: Any,
-    count_inc: jax.Array,
-    *,
-    nesterov: bool,
-    bias_correction: bool,
-) -> tuple[list[Any], list[Any]]:
-    """EMA momentum and the direction input, per leaf (``MaskedNode`` momenta pass ``x``).
-
-    ``B ← βB + (1−β)x``; direction input ``(1−β)x + βB`` (Nesterov) or ``B``. With
-    ``bias_correction`` both terms are debiased as ``optax.contrib.scale_by_muon`` does:
-    ``β B/(1−β^{t+1}) + (1−β) x/(1−β^t)`` (Nesterov) or ``B/(1−β^t)``, ``t = count_inc``.
-    Returns ``(new_mus, direction_inputs)``; new momenta keep their buffer's dtype.
-    """
-    new_mus, dirs = [], []
-    for x, m in zip(inputs, mus, strict=True):
-        if _is_masked(m):
-            new_mus.append(m)
-            dirs.append(x)
-            continue
-        b = (1 - beta) * x + beta * m  # the operation order of optax.tree.update_moment
-        if bias_correction:
-            bc_t = 1 - beta ** count_inc
-            if nesterov:
-                bc_next = 1 - beta ** optax.safe_increment(count_inc)
-                d = beta * (b / bc_next.astype(b.dtype)) + (1 - beta) * (
-                    x / bc_t.astype(jnp.result_type(x)))
-            else:
-                d = b / bc_t.astype(b.dtype)
-        else:
-            d = (1 - beta) * x + beta * b if nesterov else b
-        new_mus.append(b.astype(m.dtype))
-        dirs.append(d)
-    return new_mus, dirs
-
-
-def _prescale(y: jax.Array, preconditioning: str, eps: Any) -> jax.Array:
-    """``optax.contrib.muon``'s scaling of a wide ``(b, m, n)`` stack (``m ≤ n``) before NS.
-
-    Every matrix is first divided by its peak entry, so squares stay in range and ``eps`` is
-    relative to the peak (as everywhere in :mod:`optzoo.linalg`): the scaling is then exactly
-    scale-free, where optax's absolute ``eps`` turns inputs below ~1e-4 into 0. For ordinary
-    inputs the two differ by ``O(eps)`` relative. A zero matrix maps to zero.
-    """
-    acc = jnp.promote_types(y.dtype, jnp.float32)
-    z = y.astype(acc)
-    peak = jnp.max(jnp.abs(z), axis=(-2, -1), keepdims=True)
-    z = z / jnp.where(peak > 0, peak, 1)
-    if preconditioning == "spectral":
-        out = z / (jnp.linalg.norm(z, ord=2, axis=(-2, -1), keepdims=True) + eps)
-    elif preconditioning == "schatten":
-        gram = z @ jnp.swapaxes(z, -1, -2)
-        s4_sq = jnp.sqrt(jnp.sum(gram * gram, axis=(-2, -1), keepdims=True))
-        out = z * jax.lax.rsqrt(jnp.maximum(s4_sq, eps))
-    else:  # 'aol': D = row sums of |XXᵀ|; X <- D^{-1/2} X has spectral norm <= 1 (Gershgorin)
-        gram = z @ jnp.swapaxes(z, -1, -2)
-        d = jnp.sum(jnp.abs(gram), axis=-1, keepdims=True)
-        out = z * jax.lax.rsqrt(jnp.maximum(d, eps))
-    return out.astype(y.dtype)
-
-
-def _prescaled_newton_schulz(x: jax.Array, preconditioning: str, steps: int | None,
-                             coeffs: Any, dtype: Any, eps: Any) -> jax.Array:
-    """Newton–Schulz on ``x`` scaled by ``preconditioning`` instead of ``‖x‖_F``.
-
-    The iteration is :func:`optzoo.linalg.newton_schulz`'s on the already-scaled input
-    (``norm_scale`` cannot express a non-Frobenius scaling): wide orientation, products
-    accumulated in float32, one rounding to the compute dtype per step.
-    """
-    table = np.asarray(linalg.JORDAN_QUINTIC if coeffs is None else coeffs, np.float64)
-    if table.ndim == 1:
-        table = np.tile(table, (5 if steps is None else steps, 1))
-    dt = jnp.dtype(dtype) if dtype is not None else x.dtype
-    transposed = x.shape[-2] > x.shape[-1]
-    y = jnp.swapaxes(x, -1, -2) if transposed else x
-    y = _prescale(y, preconditioning, eps).astype(dt)
-    acc = jnp.promote_types(dt, jnp.float32)
-    for a, b, c in table.tolist():
-        gram = jnp.matmul(y, jnp.swapaxes(y, -1, -2), preferred_element_type=acc)
-        gc = gram.astype(dt)
-        poly = (b * gram + c * jnp.matmul(gc, gc, preferred_element_type=acc)).astype(dt)
-        y = (a * y.astype(acc) + jnp.matmul(poly, y, preferred_element_type=acc)).astype(dt)
-    if transposed:
-        y = jnp.swapaxes(y, -1, -2)
-    return jnp.where(jnp.isfinite(x).all(axis=(-2, -1), keepdims=True), y, jnp.nan).astype(
-        x.dtype)
-
-
-def _orthogonalizer(method: str, steps: int | None, coeffs: Any, dtype: Any,
-                    eps: Any, preconditioning: str = "frobenius"
-                    ) -> Callable[[jax.Array], jax.Array]:
-    """Batched ``(b, m, n) -> (b, m, n)`` polar-factor map of :func:`linalg.orthogonalize`
-    (or, with a non-Frobenius ``preconditioning``, of :func:`_prescaled_newton_schulz`)."""
-    if coeffs is not None:
-        coeffs = np.asarray(coeffs, np.float64)  # concrete: it fixes the unrolled iteration
-    if preconditioning != "frobenius":
-        return lambda x: _prescaled_newton_schulz(x, preconditioning, steps, coeffs, dtype, eps)
-
-    def orth(x: jax.Array) -> jax.Array:
-        return linalg.orthogonalize(x, method, steps=steps, coeffs=coeffs, dtype=dtype, eps=eps)
-
-    return orth
-
-
-def _shape_factor(shape_scale: str | None, rms_scale: Any, m: int, n: int) -> Any:
-    """Muon's scale on an ``m×n`` (fan_in × fan_out) matrix view (``None``: no factor)."""
-    if shape_scale == "jordan":
-        s = math.sqrt(max(1.0, n / m))
-        return None if s == 1.0 else s
-    if shape_scale == "rms":
-        return rms_scale * math.sqrt(max(m, n))  # rms_scale may be an injected array
-    return None
-
-
-def _matrix_alias(
-    name: str,
-    matrix_tx: optax.GradientTransformation,
-    *,
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: Any,
-    weight_decay_mask: Any,
-    layout: layout_lib.LayoutSpec,
-    fallback: optax.GradientTransformation | None,
-    mu_dtype: Any,
-    adam_learning_rate: optax.ScalarOrSchedule | None,
-    adam_b1: Any,
-    adam_b2: Any,
-    adam_eps: Any,
-    adam_weight_decay: Any,
-) -> optax.GradientTransformation:
-    """``optax.partition``: matrix leaves -> ``chain(matrix_tx, decay, lr)``, others -> fallback.
-
-    Labels are computed from the layouts resolved on the parameters the partition sees (the
-    layout may be a callable of the parameters); every leaf must have a floating dtype. The
-    fallback's updates are cast to the gradients' dtypes.
-    """
-    _checks.learning_rate(learning_rate, "learning_rate", name)
-    _checks.nonnegative(weight_decay, "weight_decay", name)
-    if fallback is None:
-        if adam_learning_rate is not None:
-            _checks.learning_rate(adam_learning_rate, "adam_learning_rate", name)
-        _checks.unit_interval(adam_b1, "adam_b1", name)
-        _checks.unit_interval(adam_b2, "adam_b2", name)
-        _checks.positive(adam_eps, "adam_eps", name)
-        _checks.nonnegative(adam_weight_decay, "adam_weight_decay", name)
-    elif not isinstance(fallback, optax.GradientTransformation):
-        raise TypeError(f"{name}: fallback must be an optax.GradientTransformation or None, "
-                        f"got {type(fallback).__name__}")
-    fallback = _partition.default_fallback(
-        fallback, learning_rate=learning_rate, adam_learning_rate=adam_learning_rate,
-        adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
-        adam_weight_decay=adam_weight_decay, mu_dtype=mu_dtype)
-
-    def layouts_fn(tree):
-        return _flat_layouts(tree, layout, name, "parameter")[2]
-
-    matrix_chain = optax.chain(
-        matrix_tx,
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-    return _partition.split_by_layout(matrix_chain, fallback, layout, name, matrix_label=name,
-                                      layouts_fn=layouts_fn)
 
 
 # ---------------------------------------------------------------------------- Muon
@@ -417,19 +176,21 @@ def scale_by_muon(
     """
     what = "scale_by_muon"
     _checks.unit_interval(beta, "beta", what)
-    _check_ortho(ortho_method, ns_coeffs, what, preconditioning)
-    _check_steps(ns_steps, what)
-    _check_choice(shape_scale, "shape_scale", SHAPE_SCALES, what)
+    _blocks.check_ortho(ortho_method, ns_coeffs, what, preconditioning)
+    _blocks.check_steps(ns_steps, what)
+    _checks.choice(shape_scale, "shape_scale", what, SHAPE_SCALES)
     _checks.positive(eps, "eps", what)
     _checks.positive(rms_scale, "rms_scale", what)
     _checks.float_dtype(mu_dtype, "mu_dtype", what)
     _checks.float_dtype(ortho_dtype, "ortho_dtype", what)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
-    orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps, preconditioning)
+    orth = _blocks.orthogonalizer(
+        ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps, preconditioning
+    )
 
     def matrix_fn(x: jax.Array) -> jax.Array:
-        s = _shape_factor(shape_scale, rms_scale, x.shape[-2], x.shape[-1])
+        s = _blocks.shape_factor(shape_scale, x.shape[-2], x.shape[-1], rms_scale)
         o = orth(x)
         if adaptive:  # dual-norm scaling <X, O> per matrix, summed in float32 or wider
             acc = jnp.promote_types(o.dtype, jnp.float32)
@@ -438,19 +199,32 @@ def scale_by_muon(
         return o if s is None else (s * o).astype(o.dtype)
 
     def init_fn(params):
-        return ScaleByMuonState(count=jnp.zeros([], jnp.int32),
-                                mu=_init_momentum(params, layout, mu_dtype, what))
+        return ScaleByMuonState(
+            count=jnp.zeros([], jnp.int32), mu=_blocks.init_momentum(params, layout, mu_dtype, what)
+        )
 
     def update_fn(updates, state, params=None):
         del params
-        _, gs, _, layouts, treedef = _flat_layouts(updates, layout, what, "update")
+        _, gs, _, layouts, treedef = _blocks.flat_layouts(updates, layout, what, "update")
         count_inc = optax.safe_increment(state.count)
-        mus, dirs = _momentum_step(gs, treedef.flatten_up_to(state.mu), beta, count_inc,
-                                   nesterov=nesterov, bias_correction=bias_correction)
-        out = layout_lib.map_matrices(matrix_fn, treedef.unflatten(dirs), layouts,
-                                      otherwise=lambda x, path: x, group=group, what=what,
-                                      owner_computes=owner_computes)
-        out = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), out, updates)
+        mus, dirs = _blocks.momentum_step(
+            gs,
+            treedef.flatten_up_to(state.mu),
+            beta,
+            count_inc,
+            nesterov=nesterov,
+            bias_correction=bias_correction,
+        )
+        out = _blocks.map_matrices(
+            matrix_fn,
+            treedef.unflatten(dirs),
+            layouts,
+            otherwise=lambda x, path: x,
+            group=group,
+            what=what,
+            owner_computes=owner_computes,
+        )
+        out = _blocks.cast_like(out, updates)
         return out, ScaleByMuonState(count=count_inc, mu=treedef.unflatten(mus))
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -471,12 +245,7 @@ def muon(
     weight_decay_mask: Any = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
-    fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_b1: jax.typing.ArrayLike = 0.9,
-    adam_b2: jax.typing.ArrayLike = 0.95,
-    adam_eps: jax.typing.ArrayLike = 1e-8,
-    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    fallback: fallback_lib.FallbackSpec = None,
     rms_scale: jax.typing.ArrayLike = 0.2,
     eps: jax.typing.ArrayLike = 1e-7,
     group: bool = True,
@@ -501,17 +270,19 @@ def muon(
     per matrix slice.
 
     Every other leaf (layout ``None``: by default every leaf with fewer than two axes —
-    biases, norm scales) goes to ``fallback``, by default
-    ``optax.adamw(lr_fb, adam_b1, adam_b2, adam_eps, weight_decay=adam_weight_decay,
-    mu_dtype=mu_dtype)`` with the reference README's settings for non-hidden parameters
+    biases, norm scales) goes to ``fallback``, by default :class:`optzoo.fallback.AdamW()
+    <optzoo.fallback.AdamW>` (``optax.adamw(lr_fb, 0.9, 0.95, 1e-8, weight_decay=0,
+    mu_dtype=mu_dtype)``) with the reference README's settings for non-hidden parameters
     (Adam lr 3e-4 at Muon's 0.02, β = (0.9, 0.95)). Its rate ``lr_fb`` **follows Muon's
-    learning rate**: ``0.015 × learning_rate`` (``optzoo._partition.FALLBACK_LR_RATIO``), a
+    learning rate**: ``0.015 × learning_rate`` (``optzoo.fallback.LR_RATIO``), a
     schedule scaled pointwise and an injected value (``optax.inject_hyperparams``) every step
     — so warmup, decay and a zero learning rate reach the fallback leaves too, as in the
     reference, where every parameter group shares one schedule multiplier. An explicit
-    ``adam_learning_rate`` (float or schedule) is used exactly as given instead and does not
-    follow ``learning_rate``. Unlike ``optax.contrib.muon``, the fallback's rate is not Muon's
-    own (0.02 is far too large for Adam) and ``b2`` is 0.95, not 0.999. The fallback's
+    ``fallback=optzoo.fallback.AdamW(learning_rate=...)`` (float or schedule) is used exactly as
+    given instead and does not follow ``learning_rate``; the same class sets ``b1``, ``b2``,
+    ``eps``, ``weight_decay`` and ``mu_dtype`` of the default. Unlike ``optax.contrib.muon``,
+    the fallback's rate is not Muon's own (0.02 is far too large for Adam) and ``b2`` is 0.95,
+    not 0.999. The fallback's
     updates (default or given) are cast to the gradients' dtypes.
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
@@ -553,14 +324,9 @@ def muon(
       weight_decay_mask: tree of booleans or callable selecting decayed matrix leaves.
       mu_dtype: momentum dtype (Muon's and the default fallback's first moment).
       layout: matrix layout spec (see :func:`scale_by_muon`); ``None`` marks non-Muon leaves.
-      fallback: transform for leaves without a layout (including its own learning rate);
-        ``None`` builds the AdamW above.
-      adam_learning_rate: learning rate of the default fallback; ``None`` (default):
-        ``0.015 × learning_rate``, following its schedule (see above).
-      adam_b1: ``b1`` of the default fallback.
-      adam_b2: ``b2`` of the default fallback.
-      adam_eps: ``eps`` of the default fallback.
-      adam_weight_decay: weight decay of the default fallback.
+      fallback: the leaves without a layout: an ``optax.GradientTransformation`` (with its own
+        learning rate), an :class:`optzoo.fallback.AdamW` (the default AdamW configured), or
+        ``None``: ``AdamW()`` at ``0.015 × learning_rate`` (see above).
       rms_scale: RMS target of ``shape_scale='rms'``.
       eps: orthogonalizer normalization epsilon.
       group: batch same-shape matrices across leaves (see :func:`scale_by_muon`).
@@ -592,13 +358,46 @@ def muon(
       Liu et al., *Muon is Scalable for LLM Training*, arXiv:2502.16982 (2025).
     """
     tx = scale_by_muon(
-        beta, nesterov=nesterov, bias_correction=bias_correction, ortho_method=ortho_method,
-        ns_steps=ns_steps, ns_coeffs=ns_coeffs, ortho_dtype=ortho_dtype,
-        shape_scale=shape_scale, rms_scale=rms_scale, eps=eps, mu_dtype=mu_dtype,
-        layout=layout, group=group, owner_computes=owner_computes,
-        preconditioning=preconditioning, adaptive=adaptive)
-    return _matrix_alias(
-        "muon", tx, learning_rate=learning_rate, weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask, layout=layout, fallback=fallback,
-        mu_dtype=mu_dtype, adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
-        adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay)
+        beta,
+        nesterov=nesterov,
+        bias_correction=bias_correction,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        ns_coeffs=ns_coeffs,
+        ortho_dtype=ortho_dtype,
+        shape_scale=shape_scale,
+        rms_scale=rms_scale,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        layout=layout,
+        group=group,
+        owner_computes=owner_computes,
+        preconditioning=preconditioning,
+        adaptive=adaptive,
+    )
+    return _blocks.with_fallback(
+        "muon",
+        tx,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        layout=layout,
+        fallback=fallback,
+        mu_dtype=mu_dtype,
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (iteration counts, choices, dtypes,
+#: layouts, masks, the fallback): pass ``static_args=factory.static_args``.
+scale_by_muon.static_args = (
+    "ortho_method",
+    "ns_steps",
+    "ns_coeffs",
+    "ortho_dtype",
+    "shape_scale",
+    "mu_dtype",
+    "layout",
+    "owner_computes",
+    "preconditioning",
+)
+muon.static_args = scale_by_muon.static_args + ("weight_decay_mask", "fallback")

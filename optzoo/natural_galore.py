@@ -19,8 +19,9 @@ is *exactly* the one over the gradients seen so far.
 
 Projector: the paper's one-sided ``P_t`` (GaLore's), chosen by ``side``. The released code
 instead uses a Tucker decomposition on all modes (for a matrix ``Uᵀ G V``, an ``r×r`` core);
-we follow the paper (ALGORITHMS.md §6.2). The history is kept across projector refreshes,
-like the Adam moments (its old entries are then in the old basis).
+we follow the paper. The history is kept across projector refreshes, like the Adam moments
+(its old entries are then in the old basis). Side rules, non-matrix leaves, float16 leaves,
+rank clipping, the range limit and ``optax.inject_hyperparams``: as in :mod:`optzoo.galore`.
 
 Against the release (``selfsupervised-ai/Natural-GaLore`` @ ``e23336d``,
 ``code/natural_galore/subspace_adamw.py`` and ``galore_projector_tensor.py``; checked by a
@@ -51,17 +52,8 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from optzoo import _checks, _partition
-from optzoo import layout as _layout
-from optzoo.galore import (
-    _check_adam,
-    _check_common,
-    _compute_dtype,
-    _Core,
-    _default_base,
-    _init_pieces,
-    _static_int,
-)
+from optzoo import _checks, _lowrank
+from optzoo import layout as layout_lib
 
 __all__ = [
     "NATURAL_GALORE_STATIC_ARGS",
@@ -75,21 +67,17 @@ __all__ = [
 
 #: Arguments of :func:`scale_by_natural_galore` that ``optax.inject_hyperparams`` cannot
 #: trace: pass them as ``static_args`` (also ``scale_by_natural_galore.static_args``).
-SCALE_BY_NATURAL_GALORE_STATIC_ARGS = ("rank", "update_proj_gap", "history", "side",
-                                       "mu_dtype", "base_optimizer", "layout")
+SCALE_BY_NATURAL_GALORE_STATIC_ARGS = (
+    "rank",
+    "update_proj_gap",
+    "history",
+    "side",
+    "mu_dtype",
+    "base_optimizer",
+    "layout",
+)
 #: The same for :func:`natural_galore` (also ``natural_galore.static_args``).
 NATURAL_GALORE_STATIC_ARGS = SCALE_BY_NATURAL_GALORE_STATIC_ARGS + ("weight_decay_mask",)
-
-
-def _check_natural(rank, update_proj_gap, history, damping, scale, side, b1, b2, eps,
-                   mu_dtype, base_optimizer, what, static):
-    rank = _static_int(rank, "rank", what, 1, static)
-    gap = _static_int(update_proj_gap, "update_proj_gap", what, 1, static)
-    s = _static_int(history, "history", what, 1, static)
-    _checks.positive(damping, "damping", what)
-    _check_common(scale, side, base_optimizer, what)
-    _check_adam(b1, b2, eps, mu_dtype, what)
-    return rank, gap, s
 
 
 class NaturalGaLoreState(NamedTuple):
@@ -163,6 +151,28 @@ def _fisher_inverse_newest(history: jax.Array, damping: Any) -> jax.Array:
     return (jnp.swapaxes(w, -1, -2) @ history)[..., 0, :] * inv
 
 
+def _natural_step(
+    view: _lowrank.Projection, low_rank: list[Any], history: Any, damping: Any
+) -> tuple[list[Any], list[Any]]:
+    """Pushes every matrix leaf's low-rank gradient into its history (newest first, the oldest
+    dropped) and replaces it by ``F̂⁻¹ g`` (in float32 or wider, cast back). Non-matrix leaves
+    pass. Returns ``(natural gradients, new histories)``, flat."""
+    natural, new_hist = [], []
+    for p, r, h in zip(view.plans, low_rank, view.flat(history), strict=True):
+        if p is None:
+            natural.append(r)
+            new_hist.append(h)
+            continue
+        hb = p.batched(h)  # (B, s, a, b)
+        rb = p.batched(r)  # (B, a, b)
+        hb = jnp.concatenate([rb[:, None], hb[:, :-1]], axis=1)
+        new_hist.append(p.unbatched(hb))
+        flat = hb.reshape(hb.shape[:2] + (-1,)).astype(_lowrank.compute_dtype(hb.dtype))
+        g_nat = _fisher_inverse_newest(flat, damping)
+        natural.append(p.unbatched(g_nat.reshape(rb.shape)).astype(r.dtype))
+    return natural, new_hist
+
+
 def scale_by_natural_galore(
     rank: int = 128,
     *,
@@ -176,7 +186,7 @@ def scale_by_natural_galore(
     eps: float = 1e-6,
     mu_dtype: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
-    layout: _layout.LayoutSpec = None,
+    layout: layout_lib.LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Natural GaLore direction: GaLore with ``(λI + GGᵀ)⁻¹`` on the low-rank gradients.
 
@@ -192,37 +202,23 @@ def scale_by_natural_galore(
     (module docstring). Non-matrix leaves go to the inner optimizer unprojected and
     unpreconditioned. Geometry/symmetry: GaLore's, with the natural-gradient metric
     ``F̂`` of the subspace in place of the identity; ``F̂`` is invariant under orthogonal
-    maps of the subspace, so the Fisher step itself is ``O(p)``-equivariant.
-
-    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
-    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
-    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
-    before.
+    maps of the subspace, so the Fisher step itself is ``O(p)``-equivariant. The arguments
+    not listed below are :func:`optzoo.scale_by_galore`'s, with the same meaning and checks.
 
     Args:
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
-      update_proj_gap: steps between SVD refreshes of the projector (``>= 1``).
-      scale: ``α`` multiplying the lifted update of matrix leaves.
-      side: ``'std'`` (official), ``'optax-like'``, ``'left'`` or ``'right'``.
       history: ``s >= 1``, number of low-rank gradients in the Fisher estimate (current
         one included; ``s = 1`` gives ``g/(λ + ‖g‖²)``).
       damping: ``λ > 0``.
-      b1: Adam ``β₁``.
-      b2: Adam ``β₂``.
       eps: Adam ``ε`` (``1e-6``, the release's; added to ``√v̂``).
-      mu_dtype: dtype of Adam's first moment.
-      base_optimizer: params-free inner transform replacing Adam.
-      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`NaturalGaLoreState`.
 
     Raises:
-      ValueError: ``rank < 1``, ``update_proj_gap < 1``, ``history < 1``, ``damping <= 0``,
-        ``scale <= 0``, ``b1``/``b2`` outside ``[0, 1)``, ``eps <= 0``, unknown ``side``.
-      TypeError: non-integer ``rank``/``update_proj_gap``/``history`` (an array lists every
-        static argument, ``scale_by_natural_galore.static_args``), an integer ``mu_dtype``;
-        a non-float parameter.
+      ValueError, TypeError: as :func:`optzoo.scale_by_galore` (an array lists
+        ``scale_by_natural_galore.static_args``), and ``history`` not an int ``>= 1``,
+        ``damping <= 0``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optzoo
@@ -237,49 +233,46 @@ def scale_by_natural_galore(
       Zhao et al., arXiv:2403.03507 (the projection).
     """
     what = "scale_by_natural_galore"
-    rank, gap, s = _check_natural(rank, update_proj_gap, history, damping, scale, side, b1,
-                                  b2, eps, mu_dtype, base_optimizer, what,
-                                  SCALE_BY_NATURAL_GALORE_STATIC_ARGS)
-    base = _default_base(base_optimizer, b1, b2, eps, mu_dtype)
+    static = SCALE_BY_NATURAL_GALORE_STATIC_ARGS
+    rank = _lowrank.check_projection(rank, scale, side, what, static)
+    gap = _lowrank.static_int(update_proj_gap, "update_proj_gap", what, static)
+    s = _lowrank.static_int(history, "history", what, static)
+    _checks.positive(damping, "damping", what)
+    base = _lowrank.base_optimizer(base_optimizer, b1, b2, eps, mu_dtype, what)
 
     def init_fn(params):
-        treedef, plans, base_state, projectors = _init_pieces(params, layout, rank, side,
-                                                              what, base)
+        treedef, plans, base_state, projectors = _lowrank.init_state(
+            params, layout, rank, side, what, base
+        )
         hist = [
-            optax.MaskedNode() if p is None
-            else jnp.zeros(p.batch_shape + (s,) + p.low_rank_shape[len(p.batch_shape):],
-                           jnp.result_type(x))
+            optax.MaskedNode()
+            if p is None
+            else jnp.zeros(
+                p.batch_shape + (s,) + p.low_rank_shape[len(p.batch_shape) :], jnp.result_type(x)
+            )
             for p, x in zip(plans, treedef.flatten_up_to(params), strict=True)
         ]
-        return NaturalGaLoreState(jnp.zeros([], jnp.int32), base_state,
-                                  treedef.unflatten(projectors), treedef.unflatten(hist))
+        return NaturalGaLoreState(
+            jnp.zeros([], jnp.int32),
+            base_state,
+            treedef.unflatten(projectors),
+            treedef.unflatten(hist),
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params
-        core = _Core(updates, layout, rank, side, what)
-        old = core.flat(state.projector)
-        proj = jax.lax.cond(state.count % gap == 0, lambda: core.svd_projectors(old),
-                            lambda: old)
-        low_rank = core.project(proj)
-        natural, new_hist = [], []
-        for p, r, h in zip(core.plans, low_rank, core.flat(state.history), strict=True):
-            if p is None:
-                natural.append(r)
-                new_hist.append(h)
-                continue
-            hb = p.batched(h)  # (B, s, a, b)
-            rb = p.batched(r)  # (B, a, b)
-            hb = jnp.concatenate([rb[:, None], hb[:, :-1]], axis=1)
-            new_hist.append(p.unbatched(hb))
-            flat = hb.reshape(hb.shape[:2] + (-1,)).astype(_compute_dtype(hb.dtype))
-            g_nat = _fisher_inverse_newest(flat, damping)
-            natural.append(p.unbatched(g_nat.reshape(rb.shape)).astype(r.dtype))
-        low_upd, base_state = core.base_step(base, natural, state.base_optimizer_state,
-                                             extra_args)
-        out = core.lift(proj, low_upd, scale)
-        return out, NaturalGaLoreState(optax.safe_int32_increment(state.count), base_state,
-                                       core.treedef.unflatten(proj),
-                                       core.treedef.unflatten(new_hist))
+        view = _lowrank.Projection(updates, layout, rank, side, what)
+        proj = view.projectors(state.projector, state.count % gap == 0)
+        natural, hist = _natural_step(view, view.project(proj), state.history, damping)
+        out, base_state = view.descend(
+            base, natural, state.base_optimizer_state, extra_args, proj, scale
+        )
+        return out, NaturalGaLoreState(
+            optax.safe_int32_increment(state.count),
+            base_state,
+            view.treedef.unflatten(proj),
+            view.treedef.unflatten(hist),
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -300,46 +293,33 @@ def natural_galore(
     weight_decay: float = 0.0,
     weight_decay_mask: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
-    layout: _layout.LayoutSpec = None,
+    layout: layout_lib.LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Natural GaLore: GaLore + inverse empirical Fisher (Woodbury) + Adam, decoupled decay.
 
     .. math::
       W_{t+1} = W_t - \eta_t (u_t + \lambda_{wd} W_t),
 
-    with ``u_t`` the :func:`scale_by_natural_galore` direction. Defaults follow the released
-    code and scripts (``s = 20``, ``λ = 1e-3``, ``T = 200``, ``α = 0.25``, Adam ``ε = 1e-6``;
-    the differences from the release are listed in the module docstring).
-
-    ``optax.inject_hyperparams``: pass ``static_args=natural_galore.static_args``
-    (``rank, update_proj_gap, history, side, mu_dtype, base_optimizer, layout,
-    weight_decay_mask``); ``b1``/``b2`` are rounded to float32 at construction (see
-    :func:`optzoo.scale_by_galore`).
-
-    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
-    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
-    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
-    before.
+    with ``u_t`` the :func:`scale_by_natural_galore` direction: ``chain(
+    scale_by_natural_galore, add_decayed_weights(λ_wd, weight_decay_mask),
+    scale_by_learning_rate(η))``. Defaults follow the released code and scripts (``s = 20``,
+    ``λ = 1e-3``, ``T = 200``, ``α = 0.25``, Adam ``ε = 1e-6``; the differences from the
+    release are listed in the module docstring). The arguments not listed below are
+    :func:`scale_by_natural_galore`'s, with the same meaning, defaults and checks.
 
     Args:
       learning_rate: ``η``, a float or an optax schedule.
       rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
-      update_proj_gap: steps between SVD refreshes of the projector (``>= 1``).
-      scale: ``α`` multiplying the lifted update of matrix leaves.
-      side: ``'std'`` (official), ``'optax-like'``, ``'left'`` or ``'right'``.
-      history: ``s >= 1`` low-rank gradients in the Fisher estimate.
-      damping: ``λ > 0`` of ``F̂ = λI + GGᵀ``.
-      b1: Adam ``β₁``.
-      b2: Adam ``β₂``.
-      eps: Adam ``ε`` (``1e-6``, the release's; added to ``√v̂``).
-      mu_dtype: dtype of Adam's first moment.
-      weight_decay: ``λ_wd``, decoupled weight decay in the full parameter space.
+      weight_decay: ``λ_wd >= 0``, decoupled weight decay in the full parameter space.
       weight_decay_mask: tree of booleans or callable, as ``optax.add_decayed_weights``.
-      base_optimizer: params-free inner transform replacing Adam.
-      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError, TypeError: as :func:`scale_by_natural_galore` (an array
+        ``rank``/``update_proj_gap``/``history`` gets ``natural_galore.static_args``), and
+        ``learning_rate`` ``None``, negative or non-finite, ``weight_decay < 0``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optzoo
@@ -353,18 +333,29 @@ def natural_galore(
       fine-tuning", arXiv:2410.16029.
     """
     what = "natural_galore"
-    _checks.learning_rate(learning_rate, "learning_rate", what)
-    _check_natural(rank, update_proj_gap, history, damping, scale, side, b1, b2, eps, mu_dtype,
-                   base_optimizer, what, NATURAL_GALORE_STATIC_ARGS)
-    _checks.nonnegative(weight_decay, "weight_decay", what)
-    return _partition.check_update_shapes(optax.chain(
-        scale_by_natural_galore(rank, update_proj_gap=update_proj_gap, scale=scale, side=side,
-                                history=history, damping=damping, b1=b1, b2=b2, eps=eps,
-                                mu_dtype=mu_dtype, base_optimizer=base_optimizer,
-                                layout=layout),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "natural_galore")
+    for name, value in (("rank", rank), ("update_proj_gap", update_proj_gap), ("history", history)):
+        _lowrank.static_int(value, name, what, NATURAL_GALORE_STATIC_ARGS)
+    direction = scale_by_natural_galore(
+        rank,
+        update_proj_gap=update_proj_gap,
+        history=history,
+        damping=damping,
+        scale=scale,
+        side=side,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        base_optimizer=base_optimizer,
+        layout=layout,
+    )
+    return _lowrank.alias(
+        what,
+        direction,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+    )
 
 
 scale_by_natural_galore.static_args = SCALE_BY_NATURAL_GALORE_STATIC_ARGS

@@ -10,8 +10,8 @@ Stacked leaves (``[L, m, n]``, ``[E, m, n]``, heads): the factor ``ν = ‖X‖_
 own spectral geometry, and a per-tensor ``ν`` would make one slice's step depend on the others'
 gradients (breaking per-slice equivariance and the equality with unstacked leaves).
 
-Momentum, orthogonalization, layout resolution and the fallback partition are shared with
-:mod:`optzoo.muon`.
+Momentum, orthogonalization, layout resolution and the fallback partition are blocks of
+:mod:`optzoo._blocks`, shared with :mod:`optzoo.muon`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optzoo import _blocks, _checks
+from optzoo import fallback as fallback_lib
 from optzoo import layout as layout_lib
 from optzoo.distributed import OwnerComputes, check_owner_computes
-from optzoo.muon import (
-    _check_choice,
-    _check_ortho,
-    _check_steps,
-    _check_unit_interval,
-    _flat_layouts,
-    _init_momentum,
-    _matrix_alias,
-    _momentum_step,
-    _orthogonalizer,
-)
 
 __all__ = ["VARIANTS", "ScaleByPolarGradState", "scale_by_polargrad", "polargrad"]
+
+#: The default fallback: AdamW at a constant 3e-4 (see :func:`polargrad`).
+DEFAULT_FALLBACK = fallback_lib.AdamW(learning_rate=3e-4)
 
 #: Values accepted by ``variant``.
 VARIANTS = ("momentum_first", "polar_first")
@@ -170,35 +164,41 @@ def scale_by_polargrad(
       AISTATS 2015 (the ``‖G‖_* polar(G)`` step).
     """
     what = "scale_by_polargrad"
-    _check_choice(variant, "variant", VARIANTS, what)
-    _check_unit_interval(beta, "beta", what)
-    _check_ortho(ortho_method, ns_coeffs, what)
-    _check_steps(ns_steps, what)
+    _checks.choice(variant, "variant", what, VARIANTS)
+    _checks.unit_interval(beta, "beta", what)
+    _blocks.check_ortho(ortho_method, ns_coeffs, what)
+    _blocks.check_steps(ns_steps, what)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
-    orth = _orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps)
-    matrix_map = functools.partial(layout_lib.map_matrices, owner_computes=owner_computes)
+    orth = _blocks.orthogonalizer(ortho_method, ns_steps, ns_coeffs, ortho_dtype, eps)
+    matrix_map = functools.partial(_blocks.map_matrices, owner_computes=owner_computes)
 
     def init_fn(params):
-        return ScaleByPolarGradState(count=jnp.zeros([], jnp.int32),
-                                     mu=_init_momentum(params, layout, mu_dtype, what))
+        return ScaleByPolarGradState(
+            count=jnp.zeros([], jnp.int32), mu=_blocks.init_momentum(params, layout, mu_dtype, what)
+        )
 
     def update_fn(updates, state, params=None):
         del params
-        _, gs, lays, layouts, treedef = _flat_layouts(updates, layout, what, "update")
+        _, gs, lays, layouts, treedef = _blocks.flat_layouts(updates, layout, what, "update")
         count_inc = optax.safe_increment(state.count)
         mus = treedef.flatten_up_to(state.mu)
         keep = lambda x, path: x  # noqa: E731  (leaves without a layout pass through)
         if variant == "momentum_first":
-            new_mus, dirs = _momentum_step(gs, mus, beta, count_inc, nesterov=nesterov,
-                                           bias_correction=False)
-            out = matrix_map(_nuclear_times_polar(orth), treedef.unflatten(dirs), layouts,
-                             otherwise=keep, group=group, what=what)
+            new_mus, dirs = _blocks.momentum_step(gs, mus, beta, count_inc, nesterov=nesterov)
+            out = matrix_map(
+                _nuclear_times_polar(orth),
+                treedef.unflatten(dirs),
+                layouts,
+                otherwise=keep,
+                group=group,
+                what=what,
+            )
         else:
-            polars = treedef.flatten_up_to(matrix_map(
-                orth, updates, layouts, otherwise=keep, group=group, what=what))
-            new_mus, dirs = _momentum_step(polars, mus, beta, count_inc, nesterov=nesterov,
-                                           bias_correction=False)
+            polars = treedef.flatten_up_to(
+                matrix_map(orth, updates, layouts, otherwise=keep, group=group, what=what)
+            )
+            new_mus, dirs = _blocks.momentum_step(polars, mus, beta, count_inc, nesterov=nesterov)
             out = []
             for g, o, d, lay in zip(gs, polars, dirs, lays, strict=True):
                 if lay is None:
@@ -207,7 +207,7 @@ def scale_by_polargrad(
                 nu = _per_slice_inner(lay, g, o)
                 out.append(nu * d.astype(nu.dtype))
             out = treedef.unflatten(out)
-        out = jax.tree.map(lambda u, g: u.astype(jnp.result_type(g)), out, updates)
+        out = _blocks.cast_like(out, updates)
         return out, ScaleByPolarGradState(count=count_inc, mu=treedef.unflatten(new_mus))
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -227,12 +227,7 @@ def polargrad(
     weight_decay_mask: Any = None,
     mu_dtype: jax.typing.DTypeLike | None = None,
     layout: layout_lib.LayoutSpec = None,
-    fallback: optax.GradientTransformation | None = None,
-    adam_learning_rate: optax.ScalarOrSchedule = 3e-4,
-    adam_b1: jax.typing.ArrayLike = 0.9,
-    adam_b2: jax.typing.ArrayLike = 0.95,
-    adam_eps: jax.typing.ArrayLike = 1e-8,
-    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    fallback: fallback_lib.FallbackSpec = None,
     eps: jax.typing.ArrayLike = 1e-7,
     group: bool = True,
     owner_computes: OwnerComputes | None = None,
@@ -255,8 +250,11 @@ def polargrad(
     matrix-regression problems).
 
     Leaves without a matrix layout (by default those with fewer than two axes) go to
-    ``fallback``, by default ``optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
-    weight_decay=adam_weight_decay, mu_dtype=mu_dtype)`` (see :func:`optzoo.muon.muon`).
+    ``fallback``, by default ``optzoo.fallback.AdamW(learning_rate=3e-4)``: AdamW at a constant
+    3e-4 with ``b = (0.9, 0.95)`` (see :mod:`optzoo.fallback`). Unlike :func:`optzoo.muon`'s it
+    does not follow ``learning_rate``: PolarGrad's step scales with ``‖M‖_*``, so its rate has
+    no fixed ratio to Adam's; pass ``optzoo.fallback.AdamW(learning_rate=schedule)`` for warmup
+    or decay of the fallback leaves, or ``AdamW()`` for ``0.015 × learning_rate``.
     float16 leaves: moments in float32 (the default AdamW upcasts them). Gradients beyond ~1.8e19 in
     float32/bfloat16 overflow its second moment to ``inf`` (a documented limit shared with
     ``optax.adamw``: the leaf then stops moving); the experiments harness clips gradients
@@ -280,15 +278,8 @@ def polargrad(
       weight_decay_mask: tree of booleans or callable selecting decayed matrix leaves.
       mu_dtype: EMA dtype (also the default fallback's first-moment dtype).
       layout: matrix layout spec; ``None`` marks leaves for the fallback.
-      fallback: transform for leaves without a layout; ``None`` builds the AdamW above.
-      adam_learning_rate: learning rate of the default fallback (float or schedule). Unlike
-        :func:`optzoo.muon`'s it does not follow ``learning_rate`` by default: PolarGrad's
-        step scales with ``‖M‖_*``, so its rate has no fixed ratio to Adam's; pass a schedule
-        here for warmup/decay of the fallback leaves (``None``: ``0.015 × learning_rate``).
-      adam_b1: ``b1`` of the default fallback.
-      adam_b2: ``b2`` of the default fallback.
-      adam_eps: ``eps`` of the default fallback.
-      adam_weight_decay: weight decay of the default fallback.
+      fallback: the leaves without a layout: an ``optax.GradientTransformation``, an
+        :class:`optzoo.fallback.AdamW`, or ``None`` (the constant-rate AdamW above).
       eps: normalization epsilon of iterative back-ends.
       group: batch same-shape matrices across leaves.
       owner_computes: distribute the polar factors over devices, each matrix computed by
@@ -313,11 +304,42 @@ def polargrad(
       Preconditioning Perspective*, arXiv:2505.21799 (2025).
     """
     tx = scale_by_polargrad(
-        beta, variant=variant, nesterov=nesterov, ortho_method=ortho_method,
-        ns_steps=ns_steps, ns_coeffs=ns_coeffs, ortho_dtype=ortho_dtype, eps=eps,
-        mu_dtype=mu_dtype, layout=layout, group=group, owner_computes=owner_computes)
-    return _matrix_alias(
-        "polargrad", tx, learning_rate=learning_rate, weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask, layout=layout, fallback=fallback,
-        mu_dtype=mu_dtype, adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
-        adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay)
+        beta,
+        variant=variant,
+        nesterov=nesterov,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        ns_coeffs=ns_coeffs,
+        ortho_dtype=ortho_dtype,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        layout=layout,
+        group=group,
+        owner_computes=owner_computes,
+    )
+    return _blocks.with_fallback(
+        "polargrad",
+        tx,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        layout=layout,
+        fallback=fallback,
+        mu_dtype=mu_dtype,
+        default_fallback=DEFAULT_FALLBACK,
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (iteration counts, choices, dtypes,
+#: layouts, masks, the fallback): pass ``static_args=factory.static_args``.
+scale_by_polargrad.static_args = (
+    "variant",
+    "ortho_method",
+    "ns_steps",
+    "ns_coeffs",
+    "ortho_dtype",
+    "mu_dtype",
+    "layout",
+    "owner_computes",
+)
+polargrad.static_args = scale_by_polargrad.static_args + ("weight_decay_mask", "fallback")

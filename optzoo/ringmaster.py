@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks
 from optzoo import layout as layout_lib
 from optzoo._tree import check_floating, map_with_path
 from optzoo.distributed import OwnerComputes, check_owner_computes
@@ -146,48 +146,32 @@ def delay_threshold_at(delay_threshold: DelayThreshold, count: int) -> float:
         return math.inf
     if isinstance(delay_threshold, str):
         if delay_threshold != "agnostic":
-            raise ValueError(f"delay_threshold: unknown name {delay_threshold!r}; expected "
-                             "'agnostic', a number >= 1, None or a callable k -> R_k")
+            raise ValueError(
+                f"delay_threshold: unknown name {delay_threshold!r}; expected "
+                "'agnostic', a number >= 1, None or a callable k -> R_k"
+            )
         return float(agnostic_delay_threshold(count))
     value = delay_threshold(count) if callable(delay_threshold) else delay_threshold
     value = float(value)
     if not value >= 1:
-        raise ValueError(f"delay_threshold: R_k must be >= 1 (R = 1 applies only fresh "
-                         f"gradients), got {value} at k = {count}")
+        raise ValueError(
+            f"delay_threshold: R_k must be >= 1 (R = 1 applies only fresh "
+            f"gradients), got {value} at k = {count}"
+        )
     return value
 
 
 # ------------------------------------------------------------------------ directions
-def _check_direction_args(what: str, *, beta, lmo, vector_lmo, ortho_method, ns_steps,
-                          shape_scale, eps, mu_dtype, nesterov) -> None:
-    """Construction-time checks shared by the Ringmaster factories (each names ``what``)."""
-    if not callable(lmo):
-        _checks.choice(lmo, "lmo", what, LMOS)
-    if vector_lmo is not None and not callable(vector_lmo):
-        _checks.choice(vector_lmo, "vector_lmo", what, VECTOR_LMOS)
-    _checks.choice(shape_scale, "shape_scale", what, ("jordan", None))
-    if not callable(beta):
-        _checks.unit_interval(beta, "beta", what)
-    _checks.choice(ortho_method, "ortho_method", what, linalg.ORTHOGONALIZERS)
-    _checks.integer(ns_steps, "ns_steps", what, lo=1, allow_none=True)
-    _checks.positive(eps, "eps", what)
-    _checks.float_dtype(mu_dtype, "mu_dtype", what)
-    if not isinstance(nesterov, bool | np.bool_):
-        raise TypeError(f"{what}: nesterov must be a bool, got {nesterov!r}")
-
-
-def _shape_factor(shape_scale: str | None, m: int, n: int) -> float | None:
-    # 'jordan': √max(1, fan_out/fan_in) on the (fan_in, fan_out) view = Keller Jordan's
-    # √max(1, rows/cols) of the PyTorch (out, in) weight, as in the Ringmaster Muon code.
-    if shape_scale == "jordan":
-        s = math.sqrt(max(1.0, n / m))
-        return None if s == 1.0 else s
-    return None
-
-
-def _normalize(x: jax.Array, norm: jax.Array) -> jax.Array:
+def _l2_normalize(tree: Any) -> Any:
+    """``X/‖X‖₂`` with one norm over every leaf of ``tree`` (accumulated in float32 or wider;
+    zero stays zero)."""
+    sq = sum(
+        jnp.sum(jnp.square(v.astype(jnp.promote_types(v.dtype, jnp.float32))))
+        for v in jax.tree.leaves(tree)
+    )
+    norm = jnp.sqrt(sq)
     safe = jnp.where(norm > 0, norm, jnp.ones_like(norm))
-    return (x / safe.astype(x.dtype)).astype(x.dtype)
+    return jax.tree.map(lambda v: (v / safe.astype(v.dtype)).astype(v.dtype), tree)
 
 
 def _vector_map(name: str | Callable, x: jax.Array) -> jax.Array:
@@ -197,32 +181,89 @@ def _vector_map(name: str | Callable, x: jax.Array) -> jax.Array:
         return x
     if name == "sign":
         return jnp.sign(x)
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return _normalize(x, jnp.sqrt(jnp.sum(xf * xf)))
+    return _l2_normalize(x)
 
 
-def _directions(tree, lmo, vector_lmo, layout, matrix_fn, what, owner_computes=None):
-    if callable(lmo):
-        return jax.tree.map(lmo, tree)
-    if lmo == "sign":
-        return jax.tree.map(jnp.sign, tree)
-    if lmo == "normalized":
-        sq = sum(jnp.sum(jnp.square(v.astype(jnp.promote_types(v.dtype, jnp.float32))))
-                 for v in jax.tree.leaves(tree))
-        norm = jnp.sqrt(sq)
-        return jax.tree.map(lambda v: _normalize(v, norm), tree)
-    layouts = layout_lib.resolve(layout, tree, what=what)
+def _lmo_transform(
+    what: str,
+    beta,
+    lmo,
+    *,
+    nesterov,
+    vector_lmo,
+    ortho_method,
+    ns_steps,
+    shape_scale,
+    eps,
+    mu_dtype,
+    layout,
+    owner_computes,
+) -> optax.GradientTransformation:
+    """:func:`scale_by_ringmaster_lmo`, its arguments checked in the name of ``what`` (the
+    factory the caller exposes)."""
+    if not callable(lmo):
+        _checks.choice(lmo, "lmo", what, LMOS)
+    if vector_lmo is not None and not callable(vector_lmo):
+        _checks.choice(vector_lmo, "vector_lmo", what, VECTOR_LMOS)
+    _checks.choice(shape_scale, "shape_scale", what, ("jordan", None))
+    if not callable(beta):
+        _checks.unit_interval(beta, "beta", what)
+    _blocks.check_ortho(ortho_method, None, what)
+    _blocks.check_steps(ns_steps, what)
+    _checks.positive(eps, "eps", what)
+    _checks.float_dtype(mu_dtype, "mu_dtype", what)
+    if not isinstance(nesterov, bool | np.bool_):
+        raise TypeError(f"{what}: nesterov must be a bool, got {nesterov!r}")
+    check_owner_computes(owner_computes, what)
+    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+    spectral = isinstance(lmo, str) and lmo in ("spectral", "muon")
+    orth = _blocks.orthogonalizer(ortho_method, ns_steps, eps=eps)
 
-    def otherwise(v, path):
+    def matrix_fn(x):
+        return _blocks.apply_shape_factor(shape_scale, orth(x))
+
+    def no_layout(v, path):
         if vector_lmo is None:
             raise ValueError(
                 f"{what}: parameter '{path}' of shape {tuple(jnp.shape(v))} has no matrix "
                 "layout, so the spectral LMO is undefined for it; pass vector_lmo ('momentum',"
-                " 'sign' or 'normalized'), a layout covering it, or route it elsewhere")
+                " 'sign' or 'normalized'), a layout covering it, or route it elsewhere"
+            )
         return _vector_map(vector_lmo, v)
 
-    return layout_lib.map_matrices(matrix_fn, tree, layouts, otherwise=otherwise, what=what,
-                                   owner_computes=owner_computes)
+    def checked_layouts(tree, kind):
+        """Every leaf checked floating; the layout tree under ``'spectral'``, else ``None``."""
+        if spectral:
+            return _blocks.flat_layouts(tree, layout, what, kind)[3]
+        map_with_path(lambda p, x: check_floating(x, p, f"{what}: {kind}"), tree)
+        return None
+
+    def directions(x, layouts):
+        if callable(lmo):
+            return jax.tree.map(lmo, x)
+        if lmo == "sign":
+            return jax.tree.map(jnp.sign, x)
+        if lmo == "normalized":
+            return _l2_normalize(x)
+        return _blocks.map_matrices(
+            matrix_fn, x, layouts, otherwise=no_layout, what=what, owner_computes=owner_computes
+        )
+
+    def init_fn(params):
+        checked_layouts(params, "parameter")
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
+        return ScaleByRingmasterLMOState(count=jnp.zeros([], jnp.int32), mu=mu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        layouts = checked_layouts(updates, "update")
+        b = beta(state.count) if callable(beta) else beta
+        mu = _blocks.cast_like(optax.tree.update_moment(updates, state.mu, b, 1), state.mu)
+        x = optax.tree.update_moment(updates, mu, b, 1) if nesterov else mu
+        out = _blocks.cast_like(directions(x, layouts), updates)
+        return out, ScaleByRingmasterLMOState(count=optax.safe_increment(state.count), mu=mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_ringmaster_lmo(
@@ -249,7 +290,7 @@ def scale_by_ringmaster_lmo(
       u = -\mathrm{lmo}(X),
 
     where ``−lmo`` is ``s(m,n)·orth(X)`` per matrix (``'spectral'``/``'muon'``, orthogonalized
-    by :func:`optzoo.linalg.orthogonalize` through :func:`optzoo.layout.map_matrices`),
+    by :func:`optzoo.linalg.orthogonalize`, same-shape matrices of all leaves in one call),
     ``sign(X)`` (``'sign'``) or ``X/‖X‖₂`` over the whole tree (``'normalized'``). The step is
     ``x ← x − η_k u`` (:func:`ringmaster`); no learning rate or sign flip here.
 
@@ -304,47 +345,46 @@ def scale_by_ringmaster_lmo(
       Sadiev, Maranjyan, Ilin, Richtárik, *Ringmaster LMO: Asynchronous Linear Minimization
       Oracle Momentum Method*, arXiv:2605.18174 (2026), Algorithm 1.
     """
-    what = "scale_by_ringmaster_lmo"
-    _check_direction_args(what, beta=beta, lmo=lmo, vector_lmo=vector_lmo,
-                          ortho_method=ortho_method, ns_steps=ns_steps,
-                          shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
-                          nesterov=nesterov)
-    check_owner_computes(owner_computes, what)
-    mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
-
-    def matrix_fn(x):
-        o = linalg.orthogonalize(x, ortho_method, steps=ns_steps, eps=eps)
-        s = _shape_factor(shape_scale, x.shape[-2], x.shape[-1])
-        return o if s is None else (s * o).astype(o.dtype)
-
-    def check(tree, kind):
-        map_with_path(lambda p, x: check_floating(x, p, f"{what}: {kind}"), tree)
-
-    def init_fn(params):
-        check(params, "parameter")
-        if lmo in ("spectral", "muon"):
-            layout_lib.resolve(layout, params, what=what)
-        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)),
-                          params)
-        return ScaleByRingmasterLMOState(count=jnp.zeros([], jnp.int32), mu=mu)
-
-    def update_fn(updates, state, params=None):
-        del params
-        check(updates, "update")
-        b = beta(state.count) if callable(beta) else beta
-        mu = jax.tree.map(lambda g, m: ((1 - b) * g + b * m).astype(m.dtype), updates, state.mu)
-        if nesterov:
-            x = jax.tree.map(lambda g, m: (1 - b) * g + b * m, updates, mu)
-        else:
-            x = mu
-        out = _directions(x, lmo, vector_lmo, layout, matrix_fn, what, owner_computes)
-        out = jax.tree.map(lambda o, g: jnp.asarray(o).astype(jnp.result_type(g)), out, updates)
-        return out, ScaleByRingmasterLMOState(count=optax.safe_increment(state.count), mu=mu)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _lmo_transform(
+        "scale_by_ringmaster_lmo",
+        beta,
+        lmo,
+        nesterov=nesterov,
+        vector_lmo=vector_lmo,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        shape_scale=shape_scale,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        layout=layout,
+        owner_computes=owner_computes,
+    )
 
 
 # ------------------------------------------------------------------------ aliases
+def _server_update(
+    what: str,
+    learning_rate: optax.ScalarOrSchedule,
+    lmo,
+    *,
+    weight_decay: Any = 0.0,
+    weight_decay_mask: Any = None,
+    **direction: Any,
+) -> optax.GradientTransformation:
+    """``chain(direction, add_decayed_weights(κ, mask), scale_by_learning_rate(η))``, the
+    update shapes checked against the parameters; every argument checked naming ``what``."""
+    _checks.learning_rate(learning_rate, "learning_rate", what)
+    _checks.nonnegative(weight_decay, "weight_decay", what)
+    return _blocks.check_update_shapes(
+        optax.chain(
+            _lmo_transform(what, direction.pop("beta"), lmo, **direction),
+            optax.add_decayed_weights(weight_decay, weight_decay_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        what,
+    )
+
+
 def ringmaster(
     learning_rate: optax.ScalarOrSchedule,
     lmo: str | Callable[[jax.Array], jax.Array] = "spectral",
@@ -416,21 +456,23 @@ def ringmaster(
       Maranjyan, Tyurin, Richtárik, *Ringmaster ASGD: The First Asynchronous SGD with Optimal
       Time Complexity*, ICML 2025, arXiv:2501.16168.
     """
-    what = "ringmaster"
-    _checks.learning_rate(learning_rate, "learning_rate", what)
-    _checks.nonnegative(weight_decay, "weight_decay", what)
-    _check_direction_args(what, beta=beta, lmo=lmo, vector_lmo=vector_lmo,
-                          ortho_method=ortho_method, ns_steps=ns_steps,
-                          shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
-                          nesterov=nesterov)
-    return _partition.check_update_shapes(optax.chain(
-        scale_by_ringmaster_lmo(
-            beta, lmo, nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
-            ns_steps=ns_steps, shape_scale=shape_scale, eps=eps, mu_dtype=mu_dtype,
-            layout=layout, owner_computes=owner_computes),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "ringmaster")
+    return _server_update(
+        "ringmaster",
+        learning_rate,
+        lmo,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        beta=beta,
+        nesterov=nesterov,
+        vector_lmo=vector_lmo,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        shape_scale=shape_scale,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        layout=layout,
+        owner_computes=owner_computes,
+    )
 
 
 def ringmaster_agnostic(
@@ -478,12 +520,21 @@ def ringmaster_agnostic(
     what = "ringmaster_agnostic"
     if not callable(learning_rate):
         _checks.positive(learning_rate, "learning_rate", what)
-    _check_direction_args(what, beta=agnostic_beta, lmo=lmo, vector_lmo=vector_lmo,
-                          ortho_method=ortho_method, ns_steps=ns_steps, shape_scale="jordan",
-                          eps=1e-7, mu_dtype=None, nesterov=nesterov)
-    return ringmaster(agnostic_learning_rate(learning_rate), lmo, beta=agnostic_beta,
-                      nesterov=nesterov, vector_lmo=vector_lmo, ortho_method=ortho_method,
-                      ns_steps=ns_steps, layout=layout, owner_computes=owner_computes)
+    return _server_update(
+        what,
+        agnostic_learning_rate(learning_rate),
+        lmo,
+        beta=agnostic_beta,
+        nesterov=nesterov,
+        vector_lmo=vector_lmo,
+        ortho_method=ortho_method,
+        ns_steps=ns_steps,
+        shape_scale="jordan",
+        eps=1e-7,
+        mu_dtype=None,
+        layout=layout,
+        owner_computes=owner_computes,
+    )
 
 
 # ------------------------------------------------------------------------ server rule
@@ -527,16 +578,22 @@ def discard_stale(
       calculation stops); Sadiev et al., arXiv:2605.18174, Algorithm 1.
     """
     what = "discard_stale"
-    if callable(delay_threshold) or isinstance(delay_threshold, bool) or (
-            isinstance(delay_threshold, str) and delay_threshold != "agnostic"):
-        raise ValueError(f"{what}: delay_threshold must be a number >= 1, None or "
-                         f"'agnostic', got {delay_threshold!r}")
+    if (
+        callable(delay_threshold)
+        or isinstance(delay_threshold, bool)
+        or (isinstance(delay_threshold, str) and delay_threshold != "agnostic")
+    ):
+        raise ValueError(
+            f"{what}: delay_threshold must be a number >= 1, None or "
+            f"'agnostic', got {delay_threshold!r}"
+        )
     if delay_threshold is not None and not isinstance(delay_threshold, str):
         if not (isinstance(delay_threshold, numbers.Real) and delay_threshold == math.inf):
             _checks.real(delay_threshold, "delay_threshold", what, lo=1.0)
     if isinstance(pass_through, str) or not all(isinstance(k, str) for k in pass_through):
-        raise TypeError(f"{what}: pass_through must be a tuple of keyword names, got "
-                        f"{pass_through!r}")
+        raise TypeError(
+            f"{what}: pass_through must be a tuple of keyword names, got {pass_through!r}"
+        )
     forwarded = frozenset(pass_through)
     inner = optax.with_extra_args_support(tx)
 
@@ -549,17 +606,21 @@ def discard_stale(
 
     def init_fn(params):
         # Two separate buffers: one array in both fields cannot be donated to a jitted step.
-        return DiscardStaleState(count=jnp.zeros([], jnp.int32),
-                                 discarded=jnp.zeros([], jnp.int32), inner=inner.init(params))
+        return DiscardStaleState(
+            count=jnp.zeros([], jnp.int32),
+            discarded=jnp.zeros([], jnp.int32),
+            inner=inner.init(params),
+        )
 
     def update_fn(updates, state, params=None, *, delay=None, **extra_args):
         unknown = sorted(set(extra_args) - forwarded)
         if unknown:
-            hint = " (did you mean delay=?)" if any(k.startswith("delay") for k in unknown) \
-                else ""
-            raise TypeError(f"{what}: update() got unexpected keyword argument(s) "
-                            f"{', '.join(repr(k) for k in unknown)}{hint}; it takes delay= and "
-                            f"the names in pass_through={tuple(sorted(forwarded))}")
+            hint = " (did you mean delay=?)" if any(k.startswith("delay") for k in unknown) else ""
+            raise TypeError(
+                f"{what}: update() got unexpected keyword argument(s) "
+                f"{', '.join(repr(k) for k in unknown)}{hint}; it takes delay= and "
+                f"the names in pass_through={tuple(sorted(forwarded))}"
+            )
         new_updates, new_inner = inner.update(updates, state.inner, params, **extra_args)
         if delay is None:
             accept = jnp.asarray(True)
@@ -569,17 +630,16 @@ def discard_stale(
         kept = jax.tree.map(lambda n, o: jnp.where(accept, n, o), new_inner, state.inner)
         return out, DiscardStaleState(
             count=jnp.where(accept, optax.safe_increment(state.count), state.count),
-            discarded=jnp.where(accept, state.discarded,
-                                optax.safe_increment(state.discarded)),
-            inner=kept)
+            discarded=jnp.where(accept, state.discarded, optax.safe_increment(state.discarded)),
+            inner=kept,
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ------------------------------------------------------------------------ baseline
 def delay_adaptive(
-    tx: optax.GradientTransformation,
-    n_workers: int,
+    tx: optax.GradientTransformation, n_workers: int
 ) -> optax.GradientTransformationExtraArgs:
     """Delay-adaptive asynchronous steps: ``tx``'s update times ``n/max(n, delay)``.
 
@@ -607,9 +667,11 @@ def delay_adaptive(
 
     def update_fn(updates, state, params=None, *, delay=None, **extra_args):
         if extra_args:
-            raise TypeError(f"{what}: update() got unexpected keyword argument(s) "
-                            f"{', '.join(repr(k) for k in sorted(extra_args))}; it takes "
-                            "delay=")
+            raise TypeError(
+                f"{what}: update() got unexpected keyword argument(s) "
+                f"{', '.join(repr(k) for k in sorted(extra_args))}; it takes "
+                "delay="
+            )
         out, state = inner.update(updates, state, params)
         if delay is None:
             return out, state
@@ -617,3 +679,29 @@ def delay_adaptive(
         return jax.tree.map(lambda u: (factor * u).astype(u.dtype), out), state
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (the LMOs, iteration counts, dtypes,
+#: layouts, masks, the wrapped transformation and the wrappers' integers): pass
+#: ``static_args=factory.static_args``.
+scale_by_ringmaster_lmo.static_args = (
+    "lmo",
+    "vector_lmo",
+    "ortho_method",
+    "ns_steps",
+    "shape_scale",
+    "mu_dtype",
+    "layout",
+    "owner_computes",
+)
+ringmaster.static_args = scale_by_ringmaster_lmo.static_args + ("weight_decay_mask",)
+ringmaster_agnostic.static_args = (
+    "lmo",
+    "vector_lmo",
+    "ortho_method",
+    "ns_steps",
+    "layout",
+    "owner_computes",
+)
+discard_stale.static_args = ("tx", "pass_through")
+delay_adaptive.static_args = ("tx", "n_workers")

@@ -100,21 +100,27 @@ class ComputeTimes:
         base = tuple(float(t) for t in self.base)
         object.__setattr__(self, "base", base)
         if not base or any(not t > 0 for t in base):
-            raise ValueError(f"ComputeTimes: base times must be a non-empty sequence of "
-                             f"positive numbers, got {self.base}")
+            raise ValueError(
+                f"ComputeTimes: base times must be a non-empty sequence of "
+                f"positive numbers, got {self.base}"
+            )
         if self.jitter not in JITTERS:
-            raise ValueError(f"ComputeTimes: unknown jitter {self.jitter!r}; expected one of "
-                             f"{list(JITTERS)}")
+            raise ValueError(
+                f"ComputeTimes: unknown jitter {self.jitter!r}; expected one of {list(JITTERS)}"
+            )
         scale = self.jitter_scale
         if not isinstance(scale, numbers.Real):
             scale = tuple(float(s) for s in scale)
             if len(scale) != len(base):
-                raise ValueError(f"ComputeTimes: jitter_scale has {len(scale)} entries for "
-                                 f"{len(base)} workers")
+                raise ValueError(
+                    f"ComputeTimes: jitter_scale has {len(scale)} entries for {len(base)} workers"
+                )
             object.__setattr__(self, "jitter_scale", scale)
         if not 0.0 <= self.stall_prob <= 1.0 or not self.stall_factor >= 1.0:
-            raise ValueError("ComputeTimes: need 0 <= stall_prob <= 1 and stall_factor >= 1, "
-                             f"got {self.stall_prob}, {self.stall_factor}")
+            raise ValueError(
+                "ComputeTimes: need 0 <= stall_prob <= 1 and stall_factor >= 1, "
+                f"got {self.stall_prob}, {self.stall_factor}"
+            )
 
     @property
     def n_workers(self) -> int:
@@ -139,8 +145,9 @@ class ComputeTimes:
     def mean(self, worker: int) -> float:
         """Expected job time of ``worker`` (for reports and the ``heterogeneity`` ratio)."""
         scale = self.scale_of(worker)
-        extra = {"none": 0.0, "halfnormal": scale * math.sqrt(2 / math.pi),
-                 "exponential": scale}[self.jitter]
+        extra = {"none": 0.0, "halfnormal": scale * math.sqrt(2 / math.pi), "exponential": scale}[
+            self.jitter
+        ]
         return (self.base[worker] + extra) * (1 + self.stall_prob * (self.stall_factor - 1))
 
     @property
@@ -182,19 +189,22 @@ def random_times(n_workers: int, tau: float = 1.0, spread: float = 1.0) -> Compu
     (same mean ``tau``, fluctuating per job)."""
     if not 0 <= spread < 2:
         raise ValueError(f"random_times: spread must lie in [0, 2), got {spread}")
-    return ComputeTimes((tau * (1 - spread / 2),) * n_workers, "exponential",
-                        tau * spread / 2)
+    return ComputeTimes((tau * (1 - spread / 2),) * n_workers, "exponential", tau * spread / 2)
 
 
-def straggler_times(n_workers: int, tau: float = 1.0, n_slow: int = 1,
-                    slowdown: float = 10.0, stall_prob: float = 0.0,
-                    stall_factor: float = 10.0) -> ComputeTimes:
+def straggler_times(
+    n_workers: int,
+    tau: float = 1.0,
+    n_slow: int = 1,
+    slowdown: float = 10.0,
+    stall_prob: float = 0.0,
+    stall_factor: float = 10.0,
+) -> ComputeTimes:
     """Stragglers: the last ``n_slow`` workers take ``slowdown·τ``; any job may also stall
     (``stall_prob``, ``stall_factor``)."""
     if not 0 <= n_slow <= n_workers:
         raise ValueError(f"straggler_times: n_slow={n_slow} for {n_workers} workers")
-    base = tuple(tau * (slowdown if i >= n_workers - n_slow else 1.0)
-                 for i in range(n_workers))
+    base = tuple(tau * (slowdown if i >= n_workers - n_slow else 1.0) for i in range(n_workers))
     return ComputeTimes(base, stall_prob=stall_prob, stall_factor=stall_factor)
 
 
@@ -234,10 +244,17 @@ class SimulationResult:
 
     def summary(self) -> dict:
         """JSON-ready counters, history and trace (no arrays)."""
-        keys = ("time", "updates", "grads_computed", "grads_applied", "grads_discarded",
-                "jobs_cancelled", "applied_per_worker", "computed_per_worker")
-        return {**{k: getattr(self, k) for k in keys}, "history": self.history,
-                "trace": self.trace}
+        keys = (
+            "time",
+            "updates",
+            "grads_computed",
+            "grads_applied",
+            "grads_discarded",
+            "jobs_cancelled",
+            "applied_per_worker",
+            "computed_per_worker",
+        )
+        return {**{k: getattr(self, k) for k in keys}, "history": self.history, "trace": self.trace}
 
 
 _JITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -342,8 +359,11 @@ def simulate(
         raise ValueError(f"simulate: eval_every must be an int >= 1, got {eval_every}")
     delay_threshold_at(delay_threshold, 0)  # validates the spec early
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or \
-                batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
             raise ValueError(f"simulate: batch_size must be an int >= 1, got {batch_size!r}")
         if synchronous:
             raise ValueError("simulate: give synchronous=True or batch_size, not both")
@@ -360,16 +380,23 @@ def simulate(
     eval_jit = _jitted(eval_fn, "eval") if eval_fn is not None else None
     state = txe.init(params)
     gated = isinstance(state, DiscardStaleState)
-    res = SimulationResult(params=params, opt_state=state, applied_per_worker=[0] * n,
-                           computed_per_worker=[0] * n)
+    res = SimulationResult(
+        params=params, opt_state=state, applied_per_worker=[0] * n, computed_per_worker=[0] * n
+    )
     next_eval = [0.0 if eval_interval is not None else math.inf]
 
     def log(t):
         loss = None if eval_jit is None else float(eval_jit(res.params))
-        res.history.append({"time": float(t), "updates": res.updates,
-                            "grads_computed": res.grads_computed,
-                            "grads_discarded": res.grads_discarded,
-                            "jobs_cancelled": res.jobs_cancelled, "loss": loss})
+        res.history.append(
+            {
+                "time": float(t),
+                "updates": res.updates,
+                "grads_computed": res.grads_computed,
+                "grads_discarded": res.grads_discarded,
+                "jobs_cancelled": res.jobs_cancelled,
+                "loss": loss,
+            }
+        )
 
     def log_until(t):
         while next_eval[0] <= t and (max_time is None or next_eval[0] <= max_time):
@@ -378,8 +405,7 @@ def simulate(
 
     def apply(g, delay, worker, job, loss, now, threshold, workers=None):
         workers = [worker] if workers is None else list(workers)
-        new_params, new_state = step(res.params, res.opt_state, g,
-                                     jnp.asarray(delay, jnp.int32))
+        new_params, new_state = step(res.params, res.opt_state, g, jnp.asarray(delay, jnp.int32))
         if gated and int(new_state.discarded) > int(res.opt_state.discarded):
             res.opt_state = new_state  # the wrapped rule rejected it: params unchanged
             res.grads_discarded += len(workers)
@@ -389,17 +415,26 @@ def simulate(
         res.grads_applied += len(workers)
         for w in workers:
             res.applied_per_worker[w] += 1
-        res.trace.append({"time": float(now), "worker": worker, "job": job,
-                          "delay": int(delay), "threshold": float(threshold),
-                          "loss": float(loss), "workers": workers})
+        res.trace.append(
+            {
+                "time": float(now),
+                "worker": worker,
+                "job": job,
+                "delay": int(delay),
+                "threshold": float(threshold),
+                "loss": float(loss),
+                "workers": workers,
+            }
+        )
         if record_params:
             res.params_trace.append(new_params)
         if eval_every is not None and res.updates % eval_every == 0:
             log(now)
 
     def done() -> bool:
-        return ((max_updates is not None and res.updates >= max_updates)
-                or (max_grads is not None and res.grads_computed >= max_grads))
+        return (max_updates is not None and res.updates >= max_updates) or (
+            max_grads is not None and res.grads_computed >= max_grads
+        )
 
     if eval_interval is None and eval_every is not None:
         log(0.0)
@@ -412,16 +447,23 @@ def simulate(
             if max_time is not None and finish > max_time:
                 break
             log_until(finish)
-            results = [grad_job(res.params, jnp.asarray(next_job + i, jnp.int32))
-                       for i in range(n)]
+            results = [grad_job(res.params, jnp.asarray(next_job + i, jnp.int32)) for i in range(n)]
             next_job += n
             now = finish
             res.grads_computed += n
             for i in range(n):
                 res.computed_per_worker[i] += 1
             loss = float(np.mean([float(r[0]) for r in results]))
-            apply(_tree_mean([r[1] for r in results]), 0, -1, next_job - n, loss, now, 1.0,
-                  workers=range(n))
+            apply(
+                _tree_mean([r[1] for r in results]),
+                0,
+                -1,
+                next_job - n,
+                loss,
+                now,
+                1.0,
+                workers=range(n),
+            )
     elif batch_size is not None:
         heap: list[tuple[float, int, int]] = []
         started = [0.0] * n
@@ -451,9 +493,16 @@ def simulate(
             if len(batch) < batch_size:
                 start_at(i, now)  # another gradient at the same iterate
                 continue
-            apply(_tree_mean([b[0] for b in batch]), 0, -1, batch[0][2],
-                  float(np.mean([b[3] for b in batch])), now, 1.0,
-                  workers=[b[1] for b in batch])
+            apply(
+                _tree_mean([b[0] for b in batch]),
+                0,
+                -1,
+                batch[0][2],
+                float(np.mean([b[3] for b in batch])),
+                now,
+                1.0,
+                workers=[b[1] for b in batch],
+            )
             batch = []
             heap.clear()
             for j in range(n):  # everyone restarts at the new iterate
@@ -502,7 +551,10 @@ def simulate(
     res.time = float(max_time if max_time is not None and not done() else now)
     if eval_interval is not None:
         log_until(res.time)
-    if not res.history or res.history[-1]["time"] != res.time or (
-            res.history[-1]["updates"] != res.updates):
+    if (
+        not res.history
+        or res.history[-1]["time"] != res.time
+        or (res.history[-1]["updates"] != res.updates)
+    ):
         log(res.time)
     return res

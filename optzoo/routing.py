@@ -1,7 +1,8 @@
 """Parameter roles: ordered regex rules on '/'-joined paths, coverage, reports, partitions.
 
 Every leaf of a parameter tree gets a **role** — what kind of block it is, hence which
-symmetry group it has and which update fits it (Lau & Su 2026; ALGORITHMS.md §1.2, §1.6):
+symmetry group it has and which update fits it (Lau & Su 2026;
+docs/math/symmetry.md#groups, #roles):
 
 ==================  =============================================  ===========================
 role                block (Flax layout)                            unit axis (permuted units)
@@ -67,8 +68,8 @@ import jax
 import numpy as np
 import optax
 
+from optzoo._matrix_layout import MatrixLayout
 from optzoo._tree import path_str
-from optzoo.layout import MatrixLayout
 
 __all__ = [
     "ROLES",
@@ -81,6 +82,8 @@ __all__ = [
     "DEFAULT_RULES",
     "normalize_path",
     "rule_for",
+    "suggest_rule",
+    "UNCOVERED",
     "classify",
     "layouts",
     "hidden_layouts",
@@ -91,26 +94,55 @@ __all__ = [
 
 #: Every role a rule may assign.
 ROLES = (
-    "embedding", "lm_head", "router",
-    "attn_q", "attn_k", "attn_v", "attn_o", "attn_qkv",
-    "mlp_gate", "mlp_up", "mlp_gate_up", "mlp_down",
-    "expert_gate_up", "expert_down",
-    "vector", "other_matrix",
+    "embedding",
+    "lm_head",
+    "router",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "attn_qkv",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_gate_up",
+    "mlp_down",
+    "expert_gate_up",
+    "expert_down",
+    "vector",
+    "other_matrix",
 )
 
 #: The group of each role: :func:`by_role` accepts a transform per role or per group.
 ROLE_GROUPS = {
-    "embedding": "embedding", "lm_head": "lm_head", "router": "router",
-    "attn_q": "attention", "attn_k": "attention", "attn_v": "attention",
-    "attn_o": "attention", "attn_qkv": "attention",
-    "mlp_gate": "mlp", "mlp_up": "mlp", "mlp_gate_up": "mlp", "mlp_down": "mlp",
-    "expert_gate_up": "experts", "expert_down": "experts",
-    "vector": "vectors", "other_matrix": "other_matrices",
+    "embedding": "embedding",
+    "lm_head": "lm_head",
+    "router": "router",
+    "attn_q": "attention",
+    "attn_k": "attention",
+    "attn_v": "attention",
+    "attn_o": "attention",
+    "attn_qkv": "attention",
+    "mlp_gate": "mlp",
+    "mlp_up": "mlp",
+    "mlp_gate_up": "mlp",
+    "mlp_down": "mlp",
+    "expert_gate_up": "experts",
+    "expert_down": "experts",
+    "vector": "vectors",
+    "other_matrix": "other_matrices",
 }
 
 #: Group names (keys of :data:`ROLE_GROUPS`' values), in report order.
-GROUPS = ("embedding", "lm_head", "router", "attention", "mlp", "experts", "other_matrices",
-          "vectors")
+GROUPS = (
+    "embedding",
+    "lm_head",
+    "router",
+    "attention",
+    "mlp",
+    "experts",
+    "other_matrices",
+    "vectors",
+)
 
 _GATE_UP_PAIRS = (None, "concat", "interleaved")
 
@@ -169,8 +201,9 @@ class Rule:
 
     def __post_init__(self):
         if self.role not in ROLES:
-            raise ValueError(f"Rule({self.pattern!r}): unknown role {self.role!r}; expected one "
-                             f"of {list(ROLES)}")
+            raise ValueError(
+                f"Rule({self.pattern!r}): unknown role {self.role!r}; expected one of {list(ROLES)}"
+            )
         try:
             re.compile(self.pattern)
         except re.error as e:
@@ -178,26 +211,38 @@ class Rule:
         if self.ndim is not None:
             nd = (self.ndim,) if isinstance(self.ndim, int) else tuple(self.ndim)
             if not nd or any(not isinstance(n, int) or n < 0 for n in nd):
-                raise ValueError(f"Rule({self.pattern!r}): ndim must be a non-negative int or "
-                                 f"a tuple of them, got {self.ndim!r}")
+                raise ValueError(
+                    f"Rule({self.pattern!r}): ndim must be a non-negative int or "
+                    f"a tuple of them, got {self.ndim!r}"
+                )
             object.__setattr__(self, "ndim", nd)
         if self.layout is not None and not isinstance(self.layout, MatrixLayout):
-            raise TypeError(f"Rule({self.pattern!r}): layout must be a MatrixLayout, got "
-                            f"{type(self.layout).__name__}")
+            raise TypeError(
+                f"Rule({self.pattern!r}): layout must be a MatrixLayout, got "
+                f"{type(self.layout).__name__}"
+            )
         if self.role == "vector" and (self.unit_axis is not None or self.layout is not None):
             raise ValueError(f"Rule({self.pattern!r}): role 'vector' takes no unit_axis/layout")
         if self.gate_up_pair not in _GATE_UP_PAIRS:
-            raise ValueError(f"Rule({self.pattern!r}): gate_up_pair must be one of "
-                             f"{list(_GATE_UP_PAIRS)}, got {self.gate_up_pair!r}")
+            raise ValueError(
+                f"Rule({self.pattern!r}): gate_up_pair must be one of "
+                f"{list(_GATE_UP_PAIRS)}, got {self.gate_up_pair!r}"
+            )
         if self.gate_up_pair is not None and self.unit_axis is None:
-            raise ValueError(f"Rule({self.pattern!r}): gate_up_pair needs unit_axis (the fused "
-                             "axis)")
+            raise ValueError(
+                f"Rule({self.pattern!r}): gate_up_pair needs unit_axis (the fused axis)"
+            )
         if self.head_axis is not None and not self.role.startswith("attn_"):
-            raise ValueError(f"Rule({self.pattern!r}): head_axis is for attention roles, not "
-                             f"{self.role!r}")
+            raise ValueError(
+                f"Rule({self.pattern!r}): head_axis is for attention roles, not {self.role!r}"
+            )
 
-    def matches(self, path: str, shape: Sequence[int],
-                tree: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> bool:
+    def matches(
+        self,
+        path: str,
+        shape: Sequence[int],
+        tree: Sequence[tuple[str, tuple[int, ...]]] | None = None,
+    ) -> bool:
         """Whether this rule applies to a leaf (``path`` normalized, ``shape``); ``tree`` is
         every leaf's ``(normalized path, shape)``, needed by a ``context`` rule."""
         if self.ndim is not None and len(shape) not in self.ndim:
@@ -213,9 +258,12 @@ class Rule:
         pattern, predicate = self.context
         parent = re.escape(path.rsplit("/", 2)[0]) if path.count("/") >= 2 else ""
         want = re.compile(pattern.replace("{parent}", parent))
-        return any(other != path and want.search(other) and
-                   (predicate is None or predicate(tuple(other_shape)))
-                   for other, other_shape in tree)
+        return any(
+            other != path
+            and want.search(other)
+            and (predicate is None or predicate(tuple(other_shape)))
+            for other, other_shape in tree
+        )
 
     def matrix_layout(self, path: str, shape: Sequence[int]) -> MatrixLayout | None:
         """The leaf's matrix layout under this rule (``None`` for vectors), validated.
@@ -233,8 +281,10 @@ class Rule:
                 lay = dataclasses.replace(lay, unit_axis=self.unit_axis)
         else:
             if len(shape) < 2:
-                raise ValueError(f"routing: rule {self._describe()} matches '{path}' of shape "
-                                 f"{shape}, but role {self.role!r} needs a matrix (>= 2 axes)")
+                raise ValueError(
+                    f"routing: rule {self._describe()} matches '{path}' of shape "
+                    f"{shape}, but role {self.role!r} needs a matrix (>= 2 axes)"
+                )
             if len(shape) > 2 and self.ndim is None:
                 raise ValueError(
                     f"routing: rule {self._describe()} matches '{path}' of shape {shape}, but a "
@@ -242,7 +292,8 @@ class Rule:
                     "layout reads 2-D (fan_in, fan_out) kernels, and which leading axes are "
                     "batch axes (scanned layers? experts?) is ambiguous. Give the rule a "
                     f"layout=MatrixLayout(...), or declare ndim={len(shape)} to treat the "
-                    "leading axes as batch axes")
+                    "leading axes as batch axes"
+                )
             lay = MatrixLayout(unit_axis=self.unit_axis)
         lay.validate(shape, path)
         return lay
@@ -277,21 +328,30 @@ class ReportRow(NamedTuple):
     rule: int
 
 
+#: The role :func:`report` prints for a leaf no rule covers.
+UNCOVERED = "UNCOVERED"
+
+
 class Report(str):
-    """The text table of :func:`report` (a ``str``), with the rows as data in ``.rows``."""
+    """The text table of :func:`report` (a ``str``), with the rows as data in ``.rows`` and
+    the normalized paths of the leaves no rule covers in ``.uncovered``."""
 
     rows: tuple[ReportRow, ...]
+    uncovered: tuple[str, ...]
 
-    def __new__(cls, text: str, rows: Sequence[ReportRow]):
+    def __new__(cls, text: str, rows: Sequence[ReportRow], uncovered: Sequence[str] = ()):
         obj = super().__new__(cls, text)
         obj.rows = tuple(rows)
+        obj.uncovered = tuple(uncovered)
         return obj
 
 
 # ----------------------------------------------------------------------- default rules
 _ATTN = r"(?i)(attn|attention)[^/]*"
-_STACK2 = (2, 3)       # a 2-D kernel, optionally with a leading scanned-layer axis
-_STACK_E = (2, 3, 4)   # per-expert 2-D, stacked experts, stacked experts in scanned layers
+_STACK2 = (2, 3)  # a 2-D kernel, optionally with a leading scanned-layer axis
+_STACK_E = (2, 3, 4)  # per-expert 2-D, stacked experts, stacked experts in scanned layers
+
+
 def _hf_qkv(shape: tuple[int, ...]) -> bool:
     return shape[-2] == 3 * shape[-1]
 
@@ -304,34 +364,72 @@ _LINEN_OUT = MatrixLayout(reduction_axes=(-2,), output_axes=(-1,))  # (H, d_h, d
 DEFAULT_RULES: tuple[Rule, ...] = (
     # -- vectors: biases and norm parameters of any ndim, then every 0-/1-D leaf.
     Rule(r"(^|/)bias$", "vector", note="biases (also stacked, expert, router biases)"),
-    Rule(r"(?i)(^|/)(\w*norm(_\d+)?|ln(_\w+)?|ln\d*)/(scale|bias|weight)$", "vector",
-         note="norms: a module name ending in 'norm' (LayerNorm_0, q_norm, input_layernorm)"),
+    Rule(
+        r"(?i)(^|/)(\w*norm(_\d+)?|ln(_\w+)?|ln\d*)/(scale|bias|weight)$",
+        "vector",
+        note="norms: a module name ending in 'norm' (LayerNorm_0, q_norm, input_layernorm)",
+    ),
     Rule(r".", "vector", ndim=(0, 1), note="every other 0-/1-D leaf"),
     # -- token embeddings (Flax Embed (V, d): tokens on axis 0).
-    Rule(r"(^|/)(embed|embed_tokens|tok_embeddings|token_embedding|token_embedder|wte|"
-         r"word_embeddings|embedder|shared)/(embedding|input_embedding)$", "embedding",
-         unit_axis=0, note="token table (also a tied head)"),
-    Rule(r"(^|/)(pos_embed|pos_embedding|position_embedding|position_embeddings|wpe|"
-         r"positional_embedding)/embedding$", "other_matrix",
-         note="learned positions: positions are not permutable"),
+    Rule(
+        r"(^|/)(embed|embed_tokens|tok_embeddings|token_embedding|token_embedder|wte|"
+        r"word_embeddings|embedder|shared)/(embedding|input_embedding)$",
+        "embedding",
+        unit_axis=0,
+        note="token table (also a tied head)",
+    ),
+    Rule(
+        r"(^|/)(pos_embed|pos_embedding|position_embedding|position_embeddings|wpe|"
+        r"positional_embedding)/embedding$",
+        "other_matrix",
+        note="learned positions: positions are not permutable",
+    ),
     # -- untied LM head / classifier (Dense kernel (d, V): vocabulary or classes on axis -1).
-    Rule(r"(^|/)(lm_head|output_projection|unembed|logits_dense|head|classifier)/kernel$",
-         "lm_head", ndim=2, unit_axis=-1),
+    Rule(
+        r"(^|/)(lm_head|output_projection|unembed|logits_dense|head|classifier)/kernel$",
+        "lm_head",
+        ndim=2,
+        unit_axis=-1,
+    ),
     # -- MoE routers (Dense kernel (d, E): experts on axis -1).
     Rule(r"(^|/)router/kernel$", "router", unit_axis=-1),
-    Rule(r"(?i)(^|/)(moe|block_sparse_moe|sparse_moe|moe_block|moeblock_\d+|switch_moe)/gate/"
-         r"kernel$", "router", unit_axis=-1, note="Mixtral/MaxText naming"),
-    Rule(r"(^|/)(mlp|feed_forward|ffn)/gate/kernel$", "router", unit_axis=-1,
-         context=(r"^{parent}/experts(/|$)", None),
-         note="OLMoE/Qwen-MoE naming: a router has sibling experts; a dense gated MLP's "
-              "gate (no experts beside it) falls through to mlp_gate"),
+    Rule(
+        r"(?i)(^|/)(moe|block_sparse_moe|sparse_moe|moe_block|moeblock_\d+|switch_moe)/gate/"
+        r"kernel$",
+        "router",
+        unit_axis=-1,
+        note="Mixtral/MaxText naming",
+    ),
+    Rule(
+        r"(^|/)(mlp|feed_forward|ffn)/gate/kernel$",
+        "router",
+        unit_axis=-1,
+        context=(r"^{parent}/experts(/|$)", None),
+        note="OLMoE/Qwen-MoE naming: a router has sibling experts; a dense gated MLP's "
+        "gate (no experts beside it) falls through to mlp_gate",
+    ),
     # -- MoE experts: expert axis first (batch), (E, d, f) / (E, f, d), or per-expert 2-D.
-    Rule(r"(^|/)experts/gate_up_proj(/kernel)?$", "expert_gate_up", ndim=(3, 4), unit_axis=-1,
-         gate_up_pair="interleaved", note="gpt-oss fused (E, d, 2f), interleaved gate/up"),
-    Rule(r"(?i)(^|/)(experts(/\d+)?|moeblock_\d+)/(gate_proj|up_proj|w1|w3|wi_0|wi_1)"
-         r"(/kernel)?$", "expert_gate_up", ndim=_STACK_E, unit_axis=-1),
-    Rule(r"(?i)(^|/)(experts(/\d+)?|moeblock_\d+)/(down_proj|w2|wo)(/kernel)?$",
-         "expert_down", ndim=_STACK_E, unit_axis=-2),
+    Rule(
+        r"(^|/)experts/gate_up_proj(/kernel)?$",
+        "expert_gate_up",
+        ndim=(3, 4),
+        unit_axis=-1,
+        gate_up_pair="interleaved",
+        note="gpt-oss fused (E, d, 2f), interleaved gate/up",
+    ),
+    Rule(
+        r"(?i)(^|/)(experts(/\d+)?|moeblock_\d+)/(gate_proj|up_proj|w1|w3|wi_0|wi_1)"
+        r"(/kernel)?$",
+        "expert_gate_up",
+        ndim=_STACK_E,
+        unit_axis=-1,
+    ),
+    Rule(
+        r"(?i)(^|/)(experts(/\d+)?|moeblock_\d+)/(down_proj|w2|wo)(/kernel)?$",
+        "expert_down",
+        ndim=_STACK_E,
+        unit_axis=-2,
+    ),
     # -- attention. Linen MultiHeadDotProductAttention: (d, H, d_h) and (H, d_h, d).
     Rule(_ATTN + r"/query/kernel$", "attn_q", ndim=(3, 4), layout=_LINEN_QKV),
     Rule(_ATTN + r"/key/kernel$", "attn_k", ndim=(3, 4), layout=_LINEN_QKV),
@@ -339,17 +437,49 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(_ATTN + r"/out/kernel$", "attn_o", ndim=(3, 4), layout=_LINEN_OUT),
     # HuggingFace Flax GPT-2 stores its Conv1D kernels (out, in): c_attn (3d, d), c_fc (4d, d),
     # mlp/c_proj (d, 4d); attn/c_proj (d, d) is told by its sibling c_attn's orientation.
-    Rule(r"(^|/)c_attn/kernel$", "attn_qkv", ndim=2, layout=_CONV1D, head_axis=-2,
-         shape=_hf_qkv, note="HF Flax GPT-2 Conv1D (3d, d) = (out, in)"),
-    Rule(r"(^|/)attn/c_proj/kernel$", "attn_o", ndim=2, layout=_CONV1D, head_axis=-1,
-         context=(r"^{parent}/c_attn/kernel$", _hf_qkv),
-         note="HF Flax GPT-2 Conv1D (d, d) = (out, in)"),
-    Rule(r"(^|/)mlp/c_fc/kernel$", "mlp_up", ndim=2, layout=_CONV1D, unit_axis=-2,
-         shape=lambda s: s[0] > s[1], note="HF Flax GPT-2 Conv1D (4d, d) = (out, in)"),
-    Rule(r"(^|/)mlp/c_proj/kernel$", "mlp_down", ndim=2, layout=_CONV1D, unit_axis=-1,
-         shape=lambda s: s[0] < s[1], note="HF Flax GPT-2 Conv1D (d, 4d) = (out, in)"),
-    Rule(r"(?i)(^|/)(qkv_proj|qkv|c_attn|query_key_value|wqkv)/kernel$", "attn_qkv",
-         ndim=_STACK2, head_axis=-1, note="fused q|k|v"),
+    Rule(
+        r"(^|/)c_attn/kernel$",
+        "attn_qkv",
+        ndim=2,
+        layout=_CONV1D,
+        head_axis=-2,
+        shape=_hf_qkv,
+        note="HF Flax GPT-2 Conv1D (3d, d) = (out, in)",
+    ),
+    Rule(
+        r"(^|/)attn/c_proj/kernel$",
+        "attn_o",
+        ndim=2,
+        layout=_CONV1D,
+        head_axis=-1,
+        context=(r"^{parent}/c_attn/kernel$", _hf_qkv),
+        note="HF Flax GPT-2 Conv1D (d, d) = (out, in)",
+    ),
+    Rule(
+        r"(^|/)mlp/c_fc/kernel$",
+        "mlp_up",
+        ndim=2,
+        layout=_CONV1D,
+        unit_axis=-2,
+        shape=lambda s: s[0] > s[1],
+        note="HF Flax GPT-2 Conv1D (4d, d) = (out, in)",
+    ),
+    Rule(
+        r"(^|/)mlp/c_proj/kernel$",
+        "mlp_down",
+        ndim=2,
+        layout=_CONV1D,
+        unit_axis=-1,
+        shape=lambda s: s[0] < s[1],
+        note="HF Flax GPT-2 Conv1D (d, 4d) = (out, in)",
+    ),
+    Rule(
+        r"(?i)(^|/)(qkv_proj|qkv|c_attn|query_key_value|wqkv)/kernel$",
+        "attn_qkv",
+        ndim=_STACK2,
+        head_axis=-1,
+        note="fused q|k|v",
+    ),
     Rule(r"(^|/)(q_proj|query_proj)/kernel$", "attn_q", ndim=_STACK2, head_axis=-1),
     Rule(r"(^|/)(k_proj|key_proj)/kernel$", "attn_k", ndim=_STACK2, head_axis=-1),
     Rule(r"(^|/)(v_proj|value_proj)/kernel$", "attn_v", ndim=_STACK2, head_axis=-1),
@@ -359,16 +489,33 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(_ATTN + r"/(wv|v)/kernel$", "attn_v", ndim=_STACK2, head_axis=-1),
     Rule(_ATTN + r"/(wo|o|c_proj|dense)/kernel$", "attn_o", ndim=_STACK2, head_axis=-2),
     # -- dense MLPs (Dense kernels: gate/up (d, f) neurons on -1, down (f, d) on -2).
-    Rule(r"(^|/)gate_up_proj/kernel$", "mlp_gate_up", ndim=_STACK2, unit_axis=-1,
-         gate_up_pair="concat", note="Phi-3 style fused (d, 2f): gate | up"),
-    Rule(r"(^|/)(gate_proj|w1|wi_0|gate|fc_gate)/kernel$", "mlp_gate", ndim=_STACK2,
-         unit_axis=-1),
-    Rule(r"(^|/)(up_proj|w3|wi_1|wi|fc|c_fc|fc1|fc_in|dense_h_to_4h)/kernel$", "mlp_up",
-         ndim=_STACK2, unit_axis=-1),
-    Rule(r"(^|/)(down_proj|w2|fc2|fc_out|dense_4h_to_h)/kernel$", "mlp_down", ndim=_STACK2,
-         unit_axis=-2),
-    Rule(r"(?i)(^|/)(mlp|feed_forward|ffn|mlpblock_\d+)/(wo|proj|c_proj)/kernel$", "mlp_down",
-         ndim=_STACK2, unit_axis=-2),
+    Rule(
+        r"(^|/)gate_up_proj/kernel$",
+        "mlp_gate_up",
+        ndim=_STACK2,
+        unit_axis=-1,
+        gate_up_pair="concat",
+        note="Phi-3 style fused (d, 2f): gate | up",
+    ),
+    Rule(r"(^|/)(gate_proj|w1|wi_0|gate|fc_gate)/kernel$", "mlp_gate", ndim=_STACK2, unit_axis=-1),
+    Rule(
+        r"(^|/)(up_proj|w3|wi_1|wi|fc|c_fc|fc1|fc_in|dense_h_to_4h)/kernel$",
+        "mlp_up",
+        ndim=_STACK2,
+        unit_axis=-1,
+    ),
+    Rule(
+        r"(^|/)(down_proj|w2|fc2|fc_out|dense_4h_to_h)/kernel$",
+        "mlp_down",
+        ndim=_STACK2,
+        unit_axis=-2,
+    ),
+    Rule(
+        r"(?i)(^|/)(mlp|feed_forward|ffn|mlpblock_\d+)/(wo|proj|c_proj)/kernel$",
+        "mlp_down",
+        ndim=_STACK2,
+        unit_axis=-2,
+    ),
     # -- generic Flax modules: any 3-D query/key/value/out kernel is a MultiHeadAttention one
     # (linen nn.MultiHeadAttention / nnx.MultiHeadAttention under any attribute name), linen's
     # auto-named Dense_<k> / Conv_<k> and NNX Linear/Conv kernels. A classifier's last Dense is
@@ -378,12 +525,22 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(r"(^|/)key/kernel$", "attn_k", ndim=(3, 4), layout=_LINEN_QKV),
     Rule(r"(^|/)value/kernel$", "attn_v", ndim=(3, 4), layout=_LINEN_QKV),
     Rule(r"(^|/)out/kernel$", "attn_o", ndim=(3, 4), layout=_LINEN_OUT),
-    Rule(r"(^|/)(Dense|DenseGeneral|Linear)_\d+/kernel$", "other_matrix", ndim=2,
-         note="linen Dense_<k>: a hidden matrix"),
-    *(Rule(r"(^|/)(Conv|ConvTranspose|ConvLocal)_\d+/kernel$", "other_matrix", ndim=nd,
-           layout=MatrixLayout(reduction_axes=tuple(range(-nd, -1)), output_axes=(-1,)),
-           note="conv kernel (*spatial, in, out): spatial axes and in are the fan-in")
-      for nd in (3, 4, 5)),
+    Rule(
+        r"(^|/)(Dense|DenseGeneral|Linear)_\d+/kernel$",
+        "other_matrix",
+        ndim=2,
+        note="linen Dense_<k>: a hidden matrix",
+    ),
+    *(
+        Rule(
+            r"(^|/)(Conv|ConvTranspose|ConvLocal)_\d+/kernel$",
+            "other_matrix",
+            ndim=nd,
+            layout=MatrixLayout(reduction_axes=tuple(range(-nd, -1)), output_axes=(-1,)),
+            note="conv kernel (*spatial, in, out): spatial axes and in are the fan-in",
+        )
+        for nd in (3, 4, 5)
+    ),
 )
 
 
@@ -396,20 +553,40 @@ def _rules(rules: Sequence[Rule] | None) -> tuple[Rule, ...]:
     return rules
 
 
-def _match(path: str, shape: tuple[int, ...], rules: tuple[Rule, ...],
-           tree: Sequence[tuple[str, tuple[int, ...]]] | None = None) -> tuple[int, Rule]:
+def _match(
+    path: str,
+    shape: tuple[int, ...],
+    rules: tuple[Rule, ...],
+    tree: Sequence[tuple[str, tuple[int, ...]]] | None = None,
+) -> tuple[int, Rule]:
     npath = normalize_path(path)
     for i, rule in enumerate(rules):
         if rule.matches(npath, shape, tree):
             return i, rule
     raise ValueError(
         f"routing: no rule covers parameter '{npath}' of shape {shape}; every leaf needs a role. "
-        f"Add a rule, e.g. (Rule(r'{re.escape(npath.rsplit('/', 1)[-1])}$', '<role>', ...),) "
-        f"+ rules, with a role from {list(ROLES)}")
+        f"routing.report(params) lists every uncovered leaf with a rule matching exactly those; "
+        f"for this one: ({suggest_rule([(npath, shape)])},) + rules, with a role from "
+        f"{list(ROLES)}"
+    )
 
 
-def rule_for(path: str, shape: Sequence[int], rules: Sequence[Rule] | None = None,
-             params: Any = None) -> Rule:
+def suggest_rule(leaves: Sequence[tuple[str, tuple[int, ...]]]) -> str:
+    """Source of a :class:`Rule` that matches exactly the given ``(path, shape)`` leaves.
+
+    The pattern is the anchored alternation of their normalized paths, so it cannot catch any
+    other leaf; the role is ``'vector'`` when every leaf has fewer than two axes, else
+    ``'other_matrix'`` (a placeholder to replace by the true role, e.g. ``'mlp_up'``).
+    """
+    paths = sorted({normalize_path(p) for p, _ in leaves})
+    pattern = "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
+    role = "vector" if all(len(shape) < 2 for _, shape in leaves) else "other_matrix"
+    return f"Rule(r'{pattern}', {role!r})"
+
+
+def rule_for(
+    path: str, shape: Sequence[int], rules: Sequence[Rule] | None = None, params: Any = None
+) -> Rule:
     """The first rule matching a leaf; raises ``ValueError`` naming the path if none does.
 
     ``params`` (the whole tree) lets ``context`` rules see the leaf's siblings; without it
@@ -472,8 +649,9 @@ def hidden_layouts(params: Any, rules: Sequence[Rule] | None = None) -> Any:
     the way their rule says: ``optzoo.muon(0.02, layout=optzoo.routing.hidden_layouts)``.
     """
     resolved, treedef = _resolved(params, rules)
-    return treedef.unflatten([None if rule.role in NON_HIDDEN_ROLES else lay
-                              for _, _, _, rule, lay in resolved])
+    return treedef.unflatten(
+        [None if rule.role in NON_HIDDEN_ROLES else lay for _, _, _, rule, lay in resolved]
+    )
 
 
 # -------------------------------------------------------------------------- partition
@@ -483,15 +661,19 @@ def _label(role: str, keys: Any, path: str) -> str:
     group = ROLE_GROUPS[role]
     if group in keys:
         return group
-    raise ValueError(f"routing.by_role: no transform for parameter '{path}' (role {role!r}, "
-                     f"group {group!r}); transforms are given for {sorted(keys)}")
+    raise ValueError(
+        f"routing.by_role: no transform for parameter '{path}' (role {role!r}, "
+        f"group {group!r}); transforms are given for {sorted(keys)}"
+    )
 
 
 def _check_keys(transforms: Mapping[str, Any], what: str) -> None:
     for key in transforms:
         if key not in ROLES and key not in GROUPS:
-            raise ValueError(f"{what}: unknown key {key!r}; expected a role {list(ROLES)} or a "
-                             f"group {list(GROUPS)}")
+            raise ValueError(
+                f"{what}: unknown key {key!r}; expected a role {list(ROLES)} or a "
+                f"group {list(GROUPS)}"
+            )
 
 
 def by_role(
@@ -509,7 +691,9 @@ def by_role(
 
     Returns:
       An ``optax.partition`` whose labels are computed from the parameters at ``init`` (and
-      from the updates' paths and shapes at ``update``).
+      from the updates' paths and shapes at ``update``). Keys given the *same* transform
+      object share one branch (labelled by the first such key): one state and one update for
+      all their leaves.
 
     Raises:
       ValueError: (at construction) for unknown keys; (at ``init``) naming the path of a leaf
@@ -525,13 +709,20 @@ def by_role(
     _check_keys(transforms, "routing.by_role")
     rules = _rules(rules)
     txs = {k: v.transform if isinstance(v, Assignment) else v for k, v in transforms.items()}
+    # keys given the same transform object share one branch: one state, one update (Muon
+    # then batches same-shape matrices across the groups, as one muon() on the tree would)
+    label_of: dict[str, str] = {}
+    for k, tx in txs.items():
+        label_of[k] = next((j for j in label_of if txs[j] is tx), k)
+    branches = {k: tx for k, tx in txs.items() if label_of[k] == k}
 
     def labels(tree):
         resolved, treedef = _resolved(tree, rules)
-        return treedef.unflatten([_label(rule.role, txs, path)
-                                  for path, _, _, rule, _ in resolved])
+        return treedef.unflatten(
+            [label_of[_label(rule.role, txs, path)] for path, _, _, rule, _ in resolved]
+        )
 
-    return optax.partition(txs, labels)
+    return optax.partition(branches, labels)
 
 
 # -------------------------------------------------------------------------------- report
@@ -540,9 +731,7 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 
 
 def report(
-    params: Any,
-    rules: Sequence[Rule] | None = None,
-    transforms: Mapping[str, Any] | None = None,
+    params: Any, rules: Sequence[Rule] | None = None, transforms: Mapping[str, Any] | None = None
 ) -> Report:
     """The routing table: path, shape, role, unit axis, transform and lr multiplier per leaf.
 
@@ -554,17 +743,33 @@ def report(
 
     Returns:
       A :class:`Report`: printable text (one row per leaf, then parameter counts per role)
-      whose ``.rows`` holds :class:`ReportRow` tuples.
+      whose ``.rows`` holds :class:`ReportRow` tuples. Leaves no rule covers do not stop the
+      report: each gets the role :data:`UNCOVERED`, ``.uncovered`` lists their paths, and the
+      text ends with a rule matching exactly them (:func:`suggest_rule`) to add.
 
     Raises:
-      ValueError: like :func:`classify` (uncovered leaf, bad layout) and, when ``transforms``
-        is given, for a role without a transform.
+      ValueError: for a leaf whose matching rule's layout does not fit it and, when
+        ``transforms`` is given, for a role without a transform.
     """
     if transforms is not None:
         _check_keys(transforms, "routing.report")
-    resolved, _ = _resolved(params, rules)
+    rules_t = _rules(rules)
+    leaves, _ = _leaves(params)
+    tree = [(normalize_path(p), shp) for p, shp in leaves]
+    resolved, uncovered = [], []
+    for path, shape in leaves:
+        try:
+            i, rule = _match(path, shape, rules_t, tree)
+        except ValueError:
+            uncovered.append((normalize_path(path), shape))
+            resolved.append((path, shape, -1, None, None))
+            continue
+        resolved.append((path, shape, i, rule, rule.matrix_layout(path, shape)))
     rows = []
     for path, shape, i, rule, lay in resolved:
+        if rule is None:
+            rows.append(ReportRow(normalize_path(path), shape, UNCOVERED, None, "-", None, -1))
+            continue
         name, mult = "-", None
         if transforms is not None:
             value = transforms[_label(rule.role, transforms, path)]
@@ -580,12 +785,21 @@ def report(
         rows.append(ReportRow(normalize_path(path), shape, rule.role, unit, name, mult, i))
     header = ("path", "shape", "role", "unit axis", "transform", "lr x")
     table = [header] + [
-        (r.path, _fmt_shape(r.shape), r.role, "-" if r.unit_axis is None else str(r.unit_axis),
-         r.transform, "-" if r.lr_multiplier is None else f"{r.lr_multiplier:.4g}")
-        for r in rows]
+        (
+            r.path,
+            _fmt_shape(r.shape),
+            r.role,
+            "-" if r.unit_axis is None else str(r.unit_axis),
+            r.transform,
+            "-" if r.lr_multiplier is None else f"{r.lr_multiplier:.4g}",
+        )
+        for r in rows
+    ]
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     totals: dict[str, list[int]] = {}
     for r in rows:
@@ -595,6 +809,15 @@ def report(
     lines.append("")
     lines.append("per role:")
     width = max(len(role) for role in totals) if totals else 0
-    lines += [f"  {role.ljust(width)}  {n:4d} leaves  {size:>14,} params"
-              for role, (n, size) in totals.items()]
-    return Report("\n".join(lines), rows)
+    lines += [
+        f"  {role.ljust(width)}  {n:4d} leaves  {size:>14,} params"
+        for role, (n, size) in totals.items()
+    ]
+    if uncovered:
+        lines += [
+            "",
+            f"{len(uncovered)} leaves no rule covers (role {UNCOVERED!r} above); a "
+            "rule matching exactly them (set the true role):",
+            f"  rules = ({suggest_rule(uncovered)},) + optzoo.routing.DEFAULT_RULES",
+        ]
+    return Report("\n".join(lines), rows, tuple(p for p, _ in uncovered))

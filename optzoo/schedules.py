@@ -108,10 +108,7 @@ def _lerp(a: float, b: float, f: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------------------- schedules
 def linear_warmup_d2z(
-    peak_value: float,
-    total_steps: int,
-    warmup_steps: int = 0,
-    init_value: float = 0.0,
+    peak_value: float, total_steps: int, warmup_steps: int = 0, init_value: float = 0.0
 ) -> optax.Schedule:
     r"""Linear warmup followed by linear decay to exactly zero ("D2Z").
 
@@ -157,8 +154,10 @@ def linear_warmup_d2z(
     total = _int(total_steps, "total_steps", 1)
     warmup = _int(warmup_steps, "warmup_steps", 0)
     if warmup >= total:
-        raise ValueError(f"warmup_steps ({warmup}) must be smaller than total_steps ({total}) "
-                         "so that the schedule can decay to zero at total_steps")
+        raise ValueError(
+            f"warmup_steps ({warmup}) must be smaller than total_steps ({total}) "
+            "so that the schedule can decay to zero at total_steps"
+        )
 
     def schedule(count):
         t = _count(count)
@@ -236,13 +235,16 @@ def warmup_stable_decay(
     warmup = _int(warmup_steps, "warmup_steps", 0)
     frac = _in_unit_interval(cooldown_fraction, "cooldown_fraction")
     if cooldown_shape not in COOLDOWN_SHAPES:
-        raise ValueError(f"cooldown_shape must be one of {list(COOLDOWN_SHAPES)}, "
-                         f"got {cooldown_shape!r}")
+        raise ValueError(
+            f"cooldown_shape must be one of {list(COOLDOWN_SHAPES)}, got {cooldown_shape!r}"
+        )
     power = _positive(power, "power")
     cooldown = int(round(frac * total))
     if warmup + cooldown > total:
-        raise ValueError(f"warmup_steps ({warmup}) plus the cooldown ({cooldown} = "
-                         f"round({frac} * {total}) steps) exceed total_steps ({total})")
+        raise ValueError(
+            f"warmup_steps ({warmup}) plus the cooldown ({cooldown} = "
+            f"round({frac} * {total}) steps) exceed total_steps ({total})"
+        )
 
     def remaining(q):
         # 1 - d(p) written in the remaining fraction q = 1 - p, free of cancellation near the
@@ -254,7 +256,7 @@ def warmup_stable_decay(
         elif cooldown_shape == "sqrt":
             r = q / (1.0 + jnp.sqrt(1.0 - q))
         else:
-            r = q ** power
+            r = q**power
         return jnp.where(q >= 1, 1.0, jnp.where(q <= 0, 0.0, r)).astype(jnp.float32)
 
     def schedule(count):
@@ -311,12 +313,7 @@ def momentum_warmup(start: float, end: float, warmup_steps: int) -> optax.Schedu
 
 
 def momentum_warmup_cooldown(
-    start: float,
-    peak: float,
-    end: float,
-    total_steps: int,
-    warmup_steps: int,
-    cooldown_steps: int,
+    start: float, peak: float, end: float, total_steps: int, warmup_steps: int, cooldown_steps: int
 ) -> optax.Schedule:
     r"""Momentum warmup ``start → peak``, plateau, then linear cooldown ``peak → end``.
 
@@ -366,8 +363,9 @@ def momentum_warmup_cooldown(
     warmup = _int(warmup_steps, "warmup_steps", 0)
     cooldown = _int(cooldown_steps, "cooldown_steps", 0)
     if warmup + cooldown > total:
-        raise ValueError(f"warmup_steps ({warmup}) plus cooldown_steps ({cooldown}) exceed "
-                         f"total_steps ({total})")
+        raise ValueError(
+            f"warmup_steps ({warmup}) plus cooldown_steps ({cooldown}) exceed total_steps ({total})"
+        )
 
     def schedule(count):
         t = _count(count)
@@ -410,7 +408,7 @@ def ema_momentum_for_batch_scale(rho: float, kappa: float) -> float:
     """
     rho = _in_unit_interval(rho, "rho")
     kappa = _positive(kappa, "kappa")
-    return rho ** kappa
+    return rho**kappa
 
 
 def weight_decay_for_width(base_weight_decay: float, base_width: int, width: int) -> float:

@@ -58,9 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, _partition, linalg
+from optzoo import _blocks, _checks, linalg
 from optzoo import layout as layout_lib
-from optzoo._tree import check_floating, path_str
+from optzoo._tree import path_str
 from optzoo.distributed import OwnerComputes, check_owner_computes
 
 __all__ = [
@@ -100,16 +100,6 @@ class ScaleByScionState(NamedTuple):
 
 
 # ------------------------------------------------------------------------------ LMO atoms
-def _check_matrix_input(x: Any, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating array, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"{name}: expected an array (..., m, n) with at least 2 dimensions, "
-                         f"got shape {x.shape}")
-    return x
-
-
 def lmo_spectral(
     x: jax.typing.ArrayLike,
     radius: jax.typing.ArrayLike = 1.0,
@@ -140,7 +130,7 @@ def lmo_spectral(
     Returns:
       Array of the shape and dtype of ``x``.
     """
-    x = _check_matrix_input(x, "lmo_spectral")
+    x = _checks.matrix(x, "lmo_spectral")
     m, n = x.shape[-2:]
     o = linalg.orthogonalize(x, method=method, steps=steps)
     return (-radius * math.sqrt(n / m) * o).astype(x.dtype)
@@ -161,7 +151,7 @@ def lmo_sign(x: jax.typing.ArrayLike, radius: jax.typing.ArrayLike = 1.0) -> jax
     Returns:
       Array of the shape and dtype of ``x``.
     """
-    x = _check_matrix_input(x, "lmo_sign")
+    x = _checks.matrix(x, "lmo_sign")
     m = x.shape[-2]
     return (-(radius / m) * jnp.sign(x)).astype(x.dtype)
 
@@ -182,14 +172,14 @@ def lmo_row(
     orthogonal ``Q``) and invariant under positive scaling of rows.
 
     Args:
-      x: array ``(..., m, n)``.
-      radius: ``ρ > 0``.
+      x: array ``(..., m, n)``, normalized row by row (over its ``n`` columns).
+      radius: ``ρ > 0``, the RMS of every row of the result.
       eps: added to each row norm (:func:`optzoo.linalg.row_normalize`).
 
     Returns:
-      Array of the shape and dtype of ``x``.
+      ``lmo(x)``, of the shape and dtype of ``x``.
     """
-    x = _check_matrix_input(x, "lmo_row")
+    x = _checks.matrix(x, "lmo_row")
     n = x.shape[-1]
     return (-radius * math.sqrt(n) * linalg.row_normalize(x, eps=eps)).astype(x.dtype)
 
@@ -210,14 +200,14 @@ def lmo_column(
     Equivariant under ``X ↦ U X Πᵀ`` (orthogonal ``U``, signed permutation of columns).
 
     Args:
-      x: array ``(..., m, n)``.
-      radius: ``ρ > 0``.
+      x: array ``(..., m, n)``, normalized column by column (over its ``m`` rows).
+      radius: ``ρ > 0``; every column of the result has ``ℓ₂`` norm ``ρ/√m``.
       eps: added to each column norm (:func:`optzoo.linalg.col_normalize`).
 
     Returns:
-      Array of the shape and dtype of ``x``.
+      ``lmo(x)``, of the shape and dtype of ``x``.
     """
-    x = _check_matrix_input(x, "lmo_column")
+    x = _checks.matrix(x, "lmo_column")
     m = x.shape[-2]
     return (-(radius / math.sqrt(m)) * linalg.col_normalize(x, eps=eps)).astype(x.dtype)
 
@@ -265,21 +255,24 @@ def lmo_bias_rms(
 # ------------------------------------------------------------------- per-leaf resolution
 def _is_number(v: Any) -> bool:
     return (isinstance(v, numbers.Real) and not isinstance(v, bool)) or (
-        isinstance(v, (np.ndarray, jax.Array)) and np.ndim(v) == 0)
+        isinstance(v, (np.ndarray, jax.Array)) and np.ndim(v) == 0
+    )
 
 
 def _check_radius(value: Any, path: str, what: str) -> None:
     if not _is_number(value):
-        raise TypeError(f"{what}: radius for '{path}' must be a positive scalar, got "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"{what}: radius for '{path}' must be a positive scalar, got {type(value).__name__}"
+        )
     if isinstance(value, jax.core.Tracer):
         return  # injected hyperparameter under jit: cannot be checked
     if not float(np.asarray(value)) > 0:
         raise ValueError(f"{what}: radius for '{path}' must be > 0, got {value}")
 
 
-def _per_leaf(spec: Any, tree: Any, is_scalar: Callable[[Any], bool], name: str,
-              what: str) -> list[Any]:
+def _per_leaf(
+    spec: Any, tree: Any, is_scalar: Callable[[Any], bool], name: str, what: str
+) -> list[Any]:
     """One value per leaf of ``tree`` from a scalar, a matching tree or ``(path, leaf) -> v``."""
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     if is_scalar(spec):
@@ -289,8 +282,10 @@ def _per_leaf(spec: Any, tree: Any, is_scalar: Callable[[Any], bool], name: str,
     try:
         return treedef.flatten_up_to(spec)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{what}: `{name}` must be a single value, a callable (path, leaf) -> "
-                         f"value, or a tree matching the parameters: {e}") from e
+        raise ValueError(
+            f"{what}: `{name}` must be a single value, a callable (path, leaf) -> "
+            f"value, or a tree matching the parameters: {e}"
+        ) from e
 
 
 class _Plan(NamedTuple):
@@ -300,26 +295,34 @@ class _Plan(NamedTuple):
     layout: layout_lib.MatrixLayout | None
 
 
-def _plans(tree: Any, norms: NormSpec, radius: RadiusSpec, layout: layout_lib.LayoutSpec,
-           what: str) -> list[_Plan]:
-    layouts = layout_lib.resolve(layout, tree, what=what)
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    lays = treedef.flatten_up_to(layouts)
+def _plans(
+    tree: Any,
+    norms: NormSpec,
+    radius: RadiusSpec,
+    layout: layout_lib.LayoutSpec,
+    what: str,
+    kind: str,
+) -> list[_Plan]:
+    """The norm, radius and layout of every leaf of ``tree`` (every leaf checked floating,
+    its layout resolved once); ``kind`` names the tree in errors."""
+    paths, leaves, lays, _, _ = _blocks.flat_layouts(tree, layout, what, kind)
     names = _per_leaf(norms, tree, lambda v: isinstance(v, str), "norms", what)
     radii = _per_leaf(radius, tree, _is_number, "radius", what)
     plans = []
-    for (kp, x), lay, name, rad in zip(paths_leaves, lays, names, radii, strict=True):
-        path = path_str(kp)
+    for path, x, lay, name, rad in zip(paths, leaves, lays, names, radii, strict=True):
         if not isinstance(name, str) or name not in NORMS:
-            raise ValueError(f"{what}: unknown norm {name!r} for parameter '{path}'; expected "
-                             f"one of {list(NORMS)}")
+            raise ValueError(
+                f"{what}: unknown norm {name!r} for parameter '{path}'; expected "
+                f"one of {list(NORMS)}"
+            )
         if name == "auto":
             name = "spectral" if lay is not None else "bias_rms"
         if name in MATRIX_NORMS and lay is None:
             raise ValueError(
                 f"{what}: parameter '{path}' of shape {tuple(jnp.shape(x))} has no matrix "
                 f"layout, so the matrix norm '{name}' is undefined for it; assign it "
-                "'bias_rms' (or norms='auto'), or give it a MatrixLayout")
+                "'bias_rms' (or norms='auto'), or give it a MatrixLayout"
+            )
         _check_radius(rad, path, what)
         plans.append(_Plan(path, name, rad, lay))
     return plans
@@ -335,8 +338,15 @@ _UNIT_ATOMS = {
 }
 
 
-def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None, eps: float,
-                what: str, owner_computes: OwnerComputes | None = None) -> list[jax.Array]:
+def _directions(
+    d_tree: Any,
+    plans: list[_Plan],
+    method: str,
+    steps: int | None,
+    eps: float,
+    what: str,
+    owner_computes: OwnerComputes | None = None,
+) -> list[jax.Array]:
     """``ρ·(−lmo/ρ)(D)`` per leaf: the positive Scion direction (subtracted by the alias)."""
     leaves, treedef = jax.tree.flatten(d_tree)
     out: list[Any] = [None] * len(leaves)
@@ -345,10 +355,14 @@ def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None,
         if not members:
             continue
         lays = [plans[i].layout if i in members else None for i in range(len(leaves))]
-        res = layout_lib.map_matrices(
+        res = _blocks.map_matrices(
             lambda mat, name=name: _UNIT_ATOMS[name](mat, method, steps, eps),
-            d_tree, treedef.unflatten(lays), otherwise=lambda x, p: x, what=what,
-            owner_computes=owner_computes if name == "spectral" else None)
+            d_tree,
+            treedef.unflatten(lays),
+            otherwise=lambda x, p: x,
+            what=what,
+            owner_computes=owner_computes if name == "spectral" else None,
+        )
         res_leaves = treedef.flatten_up_to(res)
         for i in members:
             out[i] = res_leaves[i]
@@ -361,8 +375,14 @@ def _directions(d_tree: Any, plans: list[_Plan], method: str, steps: int | None,
 
 def _check_momentum(momentum: Any) -> None:
     # Scion's α is the weight of the *new* gradient: α = 0 would never move.
-    _checks.real(momentum, "momentum (Scion's α, the weight of the new gradient)",
-                 "scale_by_scion", lo=0.0, hi=1.0, lo_open=True)
+    _checks.real(
+        momentum,
+        "momentum (Scion's α, the weight of the new gradient)",
+        "scale_by_scion",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+    )
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -449,35 +469,30 @@ def scale_by_scion(
     """
     what = "scale_by_scion"
     _check_momentum(momentum)
-    _checks.integer(ns_steps, "ns_steps", what, lo=1, allow_none=True)
+    _blocks.check_steps(ns_steps, what)
     _checks.positive(eps, "eps", what)
     _checks.float_dtype(mu_dtype, "mu_dtype", what)
-    if ortho_method not in linalg.ORTHOGONALIZERS:
-        raise ValueError(f"{what}: unknown ortho_method {ortho_method!r}; expected one of "
-                         f"{linalg.ORTHOGONALIZERS}")
-    if isinstance(norms, str) and norms not in NORMS:
-        raise ValueError(f"{what}: unknown norm {norms!r}; expected one of {list(NORMS)}")
+    _blocks.check_ortho(ortho_method, None, what)
+    if isinstance(norms, str):
+        _checks.choice(norms, "norm", what, NORMS)
     if _is_number(radius):
         _check_radius(radius, "<all parameters>", what)
     check_owner_computes(owner_computes, what)
     mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
-        for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-            check_floating(x, path_str(kp), "parameter")
-        _plans(params, norms, radius, layout, what)
-        mu = jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
+        _plans(params, norms, radius, layout, what, "parameter")
+        mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.result_type(p)), params)
         return ScaleByScionState(count=jnp.zeros([], jnp.int32), mu=mu)
 
     def update_fn(updates, state, params=None):
         del params
-        for kp, x in jax.tree_util.tree_flatten_with_path(updates)[0]:
-            check_floating(x, path_str(kp), "update")
-        plans = _plans(updates, norms, radius, layout, what)
+        plans = _plans(updates, norms, radius, layout, what, "update")
+        # D ← (1 − α) D + α G, written with α itself: optax.tree.update_moment's form needs
+        # decay = 1 − α, and 1 − (1 − α) ≠ α in floating point.
         mu = jax.tree.map(
-            lambda g, d: ((1.0 - momentum) * d + momentum * g).astype(d.dtype),
-            updates, state.mu)
+            lambda g, d: ((1.0 - momentum) * d + momentum * g).astype(d.dtype), updates, state.mu
+        )
         directions = _directions(mu, plans, ortho_method, ns_steps, eps, what, owner_computes)
         leaves, treedef = jax.tree.flatten(updates)
         out = [u.astype(g.dtype) for u, g in zip(directions, leaves, strict=True)]
@@ -580,18 +595,57 @@ def scion(
     _checks.learning_rate(learning_rate, "learning_rate", "scion")
     _checks.nonnegative(weight_decay, "weight_decay", "scion")
     if constrained:
-        if _is_number(weight_decay) and not isinstance(weight_decay, jax.core.Tracer) and (
-                float(np.asarray(weight_decay)) != 0.0):
+        if (
+            _is_number(weight_decay)
+            and not isinstance(weight_decay, jax.core.Tracer)
+            and (float(np.asarray(weight_decay)) != 0.0)
+        ):
             raise ValueError(
                 "scion: constrained=True already decays by the learning rate (W ← (1 − η)W + "
-                f"η·lmo); weight_decay must be 0, got {weight_decay}")
+                f"η·lmo); weight_decay must be 0, got {weight_decay}"
+            )
         decay = 1.0 + weight_decay  # weight_decay is 0 here (an injected 0.0 keeps it traced)
     else:
         decay = weight_decay
-    return _partition.check_update_shapes(optax.chain(
-        scale_by_scion(momentum, norms=norms, radius=radius, layout=layout,
-                       ortho_method=ortho_method, ns_steps=ns_steps, eps=eps, mu_dtype=mu_dtype,
-                       owner_computes=owner_computes),
-        optax.add_decayed_weights(decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "scion")
+    return _blocks.check_update_shapes(
+        optax.chain(
+            scale_by_scion(
+                momentum,
+                norms=norms,
+                radius=radius,
+                layout=layout,
+                ortho_method=ortho_method,
+                ns_steps=ns_steps,
+                eps=eps,
+                mu_dtype=mu_dtype,
+                owner_computes=owner_computes,
+            ),
+            optax.add_decayed_weights(decay, weight_decay_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        "scion",
+    )
+
+
+#: The arguments ``optax.inject_hyperparams`` cannot trace (per-leaf norms, iteration counts,
+#: dtypes, layouts, masks): pass ``static_args=factory.static_args``.
+scale_by_scion.static_args = (
+    "norms",
+    "layout",
+    "ortho_method",
+    "ns_steps",
+    "mu_dtype",
+    "owner_computes",
+)
+scion.static_args = scale_by_scion.static_args + ("weight_decay_mask",)
+
+
+def leaf_norms(
+    params: Any,
+    norms: NormSpec = "auto",
+    radius: RadiusSpec = 1.0,
+    layout: layout_lib.LayoutSpec = None,
+) -> list[tuple[str, str, Any, Any]]:
+    """``(path, norm, radius, layout)`` of every leaf of ``params``, resolved as
+    :func:`scion` resolves them (``'auto'`` replaced by the norm it picks): its plan."""
+    return [tuple(p) for p in _plans(params, norms, radius, layout, "scion", "parameter")]

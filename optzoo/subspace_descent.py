@@ -1,9 +1,10 @@
 """Online Subspace Descent: GaLore with a projector moved every step by online PCA.
 
 Instead of an SVD every ``update_proj_gap`` steps, each matrix leaf's projector takes one
-optimizer step per update on the online-PCA loss of the normalized gradient (ALGORITHMS.md
-§6.3); the inner optimizer runs on the projected gradient exactly as in :mod:`optzoo.galore`,
-whose projection code (side rules, layouts, rank clipping, non-matrix leaves) is shared.
+optimizer step per update on the online-PCA loss of the normalized gradient; the inner
+optimizer runs on the projected gradient exactly as in :mod:`optzoo.galore`, with the same
+projection block (side rules, layouts, rank clipping, non-matrix leaves, float16 leaves, the
+range limit and ``optax.inject_hyperparams``: as there).
 
 Against the authors' release (``kyleliang919/Online-Subspace-Descent`` @ ``e694775``,
 ``galore_torch/galore_projector.py`` with ``proj_type='continuous'`` and
@@ -43,18 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optzoo import _checks, _partition
-from optzoo import layout as _layout
-from optzoo.galore import (
-    _as_float32,
-    _check_adam,
-    _check_common,
-    _compute_dtype,
-    _Core,
-    _default_base,
-    _init_pieces,
-    _static_int,
-)
+from optzoo import _checks, _lowrank
+from optzoo import layout as layout_lib
 
 __all__ = [
     "ONLINE_SUBSPACE_DESCENT_STATIC_ARGS",
@@ -67,12 +58,23 @@ __all__ = [
 
 #: Arguments of :func:`scale_by_online_subspace_descent` that ``optax.inject_hyperparams``
 #: cannot trace: pass them as ``static_args`` (also ``.static_args`` on the function).
-SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = ("rank", "side", "mu_dtype", "base_optimizer",
-                                                "layout")
+SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = (
+    "rank",
+    "side",
+    "mu_dtype",
+    "base_optimizer",
+    "layout",
+)
 #: The same for :func:`online_subspace_descent` (also ``online_subspace_descent.static_args``).
 #: (``update_proj_gap`` only sets the default projector rate ``1/T``, so it may be injected.)
-ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = ("rank", "side", "mu_dtype", "weight_decay_mask",
-                                       "base_optimizer", "layout")
+ONLINE_SUBSPACE_DESCENT_STATIC_ARGS = (
+    "rank",
+    "side",
+    "mu_dtype",
+    "weight_decay_mask",
+    "base_optimizer",
+    "layout",
+)
 
 
 class OnlineSubspaceDescentState(NamedTuple):
@@ -95,7 +97,6 @@ class OnlineSubspaceDescentState(NamedTuple):
     projector_optimizer_state: optax.OptState
 
 
-# --------------------------------------------------------------- Online Subspace Descent
 def _pca_loss_grad(p: jax.Array, x: jax.Array, orth_penalty: Any) -> jax.Array:
     """∇_P of ``‖P Pᵀ X − X‖² + μ‖PᵀP − I‖²`` on ``(B, k, r)`` / ``(B, k, l)`` stacks."""
     e = p @ (jnp.swapaxes(p, -1, -2) @ x) - x
@@ -115,6 +116,23 @@ def pca_loss(p: jax.Array, x: jax.Array, orth_penalty: float) -> jax.Array:
     return jnp.sum(e * e) + orth_penalty * jnp.sum(gram * gram)
 
 
+def _pca_grads(view: _lowrank.Projection, projectors: list[Any], orth_penalty: Any) -> list[Any]:
+    """∇_P of every matrix leaf's PCA loss at its projector, on ``X̃ = X/‖X‖_F`` (a zero
+    gradient gives ``X̃ = 0``); non-matrix leaves keep their ``MaskedNode``."""
+    grads = []
+    for p, gm, pr in zip(view.plans, view.mats, projectors, strict=True):
+        if p is None:
+            grads.append(pr)
+            continue
+        x = gm if p.left else jnp.swapaxes(gm, -1, -2)
+        norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
+        x = x / jnp.where(norm > 0, norm, 1.0)
+        pb = p.batched(pr)
+        mu = jnp.asarray(orth_penalty, pb.dtype)
+        grads.append(p.unbatched(_pca_loss_grad(pb, x.astype(pb.dtype), mu)))
+    return grads
+
+
 def scale_by_online_subspace_descent(
     rank: int = 128,
     *,
@@ -131,7 +149,7 @@ def scale_by_online_subspace_descent(
     eps: float = 1e-6,
     mu_dtype: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
-    layout: _layout.LayoutSpec = None,
+    layout: layout_lib.LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Online Subspace Descent direction: low-rank Adam with an online-PCA-updated projector.
 
@@ -162,13 +180,11 @@ def scale_by_online_subspace_descent(
     Geometry/symmetry: as GaLore's within the subspace; the projector dynamics are the
     Hamiltonian-descent view of the paper (any projector update rule converges).
 
-    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
-    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
-    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
-    before.
+    The arguments not listed below are :func:`optzoo.scale_by_galore`'s, with the same
+    meaning and checks (``rank``, ``scale``, ``side``, the inner Adam's ``b1``, ``b2``,
+    ``mu_dtype``, ``base_optimizer``, ``layout``).
 
     Args:
-      rank: target rank (clipped per matrix to ``min(m, n)`` with a warning).
       projector_learning_rate: ``η_P`` (float or schedule) of the projector's AdamW; default
         ``1/200``, the release's ``1/update_proj_gap`` at its README's ``update_proj_gap``.
       projector_weight_decay: ``λ_P``, decoupled weight decay of the projector (``0.01``,
@@ -179,15 +195,7 @@ def scale_by_online_subspace_descent(
       orth_penalty: ``μ``, weight of ``‖PᵀP − I‖²`` in the PCA loss. Default 0 (the released
         code's loss has no such term; the SVD start is orthonormal and the reconstruction
         term keeps ``P`` near the Stiefel manifold on the gradient's range).
-      scale: ``α > 0`` multiplying the lifted update of matrix leaves (0.25, the release's
-        README command).
-      side: ``'std'``, ``'optax-like'``, ``'left'`` or ``'right'`` (see :mod:`optzoo.galore`).
-      b1: Adam ``β₁`` of the inner optimizer.
-      b2: Adam ``β₂`` of the inner optimizer.
       eps: Adam ``ε`` of the inner optimizer (``1e-6``, the release's; added to ``√v̂``).
-      mu_dtype: dtype of the inner Adam's first moment.
-      base_optimizer: params-free inner transform replacing Adam on the low-rank gradients.
-      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
@@ -213,80 +221,84 @@ def scale_by_online_subspace_descent(
       the skipped first projector step follow the authors' code.
     """
     what = "scale_by_online_subspace_descent"
-    rank = _static_int(rank, "rank", what, 1, SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS)
+    rank = _lowrank.check_projection(
+        rank, scale, side, what, SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS
+    )
     _checks.learning_rate(projector_learning_rate, "projector_learning_rate", what)
-    _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
-               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
-               base_optimizer, what)
-    base = _default_base(base_optimizer, b1, b2, eps, mu_dtype)
+    _checks.nonnegative(projector_weight_decay, "projector_weight_decay", what)
+    _checks.nonnegative(orth_penalty, "orth_penalty", what)
+    base = _lowrank.base_optimizer(base_optimizer, b1, b2, eps, mu_dtype, what)
     proj_tx = optax.chain(
-        optax.scale_by_adam(b1=_as_float32(projector_b1), b2=_as_float32(projector_b2),
-                            eps=projector_eps),
+        _lowrank.adam(projector_b1, projector_b2, projector_eps, None, what, "projector_"),
         optax.add_decayed_weights(projector_weight_decay),
     )
 
     def init_fn(params):
-        treedef, _, base_state, projectors = _init_pieces(params, layout, rank, side, what,
-                                                          base, _compute_dtype)
+        treedef, _, base_state, projectors = _lowrank.init_state(
+            params, layout, rank, side, what, base, _lowrank.compute_dtype
+        )
         proj_tree = treedef.unflatten(projectors)
-        return OnlineSubspaceDescentState(jnp.zeros([], jnp.int32), base_state, proj_tree,
-                                          proj_tx.init(proj_tree))
+        return OnlineSubspaceDescentState(
+            jnp.zeros([], jnp.int32), base_state, proj_tree, proj_tx.init(proj_tree)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params
-        core = _Core(updates, layout, rank, side, what)
+        view = _lowrank.Projection(updates, layout, rank, side, what)
         first = state.count == 0
-        old = core.flat(state.projector)
-        proj = jax.lax.cond(first, lambda: core.svd_projectors(old), lambda: old)
-        low_rank = core.project(proj)
-        low_upd, base_state = core.base_step(base, low_rank, state.base_optimizer_state,
-                                             extra_args)
-        out = core.lift(proj, low_upd, scale)
-
-        grads = []
-        for p, gm, pr in zip(core.plans, core.mats, proj, strict=True):
-            if p is None:
-                grads.append(pr)
-                continue
-            x = gm if p.left else jnp.swapaxes(gm, -1, -2)
-            norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
-            x = x / jnp.where(norm > 0, norm, 1.0)
-            pb = p.batched(pr)
-            mu = jnp.asarray(orth_penalty, pb.dtype)
-            grads.append(p.unbatched(_pca_loss_grad(pb, x.astype(pb.dtype), mu)))
-        proj_tree = core.treedef.unflatten(proj)
+        proj = view.projectors(state.projector, first)
+        out, base_state = view.descend(
+            base, view.project(proj), state.base_optimizer_state, extra_args, proj, scale
+        )
+        grads = view.treedef.unflatten(_pca_grads(view, proj, orth_penalty))
+        proj_tree = view.treedef.unflatten(proj)
 
         def move():
-            direction, p_state = proj_tx.update(core.treedef.unflatten(grads),
-                                                state.projector_optimizer_state, proj_tree)
-            lr = (projector_learning_rate(state.count) if callable(projector_learning_rate)
-                  else projector_learning_rate)
-            moved = jax.tree.map(lambda x, d: (x - jnp.asarray(lr, x.dtype) * d).astype(x.dtype),
-                                 proj_tree, direction)
+            direction, p_state = proj_tx.update(grads, state.projector_optimizer_state, proj_tree)
+            lr = (
+                projector_learning_rate(state.count)
+                if callable(projector_learning_rate)
+                else projector_learning_rate
+            )
+            moved = jax.tree.map(
+                lambda x, d: (x - jnp.asarray(lr, x.dtype) * d).astype(x.dtype),
+                proj_tree,
+                direction,
+            )
             return moved, p_state
 
         def keep():
             return proj_tree, state.projector_optimizer_state
 
         new_proj, p_state = jax.lax.cond(first, keep, move)
-        return out, OnlineSubspaceDescentState(optax.safe_int32_increment(state.count),
-                                               base_state, new_proj, p_state)
+        return out, OnlineSubspaceDescentState(
+            optax.safe_int32_increment(state.count), base_state, new_proj, p_state
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
-               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
-               base_optimizer, what):
-    if projector_learning_rate is not None:
-        _checks.learning_rate(projector_learning_rate, "projector_learning_rate", what)
-    _checks.nonnegative(projector_weight_decay, "projector_weight_decay", what)
-    _checks.unit_interval(projector_b1, "projector_b1", what, hi_open=True)
-    _checks.unit_interval(projector_b2, "projector_b2", what, hi_open=True)
-    _checks.positive(projector_eps, "projector_eps", what)
-    _checks.nonnegative(orth_penalty, "orth_penalty", what)
-    _check_common(scale, side, base_optimizer, what)
-    _check_adam(b1, b2, eps, mu_dtype, what)
+def _projector_rate(
+    learning_rate: optax.ScalarOrSchedule, update_proj_gap: Any, ratio: Any, rate: Any, what: str
+) -> optax.ScalarOrSchedule:
+    """The projector's learning rate of :func:`online_subspace_descent`: ``rate`` when given,
+    else ``ratio · learning_rate`` (pointwise for a schedule), else ``1 / update_proj_gap``
+    (an injected gap is used as a real ``>= 1``)."""
+    if isinstance(update_proj_gap, jax.Array | np.ndarray):  # injected: used as 1/T only
+        _checks.real(update_proj_gap, "update_proj_gap", what, lo=1.0)
+        gap = update_proj_gap
+    else:
+        gap = int(_checks.integer(update_proj_gap, "update_proj_gap", what, lo=1))
+    if ratio is not None and rate is not None:
+        raise ValueError(f"{what}: give projector_lr_ratio or projector_learning_rate, not both")
+    if rate is not None:
+        return rate
+    if ratio is None:
+        return 1.0 / gap
+    _checks.nonnegative(ratio, "projector_lr_ratio", what)
+    if callable(learning_rate):
+        return lambda count: ratio * learning_rate(count)
+    return ratio * learning_rate
 
 
 def online_subspace_descent(
@@ -310,7 +322,7 @@ def online_subspace_descent(
     weight_decay: float = 0.0,
     weight_decay_mask: Any | None = None,
     base_optimizer: optax.GradientTransformation | None = None,
-    layout: _layout.LayoutSpec = None,
+    layout: layout_lib.LayoutSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Online Subspace Descent: low-rank Adam whose projector follows the gradients online.
 
@@ -332,12 +344,8 @@ def online_subspace_descent(
     Defaults are the release's: ``scale = 0.25``, main Adam ``ε = 1e-6``, projector AdamW
     ``(0.9, 0.999, 1e-8)`` with weight decay ``0.01``; the deviations are listed in the
     module docstring. (Before this alignment: ``η_P = 5η``, ``scale = 1``, ``ε = 1e-8``,
-    ``λ_P = λ``.)
-
-    Range (a documented limit): gradients beyond ~1.8e19 in float32/bfloat16 overflow the inner
-    Adam's second moment to ``inf`` (as in ``optax.adam``; the entry then stops moving); float16
-    leaves: moments in float32. The experiments harness clips gradients (``grad_clip=1.0``) long
-    before.
+    ``λ_P = λ``.) The arguments not listed below are
+    :func:`scale_by_online_subspace_descent`'s, with the same meaning, defaults and checks.
 
     Args:
       learning_rate: ``η``, a float or an optax schedule.
@@ -347,31 +355,17 @@ def online_subspace_descent(
       projector_lr_ratio: ``η_P / η`` (``>= 0``), or ``None``.
       projector_learning_rate: ``η_P`` itself (float or schedule), or ``None``; not together
         with ``projector_lr_ratio``.
-      projector_weight_decay: ``λ_P`` of the projector's AdamW.
-      projector_b1: ``β₁`` of the projector's Adam.
-      projector_b2: ``β₂`` of the projector's Adam.
-      projector_eps: ``ε`` of the projector's Adam.
-      orth_penalty: ``μ`` of the PCA loss (default 0, see the block's docstring).
-      scale: ``α`` multiplying the lifted update of matrix leaves.
-      side: ``'std'``, ``'optax-like'``, ``'left'`` or ``'right'``.
-      b1: Adam ``β₁``.
-      b2: Adam ``β₂``.
-      eps: Adam ``ε``.
-      mu_dtype: dtype of the inner Adam's first moment.
-      weight_decay: ``λ``, decoupled weight decay in the full parameter space.
+      weight_decay: ``λ >= 0``, decoupled weight decay in the full parameter space.
       weight_decay_mask: tree of booleans or callable, as ``optax.add_decayed_weights``.
-      base_optimizer: params-free inner transform replacing Adam.
-      layout: matrix layout spec (see :func:`optzoo.scale_by_galore`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
 
     Raises:
-      ValueError / TypeError: as :func:`scale_by_online_subspace_descent` (named
-        ``online_subspace_descent``), and ``learning_rate`` ``None``/negative,
-        ``update_proj_gap < 1``, ``projector_lr_ratio < 0``, both projector rates given,
-        ``weight_decay < 0``. Under ``optax.inject_hyperparams`` pass
-        ``static_args=online_subspace_descent.static_args``.
+      ValueError / TypeError: as :func:`scale_by_online_subspace_descent`, and
+        ``learning_rate`` ``None``/negative, ``update_proj_gap < 1``,
+        ``projector_lr_ratio < 0``, both projector rates given, ``weight_decay < 0``. Under
+        ``optax.inject_hyperparams`` pass ``static_args=online_subspace_descent.static_args``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optzoo
@@ -386,41 +380,33 @@ def online_subspace_descent(
     """
     what = "online_subspace_descent"
     _checks.learning_rate(learning_rate, "learning_rate", what)
-    static = ONLINE_SUBSPACE_DESCENT_STATIC_ARGS
-    _static_int(rank, "rank", what, 1, static)
-    if isinstance(update_proj_gap, jax.Array | np.ndarray):  # injected: used as 1/T only
-        _checks.real(update_proj_gap, "update_proj_gap", what, lo=1.0)
-        gap = update_proj_gap
-    else:
-        gap = int(_checks.integer(update_proj_gap, "update_proj_gap", what, lo=1))
-    if projector_lr_ratio is not None and projector_learning_rate is not None:
-        raise ValueError(f"{what}: give projector_lr_ratio or projector_learning_rate, not "
-                         "both")
-    if projector_lr_ratio is not None:
-        _checks.nonnegative(projector_lr_ratio, "projector_lr_ratio", what)
-    _check_osd(projector_learning_rate, projector_weight_decay, projector_b1, projector_b2,
-               projector_eps, orth_penalty, scale, side, b1, b2, eps, mu_dtype,
-               base_optimizer, what)
-    _checks.nonnegative(weight_decay, "weight_decay", what)
-    if projector_learning_rate is not None:
-        projector_lr = projector_learning_rate
-    elif projector_lr_ratio is None:
-        projector_lr = 1.0 / gap
-    elif callable(learning_rate):
-        def projector_lr(count):
-            return projector_lr_ratio * learning_rate(count)
-    else:
-        projector_lr = projector_lr_ratio * learning_rate
-    return _partition.check_update_shapes(optax.chain(
-        scale_by_online_subspace_descent(
-            rank, projector_learning_rate=projector_lr,
-            projector_weight_decay=projector_weight_decay, projector_b1=projector_b1,
-            projector_b2=projector_b2, projector_eps=projector_eps, orth_penalty=orth_penalty,
-            scale=scale, side=side, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype,
-            base_optimizer=base_optimizer, layout=layout),
-        optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
-    ), "online_subspace_descent")
+    _lowrank.static_int(rank, "rank", what, ONLINE_SUBSPACE_DESCENT_STATIC_ARGS)
+    direction = scale_by_online_subspace_descent(
+        rank,
+        projector_learning_rate=_projector_rate(
+            learning_rate, update_proj_gap, projector_lr_ratio, projector_learning_rate, what
+        ),
+        projector_weight_decay=projector_weight_decay,
+        projector_b1=projector_b1,
+        projector_b2=projector_b2,
+        projector_eps=projector_eps,
+        orth_penalty=orth_penalty,
+        scale=scale,
+        side=side,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        base_optimizer=base_optimizer,
+        layout=layout,
+    )
+    return _lowrank.alias(
+        what,
+        direction,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+    )
 
 
 scale_by_online_subspace_descent.static_args = SCALE_BY_ONLINE_SUBSPACE_DESCENT_STATIC_ARGS

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -136,8 +136,9 @@ def signed_permutation(shape: Sequence[int], seed: int = 0) -> Action:
     return Action(fn, "signed permutation")
 
 
-def positive_diagonal_scaling(shape: Sequence[int], axis: int, seed: int = 0,
-                              low: float = 0.5, high: float = 2.0) -> Action:
+def positive_diagonal_scaling(
+    shape: Sequence[int], axis: int, seed: int = 0, low: float = 0.5, high: float = 2.0
+) -> Action:
     """Multiplies each slice along ``axis`` by a positive factor (``D X`` for axis −2)."""
     d = np.random.default_rng(seed).uniform(low, high, shape[axis])
     bshape = [1] * len(shape)
@@ -163,8 +164,12 @@ def per_leaf(actions: Any) -> Callable[[Any, int], Any]:
     """Applies a tree of :class:`Action` (``None`` = identity) leafwise to a matching tree."""
 
     def apply(tree, t=0):
-        return jax.tree.map(lambda a, x: x if a is None else a(x, t), actions, tree,
-                            is_leaf=lambda a: a is None or isinstance(a, Action))
+        return jax.tree.map(
+            lambda a, x: x if a is None else a(x, t),
+            actions,
+            tree,
+            is_leaf=lambda a: a is None or isinstance(a, Action),
+        )
 
     return apply
 
@@ -240,6 +245,17 @@ def polar_reference(x: Any, rtol: float = 1e-10) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- optax battery
+# Every check takes ``extra_args``: optax extra keyword arguments passed to every ``update``
+# (e.g. the batch of a method that reads one), the same at every step. A trajectory runs all
+# its steps in one jitted ``lax.scan``: compiled once, whatever the transformation does inside
+# (an eager ``lax.cond`` or loop would compile again at every call).
+ExtraArgs = Mapping[str, Any] | None
+
+#: The unknown keyword passed to probe optax's convention that a transformation ignores extra
+#: arguments it does not read.
+_PROBE = "unused_extra_arg"
+
+
 def random_like(tree: Any, seed: int = 0, scale: float = 1.0) -> Any:
     """A tree of standard-normal arrays (times ``scale``) with the shapes/dtypes of ``tree``."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -251,37 +267,107 @@ def random_like(tree: Any, seed: int = 0, scale: float = 1.0) -> Any:
     return treedef.unflatten(out)
 
 
-def _run(tx: optax.GradientTransformation, params: Any, grads_seq: Sequence[Any], **extra):
-    state = tx.init(params)
-    updates = None
-    for g in grads_seq:
-        updates, state = tx.update(g, state, params, **extra)
-        params = optax.apply_updates(params, updates)
-    return params, state, updates
-
-
 def _grads_seq(params: Any, steps: int) -> list[Any]:
     return [random_like(params, seed=100 + t) for t in range(steps)]
 
 
-def check_jit_no_recompile(tx: optax.GradientTransformation, params: Any, steps: int = 3) -> None:
-    """``update`` jits, tolerates extra keyword args, and does not retrace on later calls."""
+class _Trajectory(NamedTuple):
+    params: Any
+    state: Any
+    updates: Any  # of the last step
+    finite: jax.Array  # whether the updates of every step were finite
+
+
+def _run(
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads_seq: Sequence[Any],
+    extra_args: ExtraArgs = None,
+    probe: bool = False,
+) -> _Trajectory:
+    """``init``, then ``update`` + ``apply_updates`` per gradient tree, under one jitted
+    ``lax.scan`` (``probe``: every update also gets the unknown keyword :data:`_PROBE`). The
+    scan carries the state, so it requires the state to keep ``init``'s structure, shapes and
+    dtypes."""
+    tx = optax.with_extra_args_support(tx)
+    unknown = {_PROBE: jnp.zeros(())} if probe else {}
+
+    @jax.jit
+    def trajectory(params, state, grads, extra):
+        def body(carry, g):
+            p, s = carry
+            u, s = tx.update(g, s, p, **unknown, **extra)
+            finite = jnp.array(True)
+            for x in jax.tree.leaves(u):
+                finite &= jnp.all(jnp.isfinite(x))
+            return (optax.apply_updates(p, u), s), (u, finite)
+
+        (params, state), (updates, finite) = jax.lax.scan(body, (params, state), grads)
+        return params, state, jax.tree.map(lambda x: x[-1], updates), jnp.all(finite)
+
+    grads = jax.tree.map(lambda *xs: jnp.stack(xs), *grads_seq)
+    return _Trajectory(*trajectory(params, tx.init(params), grads, dict(extra_args or {})))
+
+
+def check_jit_no_recompile(
+    tx: optax.GradientTransformation,
+    params: Any,
+    steps: int = 3,
+    extra_args: ExtraArgs = None,
+    probe_extra_args: bool = True,
+) -> None:
+    """``update`` jits, tolerates extra keyword args, and does not retrace on later calls.
+
+    ``probe_extra_args=False`` leaves out the unused keyword ``unused_extra_arg`` that every
+    call otherwise passes (optax's convention: a transformation ignores extra arguments it does
+    not read), for a transformation that refuses unknown keywords on purpose.
+    """
     tx_extra = optax.with_extra_args_support(tx)
+    unknown = {_PROBE: jnp.zeros(())} if probe_extra_args else {}
     traces = []
 
     @jax.jit
-    def step(g, state, p):
+    def step(g, state, p, extra):
         traces.append(1)
-        return tx_extra.update(g, state, p, unused_extra_arg=jnp.zeros(()))
+        return tx_extra.update(g, state, p, **unknown, **extra)
 
     state = tx.init(params)
     for g in _grads_seq(params, steps):
-        updates, state = step(g, state, params)
+        updates, state = step(g, state, params, dict(extra_args or {}))
         params = optax.apply_updates(params, updates)
     if len(traces) != 1:
-        raise AssertionError(f"update was traced {len(traces)} times in {steps} calls; the state "
-                             "changes structure, shape or dtype between steps")
+        raise AssertionError(
+            f"update was traced {len(traces)} times in {steps} calls; the state "
+            "changes structure, shape or dtype between steps"
+        )
     _assert_finite(updates, "jit updates")
+
+
+def _check_signature(factory: Callable[..., Any]) -> None:
+    sig = inspect.signature(factory)
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        raise AssertionError(
+            f"{factory.__name__} takes **kwargs; inject_hyperparams needs an explicit signature"
+        )
+
+
+def _compare_injected(
+    plain: _Trajectory,
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    params: Any,
+    grads: Sequence[Any],
+    static_args: Sequence[str],
+    rtol: float,
+    atol: float,
+    extra_args: ExtraArgs,
+) -> None:
+    injected = optax.inject_hyperparams(factory, static_args=tuple(static_args))(**kwargs)
+    run = _run(injected, params, grads, extra_args)
+    _assert_close(plain.updates, run.updates, rtol, atol, "inject_hyperparams updates")
+    _assert_close(plain.params, run.params, rtol, atol, "inject_hyperparams params")
+    if "learning_rate" in kwargs and "learning_rate" not in run.state.hyperparams:
+        raise AssertionError("learning_rate is not injectable")
 
 
 def check_inject_hyperparams(
@@ -292,6 +378,7 @@ def check_inject_hyperparams(
     steps: int = 3,
     rtol: float = 1e-5,
     atol: float = 1e-6,
+    extra_args: ExtraArgs = None,
 ) -> None:
     """``optax.inject_hyperparams(factory)`` gives the same updates as ``factory``.
 
@@ -299,27 +386,21 @@ def check_inject_hyperparams(
     the injected hyperparameters are float32 arrays instead of Python floats, which changes
     rounding by a few ulps per step.
     """
-    sig = inspect.signature(factory)
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        raise AssertionError(f"{factory.__name__} takes **kwargs; inject_hyperparams needs an "
-                             "explicit signature")
-    plain = factory(**kwargs)
-    injected = optax.inject_hyperparams(factory, static_args=tuple(static_args))(**kwargs)
+    _check_signature(factory)
     grads = _grads_seq(params, steps)
-    p1, _, u1 = _run(plain, params, grads)
-    p2, state2, u2 = _run(injected, params, grads)
-    _assert_close(u1, u2, rtol, atol, "inject_hyperparams updates")
-    _assert_close(p1, p2, rtol, atol, "inject_hyperparams params")
-    if "learning_rate" in kwargs and "learning_rate" not in state2.hyperparams:
-        raise AssertionError("learning_rate is not injectable")
+    plain = _run(factory(**kwargs), params, grads, extra_args)
+    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol, extra_args)
 
 
-def check_multisteps(tx: optax.GradientTransformation, params: Any, every_k: int = 3) -> None:
+def check_multisteps(
+    tx: optax.GradientTransformation, params: Any, every_k: int = 3, extra_args: ExtraArgs = None
+) -> None:
     """Under ``optax.MultiSteps(every_k)`` the first ``every_k - 1`` updates are exactly zero."""
     ms = optax.MultiSteps(tx, every_k_schedule=every_k)
+    update = jax.jit(lambda g, s, p, extra: ms.update(g, s, p, **extra))
     state = ms.init(params)
     for t, g in enumerate(_grads_seq(params, every_k)):
-        updates, state = ms.update(g, state, params)
+        updates, state = update(g, state, params, dict(extra_args or {}))
         zero = all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
         if t < every_k - 1 and not zero:
             raise AssertionError(f"MultiSteps: update {t} is not zero")
@@ -328,41 +409,65 @@ def check_multisteps(tx: optax.GradientTransformation, params: Any, every_k: int
 
 
 def check_dtype_preserved(
-    tx: optax.GradientTransformation, params: Any, dtypes: Sequence[Any] = (jnp.bfloat16,)
+    tx: optax.GradientTransformation,
+    params: Any,
+    dtypes: Sequence[Any] = (jnp.bfloat16,),
+    extra_args: ExtraArgs = None,
 ) -> None:
     """Updates keep the dtype of the parameters (and are finite) for each dtype given."""
     for dtype in dtypes:
         p = jax.tree.map(lambda x, d=dtype: x.astype(d), params)
-        _, _, updates = _run(tx, p, _grads_seq(p, 2))
-        for u, x in zip(jax.tree.leaves(updates), jax.tree.leaves(p), strict=True):
+        run = _run(tx, p, _grads_seq(p, 2), extra_args)
+        for u, x in zip(jax.tree.leaves(run.updates), jax.tree.leaves(p), strict=True):
             if u.dtype != x.dtype:
                 raise AssertionError(f"update dtype {u.dtype} != parameter dtype {x.dtype}")
-        _assert_finite(updates, f"{jnp.dtype(dtype).name} updates")
+        if not bool(run.finite):
+            raise AssertionError(f"{jnp.dtype(dtype).name} updates: non-finite values")
 
 
-def check_cond_state_stable(tx: optax.GradientTransformation, params: Any) -> None:
-    """The state after ``update`` has the structure, shapes and dtypes of ``init``'s, so that
-    ``lax.cond`` / ``lax.scan`` can carry it."""
+def _avals(tree: Any) -> Any:
+    return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
+
+
+def _check_state_avals(
+    tx: optax.GradientTransformation, params: Any, extra_args: ExtraArgs
+) -> None:
+    """The state after ``update`` has ``init``'s structure, shapes and dtypes (what
+    ``lax.cond`` requires of its two branches, the update and the identity), read with
+    ``jax.eval_shape`` (nothing is compiled)."""
     state0 = tx.init(params)
     g = random_like(params, seed=7)
+    before = jax.eval_shape(lambda s: s, state0)
+    after = jax.eval_shape(lambda s: tx.update(g, s, params, **dict(extra_args or {}))[1], state0)
+    if jax.tree.structure(before) != jax.tree.structure(after) or (_avals(before) != _avals(after)):
+        raise AssertionError(
+            f"state changes under update:\n init: {_avals(before)}\n after: {_avals(after)}"
+        )
 
-    def branch_update(s):
-        return tx.update(g, s, params)[1]
 
-    out = jax.lax.cond(jnp.array(True), branch_update, lambda s: s, state0)
-    s0 = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), state0)
-    s1 = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), out)
-    if jax.tree.structure(state0) != jax.tree.structure(out) or s0 != s1:
-        raise AssertionError(f"state changes under update:\n init: {s0}\n after: {s1}")
-
-    def body(s, g_t):
-        u, s = tx.update(g_t, s, params)
-        return s, jax.tree.leaves(u)[0].sum()
-
-    grads = jax.tree.map(lambda *xs: jnp.stack(xs), *_grads_seq(params, 3))
-    _, sums = jax.lax.scan(body, state0, grads)
-    if not bool(jnp.all(jnp.isfinite(sums))):
+def check_cond_state_stable(
+    tx: optax.GradientTransformation, params: Any, extra_args: ExtraArgs = None
+) -> None:
+    """The state after ``update`` has the structure, shapes and dtypes of ``init``'s, so that
+    ``lax.cond`` / ``lax.scan`` can carry it; three updates under ``lax.scan`` are finite."""
+    _check_state_avals(tx, params, extra_args)
+    if not bool(_run(tx, params, _grads_seq(params, 3), extra_args).finite):
         raise AssertionError("non-finite updates under lax.scan")
+
+
+def _compare_scheduled(
+    plain: _Trajectory,
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    params: Any,
+    grads: Sequence[Any],
+    rtol: float,
+    atol: float,
+    extra_args: ExtraArgs,
+) -> None:
+    sched = dict(kwargs, learning_rate=optax.constant_schedule(kwargs["learning_rate"]))
+    run = _run(factory(**sched), params, grads, extra_args)
+    _assert_close(plain.updates, run.updates, rtol, atol, "schedule vs constant learning rate")
 
 
 def check_schedule_accepted(
@@ -371,14 +476,12 @@ def check_schedule_accepted(
     params: Any,
     rtol: float = 1e-6,
     atol: float = 1e-7,
+    extra_args: ExtraArgs = None,
 ) -> None:
     """A constant schedule as ``learning_rate`` gives the same updates as the float."""
-    lr = kwargs["learning_rate"]
-    sched = dict(kwargs, learning_rate=optax.constant_schedule(lr))
     grads = _grads_seq(params, 3)
-    _, _, u1 = _run(factory(**kwargs), params, grads)
-    _, _, u2 = _run(factory(**sched), params, grads)
-    _assert_close(u1, u2, rtol, atol, "schedule vs constant learning rate")
+    plain = _run(factory(**kwargs), params, grads, extra_args)
+    _compare_scheduled(plain, factory, kwargs, params, grads, rtol, atol, extra_args)
 
 
 def check_optax_compatibility(
@@ -387,16 +490,49 @@ def check_optax_compatibility(
     params: Any,
     static_args: Sequence[str] = (),
     dtypes: Sequence[Any] = (jnp.bfloat16,),
+    extra_args: ExtraArgs = None,
+    probe_extra_args: bool = True,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
 ) -> None:
-    """Runs the whole battery (DESIGN.md §7) on ``factory(**kwargs)``."""
+    """Runs the whole battery on ``factory(**kwargs)``, compiling each trajectory once.
+
+    The properties of :func:`check_jit_no_recompile`, :func:`check_cond_state_stable`,
+    :func:`check_inject_hyperparams` (``static_args`` as optax's), :func:`check_multisteps`,
+    :func:`check_dtype_preserved` for each of ``dtypes`` and, when ``kwargs`` has a
+    ``learning_rate``, :func:`check_schedule_accepted`. The plain optimizer's three steps run
+    once, jitted under ``lax.scan`` (which carries the state, so it compiles only when the
+    state keeps its structure, shapes and dtypes, and is then never retraced), with the
+    unknown keyword probe; they are the reference of both comparisons.
+
+    Args:
+      factory: the optimizer's factory (its signature is what ``inject_hyperparams`` binds).
+      kwargs: keyword arguments of ``factory``.
+      params: a parameter tree.
+      static_args: the arguments ``optax.inject_hyperparams`` must not turn into arrays.
+      dtypes: parameter dtypes whose updates must keep them.
+      extra_args: optax extra keyword arguments for every ``update`` (e.g. a batch).
+      probe_extra_args: whether to probe that ``update`` ignores an unknown keyword
+        (``False`` for a transformation that refuses unknown keywords on purpose).
+      rtol: relative tolerance of the ``inject_hyperparams`` comparison.
+      atol: its absolute tolerance (scale it with the updates: a ``scale_by_*`` transform
+        without a learning rate returns unit-scale updates).
+
+    Raises:
+      AssertionError: naming the check that failed.
+    """
+    _check_signature(factory)
     tx = factory(**kwargs)
-    check_jit_no_recompile(tx, params)
-    check_inject_hyperparams(factory, kwargs, params, static_args)
-    check_multisteps(tx, params)
-    check_dtype_preserved(tx, params, dtypes)
-    check_cond_state_stable(tx, params)
+    _check_state_avals(tx, params, extra_args)
+    grads = _grads_seq(params, 3)
+    plain = _run(tx, params, grads, extra_args, probe=probe_extra_args)
+    if not bool(plain.finite):
+        raise AssertionError("jit updates: non-finite values")
+    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol, extra_args)
+    check_multisteps(tx, params, extra_args=extra_args)
+    check_dtype_preserved(tx, params, dtypes, extra_args=extra_args)
     if "learning_rate" in kwargs:
-        check_schedule_accepted(factory, kwargs, params)
+        _compare_scheduled(plain, factory, kwargs, params, grads, 1e-6, 1e-7, extra_args)
 
 
 def _assert_finite(tree: Any, what: str) -> None:
@@ -411,5 +547,5 @@ def _assert_close(a: Any, b: Any, rtol: float, atol: float, what: str) -> None:
         raise AssertionError(f"{what}: trees differ in size")
     for x, y in zip(la, lb, strict=True):
         np.testing.assert_allclose(
-            np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol,
-            err_msg=what)
+            np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol, err_msg=what
+        )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -49,8 +49,9 @@ def _layout_for(kind: str, unit: bool) -> MatrixLayout | None:
     if kind in ("matrix", "stacked3", "stacked4", "empty"):
         return MatrixLayout(unit_axis=-1) if unit else MatrixLayout()
     if kind == "conv4":
-        return MatrixLayout(reduction_axes=(0, 1, 2), output_axes=(3,),
-                            unit_axis=3 if unit else None)
+        return MatrixLayout(
+            reduction_axes=(0, 1, 2), output_axes=(3,), unit_axis=3 if unit else None
+        )
     return None
 
 
@@ -65,9 +66,11 @@ def layouts(params: Any, *, unit: bool = False) -> Any:
       A tree of ``MatrixLayout | None`` matching ``params``.
     """
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _layout_for(kind_of(jax.tree_util.keystr(path, simple=True,
-                                                                  separator="/")), unit),
-        params)
+        lambda path, _: _layout_for(
+            kind_of(jax.tree_util.keystr(path, simple=True, separator="/")), unit
+        ),
+        params,
+    )
 
 
 unit_layouts = functools.partial(layouts, unit=True)
@@ -117,12 +120,17 @@ def _delay_extra(step: int, scale: float) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One optimizer of the zoo.
+    """One optimizer of the zoo: ``factory(**kwargs)``.
 
     Attributes:
       name: registry key.
       covers: the ``optzoo.__all__`` factory it exercises.
-      build: returns the ``optax.GradientTransformation``.
+      factory: the public factory (or, for a wrapper, a factory with an explicit signature
+        that builds the wrapped optimizer); its signature is what ``optax.inject_hyperparams``
+        binds in the compatibility battery (``tests/test_optax_compat.py``).
+      kwargs: the small valid hyper-parameters it is built with.
+      static: arguments ``optax.inject_hyperparams`` must leave alone besides the callable
+        ones (an int that sizes a buffer or unrolls a loop); see :attr:`static_args`.
       kinds: leaf kinds it accepts in a generic tree; other kinds must raise naming the path.
       empty_ok: whether zero-size *matrix* leaves (kind ``empty``) are accepted; if not,
         ``init`` raises a ``ValueError`` naming the path. Zero-size vectors (``emptyvec``)
@@ -130,91 +138,249 @@ class Entry:
         fallback).
       tree: ``'generic'`` or ``'routed'`` (Flax/LLaMA names for ``symmetry_compatible``).
       extra: ``(step, scale) -> dict`` of optax extra arguments for ``update``.
+      takes_unknown_keywords: whether ``update`` accepts (and ignores) extra keywords it does
+        not know, optax's convention; the asynchronous gates refuse them on purpose (a
+        misspelled ``delay=`` must not be dropped silently).
     """
 
     name: str
     covers: str
-    build: Callable[[], optax.GradientTransformation]
+    factory: Callable[..., optax.GradientTransformation]
+    kwargs: Mapping[str, Any]
+    static: tuple[str, ...] = ()
     kinds: tuple[str, ...] = KINDS
     empty_ok: bool = True
     tree: str = "generic"
     extra: Callable[[int, float], dict] = _no_extra
+    takes_unknown_keywords: bool = True
+
+    def build(self, **overrides: Any) -> optax.GradientTransformation:
+        """``factory(**kwargs)``, with ``overrides`` replacing some of the keyword arguments."""
+        return self.factory(**{**self.kwargs, **overrides})
+
+    @property
+    def static_args(self) -> tuple[str, ...]:
+        """What a user lists in ``optax.inject_hyperparams(static_args=...)``: the factory's
+        published ``static_args`` (the GaLore family's), ``static``, and every keyword whose
+        value is a callable (a layout function, a model), which optax would otherwise call as
+        a schedule."""
+        names = [
+            *getattr(self.factory, "static_args", ()),
+            *self.static,
+            *(k for k, v in self.kwargs.items() if callable(v)),
+        ]
+        return tuple(dict.fromkeys(names))
 
 
-def _e(name: str, build: Callable[[], Any], covers: str | None = None, **kw: Any) -> Entry:
-    return Entry(name=name, covers=covers or name, build=build, **kw)
+def _e(
+    name: str,
+    factory: Callable[..., Any],
+    covers: str | None = None,
+    static: tuple[str, ...] = (),
+    **kw: Any,
+) -> Entry:
+    fields = {f.name for f in dataclasses.fields(Entry)}
+    options = {k: v for k, v in kw.items() if k in fields}
+    kwargs = {k: v for k, v in kw.items() if k not in fields}
+    return Entry(
+        name=name, covers=covers or name, factory=factory, kwargs=kwargs, static=static, **options
+    )
 
 
-def _m(name: str, build: Callable[[], Any], **kw: Any) -> Entry:
+def _m(name: str, factory: Callable[..., Any], **kw: Any) -> Entry:
     """A matrix method: a zero-size matrix leaf is rejected at ``init`` by
     ``MatrixLayout.validate`` (a ``ValueError`` naming the path and the shape)."""
-    return _e(name, build, empty_ok=False, **kw)
+    return _e(name, factory, empty_ok=False, **kw)
+
+
+# Wrappers as factories with explicit signatures (what inject_hyperparams binds).
+def stale_ringmaster(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    delay_threshold: int,
+    layout: Any = None,
+    pass_through: tuple[str, ...] = (),
+) -> optax.GradientTransformation:
+    """``discard_stale(ringmaster(learning_rate, layout=layout), delay_threshold)``."""
+    return optzoo.discard_stale(
+        optzoo.ringmaster(learning_rate, layout=layout),
+        delay_threshold=delay_threshold,
+        pass_through=pass_through,
+    )
+
+
+def adaptive_ringmaster(
+    learning_rate: optax.ScalarOrSchedule, *, n_workers: int, layout: Any = None
+) -> optax.GradientTransformation:
+    """``delay_adaptive(ringmaster(learning_rate, layout=layout), n_workers)``."""
+    return optzoo.delay_adaptive(
+        optzoo.ringmaster(learning_rate, layout=layout), n_workers=n_workers
+    )
+
+
+def guarded_muon(
+    learning_rate: optax.ScalarOrSchedule, *, layout: Any = None
+) -> optax.GradientTransformation:
+    """``skip_nonfinite(muon(learning_rate, layout=layout))``."""
+    return optzoo.skip_nonfinite(optzoo.muon(learning_rate, layout=layout))
 
 
 _L = layouts
 _U = unit_layouts
 _MATRIX_ONLY = MATRIX_KINDS
+_EGN = ("max_jacobian_size", "linesearch_steps")
 
 ENTRIES: tuple[Entry, ...] = (
     # LMO / orthogonalized family
-    _m("muon", lambda: optzoo.muon(0.02, layout=_L, weight_decay=0.01)),
-    _m("scale_by_muon", lambda: optzoo.scale_by_muon(layout=_L)),
-    _m("polargrad", lambda: optzoo.polargrad(0.02, layout=_L)),
-    _m("scale_by_polargrad", lambda: optzoo.scale_by_polargrad(layout=_L)),
-    _m("scion", lambda: optzoo.scion(0.02, layout=_L)),
-    _m("scale_by_scion", lambda: optzoo.scale_by_scion(layout=_L)),
-    _m("ef_muon", lambda: optzoo.ef_muon(0.02, layout=_L)),
-    _m("scale_by_ef_muon", lambda: optzoo.scale_by_ef_muon(layout=_L), kinds=_MATRIX_ONLY),
-    _m("fismo", lambda: optzoo.fismo(0.02, precondition_frequency=2, layout=_L)),
-    _m("scale_by_fismo", lambda: optzoo.scale_by_fismo(precondition_frequency=2, layout=_L),
-       kinds=_MATRIX_ONLY),
+    _m("muon", optzoo.muon, learning_rate=0.02, layout=_L, weight_decay=0.01),
+    _m("scale_by_muon", optzoo.scale_by_muon, layout=_L),
+    _m("polargrad", optzoo.polargrad, learning_rate=0.02, layout=_L),
+    _m("scale_by_polargrad", optzoo.scale_by_polargrad, layout=_L),
+    _m("scion", optzoo.scion, learning_rate=0.02, layout=_L),
+    _m("scale_by_scion", optzoo.scale_by_scion, layout=_L),
+    _m("ef_muon", optzoo.ef_muon, learning_rate=0.02, layout=_L),
+    _m("scale_by_ef_muon", optzoo.scale_by_ef_muon, layout=_L, kinds=_MATRIX_ONLY),
+    _m(
+        "fismo",
+        optzoo.fismo,
+        learning_rate=0.02,
+        precondition_frequency=2,
+        layout=_L,
+        static=("precondition_frequency",),
+    ),
+    _m(
+        "scale_by_fismo",
+        optzoo.scale_by_fismo,
+        precondition_frequency=2,
+        layout=_L,
+        kinds=_MATRIX_ONLY,
+        static=("precondition_frequency",),
+    ),
     # symmetry-compatible maps
-    _m("rownorm", lambda: optzoo.rownorm(0.02, unit_axis=None, layout=_U)),
-    _m("one_sided_spectral",
-       lambda: optzoo.one_sided_spectral(0.02, unit_axis=None, layout=_U)),
-    _m("left_spectral", lambda: optzoo.left_spectral(0.02, unit_axis=None, layout=_U)),
-    _m("hybrid", lambda: optzoo.hybrid(0.02, unit_axis=None, layout=_U)),
-    _m("scale_by_rownorm", lambda: optzoo.scale_by_rownorm(unit_axis=None, layout=_U),
-       kinds=_MATRIX_ONLY),
-    _m("scale_by_one_sided_spectral",
-       lambda: optzoo.scale_by_one_sided_spectral(unit_axis=None, layout=_U),
-       kinds=_MATRIX_ONLY),
-    _m("scale_by_left_spectral",
-       lambda: optzoo.scale_by_left_spectral(unit_axis=None, layout=_U), kinds=_MATRIX_ONLY),
-    _m("scale_by_hybrid", lambda: optzoo.scale_by_hybrid(unit_axis=None, layout=_U),
-       kinds=_MATRIX_ONLY),
-    _m("symmetry_compatible", lambda: optzoo.symmetry_compatible(0.02, head_dim=2),
-       tree="routed"),
+    _m("rownorm", optzoo.rownorm, learning_rate=0.02, unit_axis=None, layout=_U),
+    _m(
+        "one_sided_spectral",
+        optzoo.one_sided_spectral,
+        learning_rate=0.02,
+        unit_axis=None,
+        layout=_U,
+    ),
+    _m("left_spectral", optzoo.left_spectral, learning_rate=0.02, unit_axis=None, layout=_U),
+    _m("hybrid", optzoo.hybrid, learning_rate=0.02, unit_axis=None, layout=_U),
+    _m("scale_by_rownorm", optzoo.scale_by_rownorm, unit_axis=None, layout=_U, kinds=_MATRIX_ONLY),
+    _m(
+        "scale_by_one_sided_spectral",
+        optzoo.scale_by_one_sided_spectral,
+        unit_axis=None,
+        layout=_U,
+        kinds=_MATRIX_ONLY,
+    ),
+    _m(
+        "scale_by_left_spectral",
+        optzoo.scale_by_left_spectral,
+        unit_axis=None,
+        layout=_U,
+        kinds=_MATRIX_ONLY,
+    ),
+    _m("scale_by_hybrid", optzoo.scale_by_hybrid, unit_axis=None, layout=_U, kinds=_MATRIX_ONLY),
+    _m(
+        "symmetry_compatible",
+        optzoo.symmetry_compatible,
+        learning_rate=0.02,
+        head_dim=2,
+        tree="routed",
+        static=("head_dim",),
+    ),
     # Lion family
-    _e("lion", lambda: optzoo.lion(1e-3)),
-    _m("lion_kappa", lambda: optzoo.lion_kappa(1e-3, "spectral", layout=_L,
-                                                    vector_kappa="sign")),
-    _e("scale_by_lion_kappa", lambda: optzoo.scale_by_lion_kappa(kappa="tanh")),
+    _e("lion", optzoo.lion, learning_rate=1e-3),
+    _m(
+        "lion_kappa",
+        optzoo.lion_kappa,
+        learning_rate=1e-3,
+        kappa="spectral",
+        layout=_L,
+        vector_kappa="sign",
+    ),
+    _e("scale_by_lion_kappa", optzoo.scale_by_lion_kappa, kappa="tanh"),
     # low-rank family
-    _m("galore", lambda: optzoo.galore(1e-2, rank=2, update_proj_gap=2, layout=_L)),
-    _m("scale_by_galore", lambda: optzoo.scale_by_galore(rank=2, update_proj_gap=2, layout=_L)),
-    _m("natural_galore",
-       lambda: optzoo.natural_galore(1e-2, rank=2, update_proj_gap=2, history=2, layout=_L)),
-    _m("scale_by_natural_galore",
-       lambda: optzoo.scale_by_natural_galore(rank=2, update_proj_gap=2, history=2, layout=_L)),
-    _m("online_subspace_descent",
-       lambda: optzoo.online_subspace_descent(1e-2, rank=2, layout=_L)),
-    _m("scale_by_online_subspace_descent",
-       lambda: optzoo.scale_by_online_subspace_descent(rank=2, layout=_L)),
+    _m("galore", optzoo.galore, learning_rate=1e-2, rank=2, update_proj_gap=2, layout=_L),
+    _m("scale_by_galore", optzoo.scale_by_galore, rank=2, update_proj_gap=2, layout=_L),
+    _m(
+        "natural_galore",
+        optzoo.natural_galore,
+        learning_rate=1e-2,
+        rank=2,
+        update_proj_gap=2,
+        history=2,
+        layout=_L,
+    ),
+    _m(
+        "scale_by_natural_galore",
+        optzoo.scale_by_natural_galore,
+        rank=2,
+        update_proj_gap=2,
+        history=2,
+        layout=_L,
+    ),
+    _m(
+        "online_subspace_descent",
+        optzoo.online_subspace_descent,
+        learning_rate=1e-2,
+        rank=2,
+        layout=_L,
+    ),
+    _m(
+        "scale_by_online_subspace_descent",
+        optzoo.scale_by_online_subspace_descent,
+        rank=2,
+        layout=_L,
+    ),
     # second-order and asynchronous
-    _e("egn", lambda: optzoo.egn(0.5, egn_apply, damping=0.1, momentum=0.5), extra=_egn_extra),
-    _e("scale_by_egn", lambda: optzoo.scale_by_egn(egn_apply, damping=0.1), extra=_egn_extra),
-    _m("ringmaster", lambda: optzoo.ringmaster(0.02, layout=_L)),
-    _m("ringmaster_agnostic", lambda: optzoo.ringmaster_agnostic(0.02, layout=_L)),
-    _m("scale_by_ringmaster_lmo", lambda: optzoo.scale_by_ringmaster_lmo(layout=_L)),
-    _m("discard_stale",
-       lambda: optzoo.discard_stale(optzoo.ringmaster(0.02, layout=_L), delay_threshold=2),
-       extra=_delay_extra),
-    _m("delay_adaptive",
-       lambda: optzoo.delay_adaptive(optzoo.ringmaster(0.02, layout=_L), n_workers=2),
-       extra=_delay_extra),
+    _e(
+        "egn",
+        optzoo.egn,
+        learning_rate=0.5,
+        apply_fn=egn_apply,
+        damping=0.1,
+        momentum=0.5,
+        extra=_egn_extra,
+        static=_EGN,
+    ),
+    _e(
+        "scale_by_egn",
+        optzoo.scale_by_egn,
+        apply_fn=egn_apply,
+        damping=0.1,
+        extra=_egn_extra,
+        static=("max_jacobian_size",),
+    ),
+    _m("ringmaster", optzoo.ringmaster, learning_rate=0.02, layout=_L),
+    _m("ringmaster_agnostic", optzoo.ringmaster_agnostic, learning_rate=0.02, layout=_L),
+    _m("scale_by_ringmaster_lmo", optzoo.scale_by_ringmaster_lmo, layout=_L),
+    _m(
+        "discard_stale",
+        stale_ringmaster,
+        covers="discard_stale",
+        learning_rate=0.02,
+        delay_threshold=2,
+        layout=_L,
+        extra=_delay_extra,
+        static=("delay_threshold",),
+        takes_unknown_keywords=False,
+    ),
+    _m(
+        "delay_adaptive",
+        adaptive_ringmaster,
+        covers="delay_adaptive",
+        learning_rate=0.02,
+        n_workers=2,
+        layout=_L,
+        extra=_delay_extra,
+        static=("n_workers",),
+        takes_unknown_keywords=False,
+    ),
     # guards
-    _m("skip_nonfinite", lambda: optzoo.skip_nonfinite(optzoo.muon(0.02, layout=_L))),
+    _m("skip_nonfinite", guarded_muon, covers="skip_nonfinite", learning_rate=0.02, layout=_L),
 )
 
 REGISTRY: dict[str, Entry] = {e.name: e for e in ENTRIES}

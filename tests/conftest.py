@@ -17,8 +17,12 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = dict(derandomize=True, deadline=None, database=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON = dict(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 settings.register_profile("default", **_COMMON)
 settings.register_profile("thorough", max_examples=300, **_COMMON)

@@ -10,10 +10,12 @@ import pytest
 from experiments import ablate
 from experiments.ablate import AblationConfig, SweepEntry
 
-CFG = AblationConfig("unit", ("tiny", "tiny_moe"),
-                     (SweepEntry("adamw", (1e-3, 3e-3)), SweepEntry("lion", (1e-4, 3e-4),
-                                                                    moe=False)),
-                     seeds=(0, 1, 2))
+CFG = AblationConfig(
+    "unit",
+    ("tiny", "tiny_moe"),
+    (SweepEntry("adamw", (1e-3, 3e-3)), SweepEntry("lion", (1e-4, 3e-4), moe=False)),
+    seeds=(0, 1, 2),
+)
 
 
 def fake_run_fn(calls):
@@ -23,11 +25,24 @@ def fake_run_fn(calls):
         calls.append(workdir)
         lr, seed = train_cfg["lr"], train_cfg["seed"]
         final = 2.0 - 0.1 * (lr == 3e-4) + 0.01 * seed + (0.05 if lr == 1e-3 else 0.0)
-        hist = [dict(step=s, val_loss=final + 1.0 / (s + 1) - 1.0 / 101, tokens=s * 1024,
-                     elapsed_s=0.1 * s) for s in range(0, 101, 20)]
-        return dict(final_val_loss=final, history=hist, ms_per_step=10.0,
-                    opt_ms_per_step=2.0, tokens_per_s=1e5, opt_state_bytes=1024.0,
-                    not_json=object())
+        hist = [
+            dict(
+                step=s,
+                val_loss=final + 1.0 / (s + 1) - 1.0 / 101,
+                tokens=s * 1024,
+                elapsed_s=0.1 * s,
+            )
+            for s in range(0, 101, 20)
+        ]
+        return dict(
+            final_val_loss=final,
+            history=hist,
+            ms_per_step=10.0,
+            opt_ms_per_step=2.0,
+            tokens_per_s=1e5,
+            opt_state_bytes=1024.0,
+            not_json=object(),
+        )
 
     return run_fn
 
@@ -35,8 +50,9 @@ def fake_run_fn(calls):
 @pytest.fixture(autouse=True)
 def _plain_train_config(monkeypatch):
     # the unit tests exercise the runner, not the trainer: a dict stands in for TrainConfig
-    monkeypatch.setattr(ablate, "train_config",
-                        lambda cfg, spec: dict(lr=spec.learning_rate, seed=spec.seed))
+    monkeypatch.setattr(
+        ablate, "train_config", lambda cfg, spec: dict(lr=spec.learning_rate, seed=spec.seed)
+    )
 
 
 def test_plan_counts_and_moe_subset():
@@ -111,18 +127,23 @@ def test_report_written(tmp_path):
 
 
 def test_smoke_preset_end_to_end(tmp_path, monkeypatch):
-    # the real trainer on the smoke preset: tiny model, 4 steps, two optimizers, two seeds
+    # the real trainer on the smoke preset: tiny model, 4 steps, AdamW and Muon, two seeds
     monkeypatch.undo()  # use the real train_config
     out = tmp_path / "abl"
     table = ablate.main(["--preset", "smoke", "--out", str(out)])
     rows = table["tiny"]["rows"]
-    assert set(rows) == {"adamw", "lion"} and rows["adamw"]["seeds"] == 2
+    assert set(rows) == {"adamw", "muon"} and rows["adamw"]["seeds"] == 2
     for row in rows.values():
         assert math.isfinite(row["final"]["mean"]) and row["ms_per_step"] > 0
         assert row["opt_state_bytes"] > 0
-    for name in ("report.md", "results.json", "results.md", "plots/loss_tiny.png",
-                 "plots/lr_sensitivity_tiny.png"):
+    for name in (
+        "report.md",
+        "results.json",
+        "results.md",
+        "plots/loss_tiny.png",
+        "plots/lr_sensitivity_tiny.png",
+    ):
         assert (out / name).exists(), name
     # rerun reuses every finished run (no retraining) and gives the same table
     again = ablate.main(["--preset", "smoke", "--out", str(out)])
-    assert again["tiny"]["rows"]["lion"]["final"] == rows["lion"]["final"]
+    assert again["tiny"]["rows"]["muon"]["final"] == rows["muon"]["final"]

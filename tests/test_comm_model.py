@@ -27,9 +27,11 @@ def test_fsdp_axis_picks_the_largest_divisible_axis():
 
 def test_model_by_hand_on_a_two_matrix_tree():
     # two 8x16 matrices (b=1 each, one group of b=2) and a vector, N=4, float32
-    leaves = [cm.Matrix("a", (8, 16), "spectral", view=(1, 8, 16)),
-              cm.Matrix("b", (8, 16), "spectral", view=(1, 8, 16)),
-              cm.Matrix("v", (16,), "elementwise")]
+    leaves = [
+        cm.Matrix("a", (8, 16), "spectral", view=(1, 8, 16)),
+        cm.Matrix("b", (8, 16), "spectral", view=(1, 8, 16)),
+        cm.Matrix("v", (16,), "elementwise"),
+    ]
     ns5 = 5 * (4 * 8 * 8 * 16 + 2 * 8**3)  # NS5 on one 8x16 matrix: r=8, c=16
     gather = cm.model_step(leaves, "fsdp_gather", 4)
     assert gather["all_gather"] == 2 * 0.75 * 8 * 16 * 4  # (N-1)/N of each matrix, 4 bytes
@@ -72,18 +74,20 @@ def test_bad_arguments_are_named():
 
 
 def test_hlo_parser_on_handwritten_lines():
-    text = "\n".join([
-        # all-reduce over an 8-device mesh axis (named-axes replica groups), a tuple result
-        "%ar = (f32[768,768]{1,0}, f32[1]{0}) all-reduce(%a, %b), channel_id=8, "
-        "replica_groups=mesh['axis_0'=1,'axis_1'=8] {'axis_1'}, to_apply=%add",
-        # all-gather in iota form: 2 groups of 4
-        "%ag = bf16[64,32]{1,0} all-gather(%c), replica_groups=[2,4]<=[8], dimensions={0}",
-        # all-to-all with explicit groups of 8
-        "%aa = f32[8,16,16]{2,1,0} all-to-all(%d), replica_groups={{0,1,2,3,4,5,6,7}}, "
-        "dimensions={0}",
-        # not a collective
-        "%dot = f32[8,8]{1,0} dot(%x, %y), lhs_contracting_dims={1}",
-    ])
+    text = "\n".join(
+        [
+            # all-reduce over an 8-device mesh axis (named-axes replica groups), a tuple result
+            "%ar = (f32[768,768]{1,0}, f32[1]{0}) all-reduce(%a, %b), channel_id=8, "
+            "replica_groups=mesh['axis_0'=1,'axis_1'=8] {'axis_1'}, to_apply=%add",
+            # all-gather in iota form: 2 groups of 4
+            "%ag = bf16[64,32]{1,0} all-gather(%c), replica_groups=[2,4]<=[8], dimensions={0}",
+            # all-to-all with explicit groups of 8
+            "%aa = f32[8,16,16]{2,1,0} all-to-all(%d), replica_groups={{0,1,2,3,4,5,6,7}}, "
+            "dimensions={0}",
+            # not a collective
+            "%dot = f32[8,8]{1,0} dot(%x, %y), lhs_contracting_dims={1}",
+        ]
+    )
     got = cm.hlo_collectives(text, 8)
     assert [c["op"] for c in got] == ["all-reduce", "all-gather", "all-to-all"]
     assert [c["group"] for c in got] == [8, 4, 8]
@@ -95,11 +99,17 @@ def test_hlo_parser_on_handwritten_lines():
 
 def test_model_matches_the_compiled_collectives_on_8_devices(tmp_path):
     out = tmp_path / "check.json"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench.comm_model", "--check",
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.bench.comm_model", "--check", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = {r["case"]: r for r in json.loads(out.read_text())["check"]}
     # AdamW under FSDP is elementwise on local shards: no collective at all

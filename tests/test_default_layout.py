@@ -25,30 +25,45 @@ from optzoo.layout import MatrixLayout
 
 def _linen_like():
     z = jnp.zeros
-    return {"MultiHeadAttention_0": {"query": {"kernel": z((8, 2, 4)), "bias": z((2, 4))},
-                                     "out": {"kernel": z((2, 4, 8)), "bias": z((8,))}},
-            "Conv_0": {"kernel": z((3, 3, 4, 8)), "bias": z((8,))},
-            "Dense_0": {"kernel": z((8, 16)), "bias": z((16,))},
-            "LayerNorm_0": {"scale": z((16,)), "bias": z((16,))}}
+    return {
+        "MultiHeadAttention_0": {
+            "query": {"kernel": z((8, 2, 4)), "bias": z((2, 4))},
+            "out": {"kernel": z((2, 4, 8)), "bias": z((8,))},
+        },
+        "Conv_0": {"kernel": z((3, 3, 4, 8)), "bias": z((8,))},
+        "Dense_0": {"kernel": z((8, 16)), "bias": z((16,))},
+        "LayerNorm_0": {"scale": z((16,)), "bias": z((16,))},
+    }
 
 
 def test_multi_axis_leaves_raise_naming_the_path_and_the_fix():
     params = _linen_like()
-    for factory in (lambda: optzoo.muon(0.02), lambda: optzoo.scion(0.02),
-                    lambda: optzoo.galore(1e-2, rank=2)):
+    for factory in (
+        lambda: optzoo.muon(0.02),
+        lambda: optzoo.scion(0.02),
+        lambda: optzoo.galore(1e-2, rank=2),
+    ):
         # leaves are checked in tree order: the conv kernel comes first
-        with pytest.raises(ValueError, match=r"'Conv_0/kernel' of shape \(3, 3, 4, 8\) has 4 "
-                                             r"axes.*routing.hidden_layouts"):
+        with pytest.raises(
+            ValueError,
+            match=r"'Conv_0/kernel' of shape \(3, 3, 4, 8\) has 4 "
+            r"axes.*routing.hidden_layouts",
+        ):
             factory().init(params)
         attn_only = {"MultiHeadAttention_0": {"query": params["MultiHeadAttention_0"]["query"]}}
-        with pytest.raises(ValueError, match=r"'MultiHeadAttention_0/query/kernel' of shape "
-                                             r"\(8, 2, 4\) has 3 axes"):
+        with pytest.raises(
+            ValueError,
+            match=r"'MultiHeadAttention_0/query/kernel' of shape "
+            r"\(8, 2, 4\) has 3 axes",
+        ):
             factory().init(attn_only)
 
 
 def test_embeddings_and_heads_need_an_explicit_decision():
-    params = {"embed": {"embedding": jnp.zeros((16, 8))},
-              "mlp": {"up_proj": {"kernel": jnp.zeros((8, 8))}}}
+    params = {
+        "embed": {"embedding": jnp.zeros((16, 8))},
+        "mlp": {"up_proj": {"kernel": jnp.zeros((8, 8))}},
+    }
     with pytest.raises(ValueError, match=r"'embed/embedding'.*embedding by its name"):
         optzoo.muon(0.02).init(params)
     head = {"lm_head": {"kernel": jnp.zeros((8, 16))}}
@@ -60,8 +75,10 @@ def test_embeddings_and_heads_need_an_explicit_decision():
 
 
 def test_two_d_matrices_and_vectors_by_default():
-    lays = layout_lib.resolve(None, {"w": jnp.zeros((4, 6)), "b": jnp.zeros(6),
-                                     "attn": {"query": {"bias": jnp.zeros((2, 4))}}})
+    lays = layout_lib.resolve(
+        None,
+        {"w": jnp.zeros((4, 6)), "b": jnp.zeros(6), "attn": {"query": {"bias": jnp.zeros((2, 4))}}},
+    )
     assert lays["w"] == MatrixLayout()
     assert lays["b"] is None
     assert lays["attn"]["query"]["bias"] is None  # a 2-D bias is a vector (its routing role)
@@ -73,18 +90,22 @@ def test_the_role_aware_fix_reads_linen_kernels_whole_and_sends_biases_to_the_fa
     factor of the flattened matrix (exact SVD, beta 0), not per-tap factors."""
     params = _linen_like()
     rng = np.random.default_rng(0)
-    grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                         params)
-    tx = optzoo.muon(1.0, beta=0.0, ortho_method="svd", shape_scale=None,
-                     layout=routing.hidden_layouts)
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
+    tx = optzoo.muon(
+        1.0, beta=0.0, ortho_method="svd", shape_scale=None, layout=routing.hidden_layouts
+    )
     u, state = tx.update(grads, tx.init(params), params)
     g = np.asarray(grads["Conv_0"]["kernel"], np.float64).reshape(36, 8)
     uu, _, vt = np.linalg.svd(g, full_matrices=False)
-    np.testing.assert_allclose(np.asarray(u["Conv_0"]["kernel"]).reshape(36, 8), -(uu @ vt),
-                               rtol=1e-4, atol=1e-5)
-    per_tap = -np.stack([np.linalg.svd(t, full_matrices=False)[0]
-                         @ np.linalg.svd(t, full_matrices=False)[2]
-                         for t in np.asarray(grads["Conv_0"]["kernel"]).reshape(9, 4, 8)])
+    np.testing.assert_allclose(
+        np.asarray(u["Conv_0"]["kernel"]).reshape(36, 8), -(uu @ vt), rtol=1e-4, atol=1e-5
+    )
+    per_tap = -np.stack(
+        [
+            np.linalg.svd(t, full_matrices=False)[0] @ np.linalg.svd(t, full_matrices=False)[2]
+            for t in np.asarray(grads["Conv_0"]["kernel"]).reshape(9, 4, 8)
+        ]
+    )
     assert np.abs(np.asarray(u["Conv_0"]["kernel"]).reshape(9, 4, 8) - per_tap).max() > 0.1
     muon_state = state.inner_states["muon"].inner_state[0]
     assert isinstance(muon_state.mu["MultiHeadAttention_0"]["query"]["bias"], optax.MaskedNode)

@@ -34,7 +34,7 @@ ML = optzoo.layout.MatrixLayout
 
 REPO = Path(__file__).resolve().parents[1]
 
-_SCRIPT = textwrap.dedent(r'''
+_SCRIPT = textwrap.dedent(r"""
     import json, math, re, sys
     MODE = sys.argv[1]  # 'core' (default suite) or 'sweep' (every optimizer; slow)
     import jax, jax.numpy as jnp, numpy as np, optax, optzoo
@@ -242,15 +242,24 @@ _SCRIPT = textwrap.dedent(r'''
         out["hlo"] = hlo
         out["plan"] = [list(g) for g in OwnerComputes(mesh).plan(params)]
     print(json.dumps(out))
-''')
+""")
 
 
 def _start(mode: str) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-c", _SCRIPT, mode], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        JAX_PLATFORMS="cpu",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, mode],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _collect(proc: subprocess.Popen) -> dict:
@@ -264,8 +273,12 @@ def _collect(proc: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-CORE_TESTS = ("test_updates_equal_the_single_device_run", "test_apply_equals_each_owner_alone",
-              "test_compiled_program_distributes_the_work", "test_plan_counts_and_padding")
+CORE_TESTS = (
+    "test_updates_equal_the_single_device_run",
+    "test_apply_equals_each_owner_alone",
+    "test_compiled_program_distributes_the_work",
+    "test_plan_counts_and_padding",
+)
 SWEEP_TEST = "test_every_orthogonalizing_optimizer_equals_the_single_device_run"
 
 
@@ -274,8 +287,10 @@ def processes(request):
     """Starts the 8-device subprocesses when the module starts (only those whose tests are
     selected), so that they overlap with the in-process tests."""
     names = {item.name for item in request.session.items}
-    procs = {"core": _start("core") if names & set(CORE_TESTS) else None,
-             "sweep": _start("sweep") if SWEEP_TEST in names else None}
+    procs = {
+        "core": _start("core") if names & set(CORE_TESTS) else None,
+        "sweep": _start("sweep") if SWEEP_TEST in names else None,
+    }
     yield procs
     for proc in procs.values():
         if proc is not None and proc.poll() is None:
@@ -290,13 +305,17 @@ def core(processes):
 
 # ---------------------------------------------------------------- in-process (1 device)
 def _mesh1(names=("fsdp",)):
-    return jax.sharding.Mesh([jax.devices()[0]] * 1 if len(names) == 1 else
-                             [[jax.devices()[0]]], names)
+    return jax.sharding.Mesh(
+        [jax.devices()[0]] * 1 if len(names) == 1 else [[jax.devices()[0]]], names
+    )
 
 
 def test_unknown_axis_names_the_axis_and_the_mesh_axes():
-    with pytest.raises(ValueError, match=r"unknown mesh axis name\(s\) \['model'\].*"
-                                         r"\['fsdp'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown mesh axis name\(s\) \['model'\].*"
+        r"\['fsdp'\]",
+    ):
         OwnerComputes(_mesh1(), "model")
     with pytest.raises(ValueError, match="at least one mesh axis"):
         OwnerComputes(_mesh1(), ())
@@ -311,10 +330,12 @@ def test_mesh_must_be_a_mesh(mesh):
 
 
 def test_optimizers_reject_a_non_owner_computes_value():
-    for factory in (lambda oc: optzoo.muon(0.02, layout=ML(), owner_computes=oc),
-                    lambda oc: optzoo.fismo(0.02, owner_computes=oc),
-                    lambda oc: optzoo.hybrid(0.02, unit_axis=0, owner_computes=oc),
-                    lambda oc: optzoo.symmetry_compatible(0.02, owner_computes=oc)):
+    for factory in (
+        lambda oc: optzoo.muon(0.02, layout=ML(), owner_computes=oc),
+        lambda oc: optzoo.fismo(0.02, owner_computes=oc),
+        lambda oc: optzoo.hybrid(0.02, unit_axis=0, owner_computes=oc),
+        lambda oc: optzoo.symmetry_compatible(0.02, owner_computes=oc),
+    ):
         with pytest.raises(TypeError, match=r"owner_computes must be an optzoo.OwnerComputes"):
             factory("fsdp")
 
@@ -323,7 +344,8 @@ def test_hashable_normalized_and_usable_on_one_device():
     a, b = OwnerComputes(_mesh1()), OwnerComputes(_mesh1(), ["fsdp"])
     assert a == b and hash(a) == hash(b) and a.axes == ("fsdp",) and a.num_owners == 1
     assert OwnerComputes(_mesh1(("data", "fsdp")), "fsdp").partition_spec == jax.P(
-        ("fsdp",), None, None)
+        ("fsdp",), None, None
+    )
     # D = 1: the plain computation (a bad stack rank is reported)
     x = jax.numpy.arange(24.0).reshape(2, 3, 4)
     assert (a.apply(lambda y: 2 * y, x) == 2 * x).all()
@@ -336,9 +358,14 @@ def test_updates_equal_the_single_device_run(core):
     # Rounding only: XLA:CPU's batched dots round differently for different batch sizes (the
     # owners see 1 matrix, the single device 5); through the 5 polynomial iterations this
     # measured <= 5e-7 relative here. Tolerance 1e-5 relative to each leaf's largest entry.
-    assert set(core["errors"]) == {"fsdp8/muon", "fsdp8/hybrid_leaf_nu", "data2xfsdp4/muon",
-                                   "data2xfsdp4/hybrid_leaf_nu", "explicit8/muon",
-                                   "data2xfsdp4(axes=fsdp)/muon"}
+    assert set(core["errors"]) == {
+        "fsdp8/muon",
+        "fsdp8/hybrid_leaf_nu",
+        "data2xfsdp4/muon",
+        "data2xfsdp4/hybrid_leaf_nu",
+        "explicit8/muon",
+        "data2xfsdp4(axes=fsdp)/muon",
+    }
     for name, (update_err, state_err) in core["errors"].items():
         assert update_err < 1e-5 and state_err < 1e-5, (name, update_err, state_err)
 
@@ -366,17 +393,30 @@ def test_compiled_program_distributes_the_work(core):
 def test_plan_counts_and_padding(core):
     # group (16, 32): a1, a2 and the 3 slices of 'stack' -> 5 matrices, 1 per device, 3 padded
     assert [GroupPlan(*g) for g in core["plan"]] == [
-        GroupPlan(16, 32, "float32", 5, 1, 3), GroupPlan(32, 16, "float32", 1, 1, 7)]
+        GroupPlan(16, 32, "float32", 5, 1, 3),
+        GroupPlan(32, 16, "float32", 1, 1, 7),
+    ]
 
 
 @pytest.mark.slow
 def test_every_orthogonalizing_optimizer_equals_the_single_device_run(processes):
     out = _collect(processes["sweep"])
-    expected = {"muon", "polargrad", "polargrad_polar_first", "scion", "ef_muon", "fismo",
-                "one_sided_spectral", "left_spectral", "hybrid_leaf_nu", "lion_kappa_spectral",
-                "ringmaster"}
+    expected = {
+        "muon",
+        "polargrad",
+        "polargrad_polar_first",
+        "scion",
+        "ef_muon",
+        "fismo",
+        "one_sided_spectral",
+        "left_spectral",
+        "hybrid_leaf_nu",
+        "lion_kappa_spectral",
+        "ringmaster",
+    }
     assert {k.split("/")[1] for k in out["errors"] if k.startswith("fsdp8/")} == expected | {
-        "symmetry_compatible"}
+        "symmetry_compatible"
+    }
     # rounding of batch-size-dependent kernels amplified by the iterations / eigh (measured
     # <= 4e-6 relative; FISMO's and EF-Muon's states carry it across steps): rtol 2e-5
     # The centered left map inverts a Gram that is singular along 1 (damped by gram_eps = 1e-6

@@ -29,23 +29,25 @@ def linear(p, x):
 
 
 def _mlp_params(rng, din, h, c, dtype=np.float64):
-    return {"w1": rng.standard_normal((din, h)).astype(dtype),
-            "b1": (0.1 * rng.standard_normal(h)).astype(dtype),
-            "w2": (0.5 * rng.standard_normal((h, c))).astype(dtype),
-            "b2": (0.1 * rng.standard_normal(c)).astype(dtype)}
+    return {
+        "w1": rng.standard_normal((din, h)).astype(dtype),
+        "b1": (0.1 * rng.standard_normal(h)).astype(dtype),
+        "w2": (0.5 * rng.standard_normal((h, c))).astype(dtype),
+        "b2": (0.1 * rng.standard_normal(c)).astype(dtype),
+    }
 
 
 def _numpy_mlp_jacobian(p, x):
     """Per-leaf Jacobians ``[b, c, *leaf]`` of ``tanh(x W1 + b1) W2 + b2``, by hand."""
     h = np.tanh(x @ p["w1"] + p["b1"])  # [b, H]
-    dh = 1.0 - h ** 2
+    dh = 1.0 - h**2
     b, c = x.shape[0], p["w2"].shape[1]
     eye = np.eye(c)
     return {
         "b2": np.broadcast_to(eye, (b, c, c)),
-        "w2": np.einsum("ij,kl->iljk", h, eye),                     # ∂f_l/∂W2[j,k] = h_j δ_kl
-        "b1": np.einsum("ij,jk->ikj", dh, p["w2"]),                 # (1 − h_j²) W2[j,k]
-        "w1": np.einsum("ia,ij,jk->ikaj", x, dh, p["w2"]),          # x_a (1 − h_j²) W2[j,k]
+        "w2": np.einsum("ij,kl->iljk", h, eye),  # ∂f_l/∂W2[j,k] = h_j δ_kl
+        "b1": np.einsum("ij,jk->ikj", dh, p["w2"]),  # (1 − h_j²) W2[j,k]
+        "w1": np.einsum("ia,ij,jk->ikaj", x, dh, p["w2"]),  # x_a (1 − h_j²) W2[j,k]
     }
 
 
@@ -64,14 +66,16 @@ def _numpy_dense_direction(p, x, y, loss, lam):
         r = prob - np.eye(c)[y]
         q = np.zeros((b * c, b * c))
         for i in range(b):
-            q[i * c:(i + 1) * c, i * c:(i + 1) * c] = np.diag(prob[i]) - np.outer(prob[i], prob[i])
+            q[i * c : (i + 1) * c, i * c : (i + 1) * c] = np.diag(prob[i]) - np.outer(
+                prob[i], prob[i]
+            )
     g = jmat.T @ r.reshape(-1) / b
     hess = jmat.T @ q @ jmat / b
     d = np.linalg.solve(hess + lam * np.eye(len(g)), g)
     out, start = {}, 0
     for k in keys:
         size = p[k].size
-        out[k] = d[start:start + size].reshape(p[k].shape)
+        out[k] = d[start : start + size].reshape(p[k].shape)
         start += size
     return out
 
@@ -105,9 +109,17 @@ def test_direction_equals_dense_lm_solve_float64(loss, solver):
     lam = 0.3
     dense = _numpy_dense_direction(p, x, y, loss, lam)
     with jax.enable_x64(True):
-        u, _ = _direction(jax.tree.map(jnp.asarray, p), jnp.asarray(x), jnp.asarray(y),
-                          apply_fn=mlp, loss=loss, damping=lam, solver=solver, cg_tol=1e-15,
-                          cg_maxiter=500)
+        u, _ = _direction(
+            jax.tree.map(jnp.asarray, p),
+            jnp.asarray(x),
+            jnp.asarray(y),
+            apply_fn=mlp,
+            loss=loss,
+            damping=lam,
+            solver=solver,
+            cg_tol=1e-15,
+            cg_maxiter=500,
+        )
         assert all(v.dtype == jnp.float64 for v in jax.tree.leaves(u))
     # Algebraically identical (push-through identity); cond(H + λI) ≈ 1e2 here, so float64
     # rounding leaves ~1e-14. CG at tol 1e-15 on a 24-dim SPD system converges as far.
@@ -118,11 +130,20 @@ def test_callable_loss_matches_named_loss():
     # loss=callable uses autodiff r and Q; with ℓ = ½‖f − y‖² it must equal loss='mse'.
     rng = np.random.default_rng(1)
     p = jax.tree.map(jnp.asarray, _mlp_params(rng, 3, 5, 2, np.float32))
-    x, y = jnp.asarray(rng.standard_normal((7, 3)), jnp.float32), jnp.asarray(
-        rng.standard_normal((7, 2)), jnp.float32)
+    x, y = (
+        jnp.asarray(rng.standard_normal((7, 3)), jnp.float32),
+        jnp.asarray(rng.standard_normal((7, 2)), jnp.float32),
+    )
     u_named, _ = _direction(p, x, y, apply_fn=mlp, loss="mse", damping=0.1)
-    u_call, _ = _direction(p, x, y, apply_fn=mlp, loss=lambda f, t: 0.5 * jnp.sum((f - t) ** 2),
-                           damping=0.1, solver="cholesky")
+    u_call, _ = _direction(
+        p,
+        x,
+        y,
+        apply_fn=mlp,
+        loss=lambda f, t: 0.5 * jnp.sum((f - t) ** 2),
+        damping=0.1,
+        solver="cholesky",
+    )
     # float32, identical algebra with Q = I found by jax.hessian: ~1e-6 relative.
     assert _tree_rel_err(u_call, jax.tree.map(np.asarray, u_named)) < 1e-5
 
@@ -144,8 +165,15 @@ def test_one_step_solves_linear_least_squares_as_damping_vanishes(solver):
     errors = {}
     with jax.enable_x64(True):
         for lam in (1e-3, 1e-8):
-            opt = egn(1.0, linear, damping=lam, adaptive_damping=False, solver=solver,
-                      cg_tol=1e-14, cg_maxiter=200)
+            opt = egn(
+                1.0,
+                linear,
+                damping=lam,
+                adaptive_damping=False,
+                solver=solver,
+                cg_tol=1e-14,
+                cg_maxiter=200,
+            )
             p = jax.tree.map(jnp.asarray, w0)
             u, _ = _jit_update(opt)(p, opt.init(p), p, (jnp.asarray(x), jnp.asarray(y)))
             errors[lam] = _tree_rel_err(optax.apply_updates(p, u), sol)
@@ -160,12 +188,23 @@ def test_cg_matches_direct_solvers_float32():
     rng = np.random.default_rng(3)
     p = jax.tree.map(jnp.asarray, _mlp_params(rng, 8, 16, 5, np.float32))
     x = jnp.asarray(rng.standard_normal((20, 8)), jnp.float32)
-    for loss, y in (("mse", jnp.asarray(rng.standard_normal((20, 5)), jnp.float32)),
-                    ("cross_entropy", jnp.asarray(rng.integers(0, 5, 20)))):
+    for loss, y in (
+        ("mse", jnp.asarray(rng.standard_normal((20, 5)), jnp.float32)),
+        ("cross_entropy", jnp.asarray(rng.integers(0, 5, 20))),
+    ):
         ref, _ = _direction(p, x, y, apply_fn=mlp, loss=loss, damping=0.05, solver="lu")
         chol, _ = _direction(p, x, y, apply_fn=mlp, loss=loss, damping=0.05, solver="cholesky")
-        cg, _ = _direction(p, x, y, apply_fn=mlp, loss=loss, damping=0.05, solver="cg",
-                           cg_tol=1e-7, cg_maxiter=1000)
+        cg, _ = _direction(
+            p,
+            x,
+            y,
+            apply_fn=mlp,
+            loss=loss,
+            damping=0.05,
+            solver="cg",
+            cg_tol=1e-7,
+            cg_maxiter=1000,
+        )
         ref = jax.tree.map(np.asarray, ref)
         # float32: cond(SKS + bλI) ≈ 1e3 here, so solves agree to ~1e-4 relative; CG at
         # tol 1e-7 adds less. A wrong Q, scale or transpose would be O(1).
@@ -203,8 +242,7 @@ def test_damping_increases_after_a_poor_step():
         return x * p["t"]
 
     p = {"t": jnp.ones((1,), jnp.float32)}
-    tx = scale_by_egn(ident, loss=loss, damping=1e-6, adaptive_damping=True,
-                      damping_increase=1.5)
+    tx = scale_by_egn(ident, loss=loss, damping=1e-6, adaptive_damping=True, damping_increase=1.5)
     x, y = jnp.ones((1, 1)), jnp.zeros((1, 1))
     _, state = _jit_update(tx)(p, tx.init(p), p, (x, y))
     assert abs(float(state.rho)) < 1e-4
@@ -228,8 +266,15 @@ def test_linesearch_backtracks_an_overshooting_step_to_the_minimizer():
     rng = np.random.default_rng(5)
     x, y, w0, sol = _ls_problem(rng)
     with jax.enable_x64(True):
-        opt = egn(8.0, linear, damping=1e-8, adaptive_damping=False, linesearch=True,
-                  linesearch_decrease=0.5, linesearch_c1=1e-4)
+        opt = egn(
+            8.0,
+            linear,
+            damping=1e-8,
+            adaptive_damping=False,
+            linesearch=True,
+            linesearch_decrease=0.5,
+            linesearch_c1=1e-4,
+        )
         p = jax.tree.map(jnp.asarray, w0)
         u, state = _jit_update(opt)(p, opt.init(p), p, (jnp.asarray(x), jnp.asarray(y)))
         assert isinstance(state, EGNLineSearchState)
@@ -247,8 +292,13 @@ def test_linesearch_backtracks_an_overshooting_step_to_the_minimizer():
 def test_momentum_is_a_bias_corrected_ema_of_directions():
     rng = np.random.default_rng(6)
     p0 = jax.tree.map(jnp.asarray, _mlp_params(rng, 3, 4, 2, np.float32))
-    batches = [(jnp.asarray(rng.standard_normal((5, 3)), jnp.float32),
-                jnp.asarray(rng.standard_normal((5, 2)), jnp.float32)) for _ in range(2)]
+    batches = [
+        (
+            jnp.asarray(rng.standard_normal((5, 3)), jnp.float32),
+            jnp.asarray(rng.standard_normal((5, 2)), jnp.float32),
+        )
+        for _ in range(2)
+    ]
     beta = 0.7
     tx = scale_by_egn(mlp, damping=0.2, adaptive_damping=False, momentum=beta)
     state = tx.init(p0)
@@ -259,8 +309,7 @@ def test_momentum_is_a_bias_corrected_ema_of_directions():
     u1, _ = _direction(p0, *batches[0], apply_fn=mlp, damping=0.2)
     u2, _ = _direction(p1, *batches[1], apply_fn=mlp, damping=0.2)
     u1, u2 = jax.tree.map(np.asarray, u1), jax.tree.map(np.asarray, u2)
-    expect2 = {k: (beta * (1 - beta) * u1[k] + (1 - beta) * u2[k]) / (1 - beta ** 2)
-               for k in u1}
+    expect2 = {k: (beta * (1 - beta) * u1[k] + (1 - beta) * u2[k]) / (1 - beta**2) for k in u1}
     # float32 arithmetic on O(1) numbers: 1e-5 relative.
     assert _tree_rel_err(o1, u1) < 1e-5  # debiased first step = the plain direction
     assert _tree_rel_err(o2, expect2) < 1e-5
@@ -270,18 +319,32 @@ def test_momentum_is_a_bias_corrected_ema_of_directions():
 def _setup(dtype=jnp.float32):
     rng = np.random.default_rng(7)
     p = jax.tree.map(lambda a: jnp.asarray(a, dtype), _mlp_params(rng, 4, 6, 3, np.float32))
-    batches = [(jnp.asarray(rng.standard_normal((8, 4)), jnp.float32),
-                jnp.asarray(rng.integers(0, 3, 8))) for _ in range(3)]
+    batches = [
+        (jnp.asarray(rng.standard_normal((8, 4)), jnp.float32), jnp.asarray(rng.integers(0, 3, 8)))
+        for _ in range(3)
+    ]
     return p, batches
 
 
 def _kw(**extra):
-    return {"learning_rate": 0.5, "apply_fn": mlp, "loss": "cross_entropy", "damping": 0.1,
-            "momentum": 0.5, **extra}
+    return {
+        "learning_rate": 0.5,
+        "apply_fn": mlp,
+        "loss": "cross_entropy",
+        "damping": 0.1,
+        "momentum": 0.5,
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("extra", [{}, {"linesearch": True, "adaptive_damping": True},
-                                   {"solver": "cg", "adaptive_damping": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"linesearch": True, "adaptive_damping": True},
+        {"solver": "cg", "adaptive_damping": True},
+    ],
+)
 def test_jit_without_retrace_and_finite(extra):
     opt = egn(**_kw(**extra))
     p, batches = _setup()
@@ -349,9 +412,11 @@ def test_multisteps_cond_and_scan_state_stable():
         zero = all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
         assert zero == (t < 2)
     state0 = opt.init(p)
-    out = jax.jit(lambda s0: jax.lax.cond(
-        jnp.array(True), lambda st: opt.update(p, st, p, batch=batches[0])[1],
-        lambda st: st, s0))(state0)
+    out = jax.jit(
+        lambda s0: jax.lax.cond(
+            jnp.array(True), lambda st: opt.update(p, st, p, batch=batches[0])[1], lambda st: st, s0
+        )
+    )(state0)
     spec = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state0)
     assert jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), out) == spec
     xs = jnp.stack([b[0] for b in batches])
@@ -371,6 +436,7 @@ def test_composes_in_chain_with_other_extra_args_transforms():
         def update(updates, state, params=None, *, factor, **extra):
             del params, extra
             return jax.tree.map(lambda u: factor * u, updates), state
+
         return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
 
     p, batches = _setup()
@@ -436,8 +502,7 @@ def test_bad_arguments_and_integer_params():
 # ------------------------------------------------------------ demo code path, convergence
 def test_demo_code_path_on_synthetic_classification(tmp_path):
     task = egn_demo.blobs_task(0, n=240, dim=6, classes=3)
-    summary = egn_demo.run_task(task, epochs=3, grids={"egn": [0.1], "sgd": [0.1]},
-                                batch_size=40)
+    summary = egn_demo.run_task(task, epochs=3, grids={"egn": [0.1], "sgd": [0.1]}, batch_size=40)
     first = summary["runs"]["egn"]["best"]["curve"][0]["test_loss"]
     egn_row, sgd_row = summary["table"]["egn"], summary["table"]["sgd"]
     # 3 classes of well-separated blobs: 12 EGN steps take the test loss from ~1.1 to well
@@ -472,8 +537,9 @@ def _numpy_mlp(p, x):
     return np.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
 
-def _somax_reference_run(p0, batches, loss, lam, lr, beta, *, maxls=15, decrease=0.8,
-                         increase=1.5, aggressiveness=0.9):
+def _somax_reference_run(
+    p0, batches, loss, lam, lr, beta, *, maxls=15, decrease=0.8, increase=1.5, aggressiveness=0.9
+):
     keys = sorted(p0)
     shapes = {k: p0[k].shape for k in keys}
     theta = np.concatenate([p0[k].ravel() for k in keys])
@@ -482,7 +548,7 @@ def _somax_reference_run(p0, batches, loss, lam, lr, beta, *, maxls=15, decrease
         out, i = {}, 0
         for k in keys:
             n = int(np.prod(shapes[k]))
-            out[k] = v[i:i + n].reshape(shapes[k])
+            out[k] = v[i : i + n].reshape(shapes[k])
             i += n
         return out
 
@@ -536,7 +602,7 @@ def _parity_problem(loss, steps=6):
     batches = []
     for _ in range(steps):
         x = rng.standard_normal((10, 3))
-        y = (np.sin(2 * x[:, :1]) if loss == "mse" else rng.integers(0, c, 10))
+        y = np.sin(2 * x[:, :1]) if loss == "mse" else rng.integers(0, c, 10)
         batches.append((x, y))
     return p0, batches
 
@@ -556,8 +622,9 @@ def _optzoo_run(p0, batches, **kw):
 
 
 # cross-entropy (curvature Q ≠ I) by default; MSE with `bash run.sh slow`.
-@pytest.mark.parametrize("loss,lr", [pytest.param("mse", 1.0, marks=pytest.mark.slow),
-                                     ("cross_entropy", 2.0)])
+@pytest.mark.parametrize(
+    "loss,lr", [pytest.param("mse", 1.0, marks=pytest.mark.slow), ("cross_entropy", 2.0)]
+)
 def test_linesearch_and_momentum_match_somax_reference(loss, lr):
     """optzoo's egn(linesearch=True) equals a numpy port of somax's EGN over 6 steps.
 
@@ -569,8 +636,7 @@ def test_linesearch_and_momentum_match_somax_reference(loss, lr):
     p0, batches = _parity_problem(loss)
     lam, beta = 0.05, 0.6
     ref, ref_t = _somax_reference_run(p0, batches, loss, lam, lr, beta)
-    ours, our_t = _optzoo_run(p0, batches, learning_rate=lr, loss=loss, damping=lam,
-                              momentum=beta)
+    ours, our_t = _optzoo_run(p0, batches, learning_rate=lr, loss=loss, damping=lam, momentum=beta)
     # The search must act and carry over for the comparison to mean anything: some step
     # backtracks (t < 1) and a later one grows by the reset factor 1.5.
     assert min(ref_t) < 0.9 * lr
@@ -584,9 +650,17 @@ def test_linesearch_and_momentum_match_somax_reference(loss, lr):
     # the parameter difference: 1e-6.
     assert _tree_rel_err(ours, ref) < 1e-6
     # negative control: optzoo's previous line search (restart at 1, δ 1/2, c₁ 1e-4)
-    old, _ = _optzoo_run(p0, batches, learning_rate=lr, loss=loss, damping=lam, momentum=beta,
-                         linesearch_decrease=0.5, linesearch_c1=1e-4,
-                         linesearch_increase=1e6)
+    old, _ = _optzoo_run(
+        p0,
+        batches,
+        learning_rate=lr,
+        loss=loss,
+        damping=lam,
+        momentum=beta,
+        linesearch_decrease=0.5,
+        linesearch_c1=1e-4,
+        linesearch_increase=1e6,
+    )
     assert _tree_rel_err(old, ref) > 1e-3
 
 
@@ -615,7 +689,7 @@ def test_weight_decay_and_learning_rate_match_somax_v1_chain():
         start = 0
         for k in keys:
             n = theta[k].size
-            step = s[start:start + n].reshape(theta[k].shape)
+            step = s[start : start + n].reshape(theta[k].shape)
             theta[k] = theta[k] - lr * (step + kappa * theta[k])
             start += n
     with jax.enable_x64(True):
@@ -647,8 +721,9 @@ def test_linesearch_steps_bounds_the_reductions_exactly():
     rng = np.random.default_rng(5)
     x, y, w0, _ = _ls_problem(rng)
     with jax.enable_x64(True):
-        opt = egn(1e4, linear, damping=1e-8, linesearch=True, linesearch_steps=3,
-                  linesearch_decrease=0.5)
+        opt = egn(
+            1e4, linear, damping=1e-8, linesearch=True, linesearch_steps=3, linesearch_decrease=0.5
+        )
         p = jax.tree.map(jnp.asarray, w0)
         _, state = _jit_update(opt)(p, opt.init(p), p, (jnp.asarray(x), jnp.asarray(y)))
         assert float(state.step_size) == 0.125 and int(state.trials) == 4
@@ -658,33 +733,52 @@ def test_linesearch_steps_bounds_the_reductions_exactly():
 
 
 # ------------------------------------------------- construction-time checks, bad input
-@pytest.mark.parametrize("kw,exc", [
-    ({"damping": 0.0}, ValueError), ({"damping": -0.1}, ValueError),
-    ({"damping": float("nan")}, ValueError), ({"damping": None}, TypeError),
-    ({"momentum": -0.1}, ValueError), ({"momentum": "0.9"}, TypeError),
-    ({"damping_decrease": 0.0}, ValueError), ({"damping_decrease": 1.5}, ValueError),
-    ({"damping_increase": 0.5}, ValueError), ({"damping_min": 0.0}, ValueError),
-    ({"damping_max": -1.0}, ValueError),
-    ({"cg_tol": 1.0}, ValueError), ({"cg_tol": -1.0}, ValueError),
-    ({"cg_tol": 1.5}, ValueError), ({"cg_maxiter": 0}, ValueError),
-    ({"cg_maxiter": 2.5}, TypeError), ({"max_jacobian_size": 0}, ValueError),
-    ({"mu_dtype": jnp.int32}, TypeError), ({"adaptive_damping": "yes"}, ValueError),
-    ({"linesearch": 1}, ValueError), ({"weight_decay": -1e-4}, ValueError),
-    ({"linesearch_steps": -1}, ValueError), ({"linesearch_steps": 2.0}, TypeError),
-    ({"linesearch_decrease": 1.0}, ValueError), ({"linesearch_increase": 0.9}, ValueError),
-    ({"linesearch_c1": 0.0}, ValueError), ({"linesearch_c1": 1.0}, ValueError),
-    ({"learning_rate": None}, TypeError), ({"learning_rate": -1.0}, ValueError),
-    ({"apply_fn": None}, TypeError),
-])
+@pytest.mark.parametrize(
+    "kw,exc",
+    [
+        ({"damping": 0.0}, ValueError),
+        ({"damping": -0.1}, ValueError),
+        ({"damping": float("nan")}, ValueError),
+        ({"damping": None}, TypeError),
+        ({"momentum": -0.1}, ValueError),
+        ({"momentum": "0.9"}, TypeError),
+        ({"damping_decrease": 0.0}, ValueError),
+        ({"damping_decrease": 1.5}, ValueError),
+        ({"damping_increase": 0.5}, ValueError),
+        ({"damping_min": 0.0}, ValueError),
+        ({"damping_max": -1.0}, ValueError),
+        ({"cg_tol": 1.0}, ValueError),
+        ({"cg_tol": -1.0}, ValueError),
+        ({"cg_tol": 1.5}, ValueError),
+        ({"cg_maxiter": 0}, ValueError),
+        ({"cg_maxiter": 2.5}, TypeError),
+        ({"max_jacobian_size": 0}, ValueError),
+        ({"mu_dtype": jnp.int32}, TypeError),
+        ({"adaptive_damping": "yes"}, ValueError),
+        ({"linesearch": 1}, ValueError),
+        ({"weight_decay": -1e-4}, ValueError),
+        ({"linesearch_steps": -1}, ValueError),
+        ({"linesearch_steps": 2.0}, TypeError),
+        ({"linesearch_decrease": 1.0}, ValueError),
+        ({"linesearch_increase": 0.9}, ValueError),
+        ({"linesearch_c1": 0.0}, ValueError),
+        ({"linesearch_c1": 1.0}, ValueError),
+        ({"learning_rate": None}, TypeError),
+        ({"learning_rate": -1.0}, ValueError),
+        ({"apply_fn": None}, TypeError),
+    ],
+)
 def test_every_hyperparameter_is_checked_at_construction(kw, exc):
     """Each bad value is refused by ``egn(...)`` with a message naming the argument."""
     name = next(iter(kw))
     args = {"learning_rate": 1.0, "apply_fn": mlp, **kw}
     with pytest.raises(exc, match=name):
         egn(**args)
-    scale_only = {k: v for k, v in kw.items() if not k.startswith(("linesearch",
-                                                                      "learning_rate",
-                                                                      "weight_decay"))}
+    scale_only = {
+        k: v
+        for k, v in kw.items()
+        if not k.startswith(("linesearch", "learning_rate", "weight_decay"))
+    }
     if scale_only:
         with pytest.raises(exc, match=name):
             scale_by_egn(**{"apply_fn": mlp, **scale_only})
@@ -746,8 +840,14 @@ def test_out_of_range_labels_are_a_clear_error_eager_and_jitted():
 
 
 # 'lu' (the old NaN) by default; the other two solvers with `bash run.sh slow`.
-@pytest.mark.parametrize("solver", [pytest.param("cholesky", marks=pytest.mark.slow), "lu",
-                                    pytest.param("cg", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        pytest.param("cholesky", marks=pytest.mark.slow),
+        "lu",
+        pytest.param("cg", marks=pytest.mark.slow),
+    ],
+)
 def test_tiny_damping_on_duplicated_samples_stays_finite(solver):
     """Duplicated samples make K = JJᵀ singular; a tiny damping must not give NaN.
 
@@ -757,17 +857,18 @@ def test_tiny_damping_on_duplicated_samples_stays_finite(solver):
     n·eps·‖a‖ (relative to the solve dtype and the Gram matrix scale).
     """
     rng = np.random.default_rng(0)
-    p = {"w1": jnp.asarray(rng.standard_normal((5, 8)), jnp.float32),
-         "b1": jnp.zeros(8, jnp.float32),
-         "w2": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32),
-         "b2": jnp.zeros(3, jnp.float32)}
+    p = {
+        "w1": jnp.asarray(rng.standard_normal((5, 8)), jnp.float32),
+        "b1": jnp.zeros(8, jnp.float32),
+        "w2": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32),
+        "b2": jnp.zeros(3, jnp.float32),
+    }
     x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
     x = jnp.concatenate([x, x])
     y = jnp.asarray(rng.standard_normal((16, 3)), jnp.float32)
     with pytest.raises(ValueError, match="damping"):
         scale_by_egn(mlp, damping=0.0, solver=solver)
-    ref, _ = _direction(p, x, y, apply_fn=mlp, damping=1e-4, solver=solver,
-                        cg_maxiter=500)
+    ref, _ = _direction(p, x, y, apply_fn=mlp, damping=1e-4, solver=solver, cg_maxiter=500)
     u, _ = _direction(p, x, y, apply_fn=mlp, damping=1e-30, solver=solver, cg_maxiter=500)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(u))
     # the floor acts like a damping of order n·eps·‖K‖/b here: the direction is the λ → 0
@@ -788,8 +889,9 @@ def _guard_run(tx, p, batches, grads_from_batch):
 
 
 # The two cases the old guard got wrong (skip with NaN-free "gradients", zero with any).
-@pytest.mark.parametrize("mode,grads_from_batch", [
-    pytest.param("skip", False, marks=pytest.mark.slow), ("zero", True)])
+@pytest.mark.parametrize(
+    "mode,grads_from_batch", [pytest.param("skip", False, marks=pytest.mark.slow), ("zero", True)]
+)
 def test_guarded_egn_ignores_a_nan_batch(mode, grads_from_batch):
     """``skip_nonfinite(egn, mode)`` on a NaN batch leaves EGN's state finite and equal to a
     run without that batch (bitwise: the same ops on the same values).
@@ -802,17 +904,26 @@ def test_guarded_egn_ignores_a_nan_batch(mode, grads_from_batch):
 
     rng = np.random.default_rng(9)
     p = jax.tree.map(jnp.asarray, _mlp_params(rng, 3, 4, 2, np.float32))
-    batches = [(jnp.asarray(rng.standard_normal((6, 3)), jnp.float32),
-                jnp.asarray(rng.standard_normal((6, 2)), jnp.float32)) for _ in range(4)]
+    batches = [
+        (
+            jnp.asarray(rng.standard_normal((6, 3)), jnp.float32),
+            jnp.asarray(rng.standard_normal((6, 2)), jnp.float32),
+        )
+        for _ in range(4)
+    ]
     bad = (batches[2][0].at[1, 1].set(jnp.nan), batches[2][1])
     opt = egn(0.5, mlp, damping=0.1, momentum=0.5)
     tx = guard.skip_nonfinite(opt, mode=mode)
     got, state = _guard_run(tx, p, batches[:2] + [bad] + batches[3:], grads_from_batch)
-    ref, ref_state = _guard_run(guard.skip_nonfinite(opt), p, batches[:2] + batches[3:],
-                                grads_from_batch)
+    ref, ref_state = _guard_run(
+        guard.skip_nonfinite(opt), p, batches[:2] + batches[3:], grads_from_batch
+    )
     assert int(state.skipped) == 1
-    for a, b in zip(jax.tree.leaves((got, state.inner_state)),
-                    jax.tree.leaves((ref, ref_state.inner_state)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves((got, state.inner_state)),
+        jax.tree.leaves((ref, ref_state.inner_state)),
+        strict=True,
+    ):
         assert bool(jnp.all(jnp.isfinite(a)))
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # negative controls: the batch does poison EGN when it gets in — EGN on zero
@@ -823,8 +934,7 @@ def test_guarded_egn_ignores_a_nan_batch(mode, grads_from_batch):
     assert not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves((u, s)))
     if not grads_from_batch:
         blind = guard.skip_nonfinite(opt, mode=mode, check_extra_args=False)
-        poisoned, _ = _guard_run(blind, p, batches[:2] + [bad] + batches[3:],
-                                 grads_from_batch)
+        poisoned, _ = _guard_run(blind, p, batches[:2] + [bad] + batches[3:], grads_from_batch)
         assert not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(poisoned))
 
 
@@ -834,16 +944,15 @@ def test_eager_egn_state_has_no_shared_buffer_and_can_be_donated():
     (repro: the buffer pointers of ``init``'s leaves had duplicates)."""
     p, batches = _setup()
     plain = egn(**_kw(linesearch=True, adaptive_damping=True))
-    injected = optax.inject_hyperparams(egn, static_args=(
-        "apply_fn", "max_jacobian_size", "linesearch_steps", "cg_maxiter"))(
-            **_kw(linesearch=True, adaptive_damping=True))
+    injected = optax.inject_hyperparams(
+        egn, static_args=("apply_fn", "max_jacobian_size", "linesearch_steps", "cg_maxiter")
+    )(**_kw(linesearch=True, adaptive_damping=True))
     for opt in (plain, injected):
         pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(opt.init(p))]
         assert len(pointers) == len(set(pointers))
     # one donated run (the injected state contains the plain one's fields)
     state = injected.init(p)
-    step = jax.jit(lambda s, q, batch: injected.update(q, s, q, batch=batch),
-                   donate_argnums=(0,))
+    step = jax.jit(lambda s, q, batch: injected.update(q, s, q, batch=batch), donate_argnums=(0,))
     q = p
     for batch in batches[:2]:
         u, state = step(state, q, batch)

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import optzoo
 from optzoo import error_feedback as EF
 from optzoo import testing
 from optzoo.layout import MatrixLayout
@@ -90,8 +91,9 @@ def test_ef_identity_delta_plus_error_equals_p_every_step(compressor):
     params = {k: _j(_np(i, s)) for i, (k, s) in enumerate(shapes.items())}
     sched = optax.linear_schedule(0.3, 0.05, 5)
     # stacked leaf: an explicit layout (the default layout refuses leaves with > 2 axes)
-    tx = EF.scale_by_ef_muon(0.8, compressor=compressor, step_size=sched, nesterov=True,
-                             layout=MatrixLayout())
+    tx = EF.scale_by_ef_muon(
+        0.8, compressor=compressor, step_size=sched, nesterov=True, layout=MatrixLayout()
+    )
     state = tx.init(params)
     for t in range(5):
         g = {k: _j(_np(10 * t + i, s)) for i, (k, s) in enumerate(shapes.items())}
@@ -141,7 +143,7 @@ def test_ef_muon_matches_numpy_recursion_with_schedule(compressor):
 
 
 def test_sign_ef_with_beta_zero_on_a_diagonal_is_ef_signsgd():
-    # β = 0, diagonal W, sign compressor: EF-signSGD on the diagonal (ALGORITHMS.md §3).
+    # β = 0, diagonal W, sign compressor: EF-signSGD on the diagonal.
     lr = 0.1
     diag_grads = [_np(70 + t, (4,)) for t in range(5)]
     tx = EF.scale_by_ef_muon(0.0, compressor="sign", step_size=lr, layout=None)
@@ -171,8 +173,7 @@ def test_ef_muon_spectral_equivariant_under_bi_orthogonal_sign_is_not():
     testing.check_equivariance(tx, w0, gs, act, rtol=5e-4)
     tx_ns = EF.ef_muon(0.1, 0.9, weight_decay=0.05, ortho_method="newton_schulz")
     testing.check_equivariance(tx_ns, w0, gs, act, rtol=1e-5)
-    assert testing.equivariance_error(EF.ef_muon(0.1, 0.9, compressor="sign"), w0, gs,
-                                      act) > 0.1
+    assert testing.equivariance_error(EF.ef_muon(0.1, 0.9, compressor="sign"), w0, gs, act) > 0.1
 
 
 def test_ef_sign_equivariant_under_signed_permutation():
@@ -194,28 +195,49 @@ def test_stacked_leaf_equals_per_slice(compressor):
         u1, s1 = tx.update(g, s1)
         u2, s2 = tx.update([g[i] for i in range(3)], s2)
         # one scale per slice, identical kernels: rtol 1e-6.
-        np.testing.assert_allclose(np.asarray(u1), np.stack([np.asarray(x) for x in u2]),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(u1), np.stack([np.asarray(x) for x in u2]), rtol=1e-6, atol=1e-7
+        )
 
 
 # ------------------------------------------------------------------ fallback
-def test_non_matrix_leaves_go_to_the_adamw_fallback():
+@pytest.mark.parametrize(
+    "spec,ref",
+    [
+        # the default fallback follows the learning rate: 0.015 x 0.1 (optzoo.fallback)
+        (None, optax.adamw(0.015 * 0.1, b1=0.9, b2=0.95, weight_decay=0.0)),
+        # an explicit AdamW: its rate used as given, its moments and decay as set
+        (
+            optzoo.fallback.AdamW(learning_rate=1e-3, b2=0.999, weight_decay=0.1),
+            optax.adamw(1e-3, b1=0.9, b2=0.999, weight_decay=0.1),
+        ),
+    ],
+)
+def test_non_matrix_leaves_go_to_the_adamw_fallback(spec, ref):
     params = {"w": _j(_np(1, (4, 6))), "b": _j(_np(2, (6,))), "s": _j(_np(3, ()))}
-    grads = [{k: _j(_np(10 * t + i, np.shape(v))) for i, (k, v) in enumerate(params.items())}
-             for t in range(3)]
-    tx = EF.ef_muon(0.1, layout=lambda p: {"w": MatrixLayout(), "b": None, "s": None})
-    # the default fallback follows the learning rate: 0.015 x 0.1 (optzoo._partition)
-    ref = optax.adamw(0.015 * 0.1, b1=0.9, b2=0.95, weight_decay=0.0)
-    s, sr = tx.init(params), ref.init({"b": params["b"], "s": params["s"]})
+    grads = [
+        {k: _j(_np(10 * t + i, np.shape(v))) for i, (k, v) in enumerate(params.items())}
+        for t in range(3)
+    ]
+    tx = EF.ef_muon(
+        0.1, layout=lambda p: {"w": MatrixLayout(), "b": None, "s": None}, fallback=spec
+    )
+    vec = {"b": params["b"], "s": params["s"]}
+    s, sr = tx.init(params), ref.init(vec)
     for g in grads:
         u, s = tx.update(g, s, params)
-        ur, sr = ref.update({"b": g["b"], "s": g["s"]}, sr, {"b": params["b"], "s": params["s"]})
+        ur, sr = ref.update({"b": g["b"], "s": g["s"]}, sr, vec)
         # same optax code on the same leaves: bitwise equal.
         np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(ur["b"]))
         np.testing.assert_array_equal(np.asarray(u["s"]), np.asarray(ur["s"]))
+
+
+def test_a_given_fallback_transformation_is_used_as_is():
+    params = {"w": _j(_np(1, (4, 6))), "b": _j(_np(2, (6,)))}
+    grads = {"w": _j(_np(4, (4, 6))), "b": _j(_np(5, (6,)))}
     custom = EF.ef_muon(0.1, fallback=optax.sgd(1.0))
-    u, _ = custom.update(grads[0], custom.init(params), params)
-    np.testing.assert_allclose(np.asarray(u["b"]), -np.asarray(grads[0]["b"]))
+    u, _ = custom.update(grads, custom.init(params), params)
+    np.testing.assert_allclose(np.asarray(u["b"]), -np.asarray(grads["b"]))
 
 
 # ---------------------------------------------------------------- optax battery
@@ -225,8 +247,13 @@ _PARAMS = {"w": jnp.zeros((4, 6)), "stack": jnp.zeros((2, 3, 5)), "b": jnp.zeros
 @pytest.mark.parametrize("compressor", ["spectral", "sign"])
 def test_optax_battery(compressor):
     params = testing.random_like(_PARAMS, seed=1)
-    kwargs = dict(learning_rate=0.05, beta=0.9, compressor=compressor, weight_decay=0.01,
-                  layout={"w": MatrixLayout(), "stack": MatrixLayout(), "b": None})
+    kwargs = dict(
+        learning_rate=0.05,
+        beta=0.9,
+        compressor=compressor,
+        weight_decay=0.01,
+        layout={"w": MatrixLayout(), "stack": MatrixLayout(), "b": None},
+    )
     testing.check_optax_compatibility(EF.ef_muon, kwargs, params, static_args=("layout",))
 
 

@@ -12,17 +12,20 @@ import pytest
 from optzoo import error_feedback as EF
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    (dict(ns_steps=0), ValueError, "ns_steps"),
-    (dict(ns_steps=3.0), TypeError, "ns_steps"),
-    (dict(ortho_method="svd2"), ValueError, "ortho_method"),
-    (dict(compressor="topk"), ValueError, "compressor"),
-    (dict(beta=1.0), ValueError, "beta"),
-    (dict(beta=np.float64(-0.1)), ValueError, "beta"),
-    (dict(mu_dtype=jnp.int8), TypeError, "mu_dtype"),
-    (dict(error_dtype="int32"), TypeError, "error_dtype"),
-    (dict(nesterov=1), TypeError, "nesterov"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        (dict(ns_steps=0), ValueError, "ns_steps"),
+        (dict(ns_steps=3.0), TypeError, "ns_steps"),
+        (dict(ortho_method="svd2"), ValueError, "ortho_method"),
+        (dict(compressor="topk"), ValueError, "compressor"),
+        (dict(beta=1.0), ValueError, "beta"),
+        (dict(beta=np.float64(-0.1)), ValueError, "beta"),
+        (dict(mu_dtype=jnp.int8), TypeError, "mu_dtype"),
+        (dict(error_dtype="int32"), TypeError, "error_dtype"),
+        (dict(nesterov=1), TypeError, "nesterov"),
+    ],
+)
 def test_bad_options_fail_at_construction_naming_the_argument(kwargs, error, name):
     """Before: ``ef_muon(0.1, ns_steps=0)`` built fine and raised only in the first update
     (``orthogonalize: steps must lie in [1, inf], got 0``; repro on optzoo 985adad)."""
@@ -32,17 +35,25 @@ def test_bad_options_fail_at_construction_naming_the_argument(kwargs, error, nam
         EF.scale_by_ef_muon(**kwargs)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    (dict(learning_rate=None), TypeError, "learning_rate"),
-    (dict(learning_rate=-0.1), ValueError, "learning_rate"),
-    (dict(learning_rate=0.1, weight_decay=-1.0), ValueError, "weight_decay"),
-    (dict(learning_rate=0.1, adam_learning_rate=float("nan")), ValueError,
-     "adam_learning_rate"),
-    (dict(learning_rate=0.1, fallback="adam"), TypeError, "fallback"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        (dict(learning_rate=None), TypeError, "learning_rate"),
+        (dict(learning_rate=-0.1), ValueError, "learning_rate"),
+        (dict(learning_rate=0.1, weight_decay=-1.0), ValueError, "weight_decay"),
+        (dict(learning_rate=0.1, fallback="adam"), TypeError, "fallback"),
+        (dict(learning_rate=0.1, fallback=optax.adam), TypeError, "fallback"),
+    ],
+)
 def test_alias_arguments_checked_at_construction(kwargs, error, name):
     with pytest.raises(error, match=name):
         EF.ef_muon(**kwargs)
+
+
+def test_the_repeated_adam_keywords_are_gone():
+    """The default fallback is configured by ``fallback=optzoo.fallback.AdamW(...)`` only."""
+    with pytest.raises(TypeError, match="adam_learning_rate"):
+        EF.ef_muon(0.1, adam_learning_rate=3e-4)
 
 
 @pytest.mark.slow
@@ -83,8 +94,9 @@ def test_default_compressor_departs_from_the_exact_one_as_documented():
     c_auto, c_svd = EF.compress_spectral(p, method="auto"), EF.compress_spectral(p, method="svd")
     dev = np.linalg.norm(c_auto - c_svd, axis=(-2, -1)) / np.linalg.norm(c_svd, axis=(-2, -1))
     assert 0.03 < dev.mean() < 0.15 and dev.max() < 0.25, dev
-    contraction = 1 - (np.linalg.norm(p - c_auto, axis=(-2, -1))
-                       / np.linalg.norm(p, axis=(-2, -1))) ** 2
+    contraction = (
+        1 - (np.linalg.norm(p - c_auto, axis=(-2, -1)) / np.linalg.norm(p, axis=(-2, -1))) ** 2
+    )
     assert contraction.min() > 0.25
 
 

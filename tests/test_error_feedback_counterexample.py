@@ -59,7 +59,8 @@ def _run(tx, c, steps, w0=W0, *, trajectory=False):
 
     w = jnp.asarray(w0, jnp.float32)
     (w, _), ((fs, sums), ws) = jax.jit(
-        lambda w: jax.lax.scan(body, (w, tx.init(w)), None, length=steps))(w)
+        lambda w: jax.lax.scan(body, (w, tx.init(w)), None, length=steps)
+    )(w)
     res = (np.asarray(w, np.float64), np.asarray(fs, np.float64), np.asarray(sums, np.float64))
     return (*res, np.asarray(ws, np.float64)) if trajectory else res
 
@@ -90,12 +91,17 @@ def _toy_ef(w0, c, beta, gammas, weight_decay=0.0, error_feedback=True):
 _SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize(("compressor", "beta", "weight_decay", "schedule"), [
-    ("sign", 0.9, 0.0, "fixed"), ("spectral", 0.5, 0.1, "sqrt"),
-    pytest.param("sign", 0.5, 0.1, "sqrt", marks=_SLOW),
-    pytest.param("spectral", 0.9, 0.0, "fixed", marks=_SLOW),
-    pytest.param("sign", 0.0, 0.0, "sqrt", marks=_SLOW),
-    pytest.param("spectral", 0.0, 0.0, "sqrt", marks=_SLOW)])
+@pytest.mark.parametrize(
+    ("compressor", "beta", "weight_decay", "schedule"),
+    [
+        ("sign", 0.9, 0.0, "fixed"),
+        ("spectral", 0.5, 0.1, "sqrt"),
+        pytest.param("sign", 0.5, 0.1, "sqrt", marks=_SLOW),
+        pytest.param("spectral", 0.9, 0.0, "fixed", marks=_SLOW),
+        pytest.param("sign", 0.0, 0.0, "sqrt", marks=_SLOW),
+        pytest.param("spectral", 0.0, 0.0, "sqrt", marks=_SLOW),
+    ],
+)
 def test_ef_muon_matches_the_toy_script_recursion(compressor, beta, weight_decay, schedule):
     """ef_muon on diag(W) == the script's EF-momentum recursion, 25 steps, c = 0.5.
 
@@ -105,11 +111,13 @@ def test_ef_muon_matches_the_toy_script_recursion(compressor, beta, weight_decay
     Negative control: the same recursion without error feedback (Δ = γ·sign(M)) differs.
     """
     c, steps = 0.5, 25
-    gammas = [1 / np.sqrt(steps)] * steps if schedule == "fixed" else [
-        1 / np.sqrt(t + 1) for t in range(steps)]
+    gammas = (
+        [1 / np.sqrt(steps)] * steps
+        if schedule == "fixed"
+        else [1 / np.sqrt(t + 1) for t in range(steps)]
+    )
     lr = gammas[0] if schedule == "fixed" else (lambda t: 1 / jnp.sqrt(t + 1.0))
-    tx = EF.ef_muon(lr, beta, compressor=compressor, weight_decay=weight_decay,
-                    ortho_method="svd")
+    tx = EF.ef_muon(lr, beta, compressor=compressor, weight_decay=weight_decay, ortho_method="svd")
     want = np.stack(_toy_ef(W0, c, beta, gammas, weight_decay))
     *_, ws = _run(tx, c, steps, trajectory=True)
     # float32 vs float64, entries O(1), 25 steps: rounding only (measured <= 1e-6); the
@@ -121,13 +129,18 @@ def test_ef_muon_matches_the_toy_script_recursion(compressor, beta, weight_decay
 
 
 # --------------------------------------------------------------- the counterexample
-SCHEDULES = {"constant 0.05": 0.05, "1/(t+1)": lambda t: 1.0 / (t + 1.0),
-             "1/(t+1)^0.51": lambda t: (t + 1.0) ** -0.51, "0.3/sqrt(t+1)":
-             lambda t: 0.3 / jnp.sqrt(t + 1.0)}
+SCHEDULES = {
+    "constant 0.05": 0.05,
+    "1/(t+1)": lambda t: 1.0 / (t + 1.0),
+    "1/(t+1)^0.51": lambda t: (t + 1.0) ** -0.51,
+    "0.3/sqrt(t+1)": lambda t: 0.3 / jnp.sqrt(t + 1.0),
+}
 
 
-@pytest.mark.parametrize("schedule", [
-    s if s == "1/(t+1)^0.51" else pytest.param(s, marks=_SLOW) for s in sorted(SCHEDULES)])
+@pytest.mark.parametrize(
+    "schedule",
+    [s if s == "1/(t+1)^0.51" else pytest.param(s, marks=_SLOW) for s in sorted(SCHEDULES)],
+)
 def test_muon_without_momentum_stalls_for_every_schedule(schedule):
     """Muon (β = 0, exact polar factor) on f with c = 0.5: W₁₁ + W₂₂ stays 3, so
     f_t ≥ 1.5 = f(W*) + 1.5 for all 600 steps, whatever the schedule (measured: exactly 1.5
@@ -163,7 +176,8 @@ def test_ef_muon_converges_where_muon_without_momentum_stalls():
     script's schedule) ends at f = 1.5000 (its floor); EF-Muon with γ = 1/√T ends at 0.030
     (measured float32; the float64 port 0.065 — the sign switches are chaotic, rounding
     picks the path, both far below 1.5)."""
-    _, fs_muon, _ = _run(optzoo.muon(SCHEDULES["1/(t+1)^0.51"], beta=0.0, ortho_method="svd"),
-                         0.5, 1000)
+    _, fs_muon, _ = _run(
+        optzoo.muon(SCHEDULES["1/(t+1)^0.51"], beta=0.0, ortho_method="svd"), 0.5, 1000
+    )
     _, fs_ef, _ = _run(EF.ef_muon(1 / np.sqrt(1000), 0.0, ortho_method="svd"), 0.5, 1000)
     assert fs_muon[-1] >= 1.5 - 1e-5 and fs_ef[-1] < 0.1, (fs_muon[-1], fs_ef[-1])

@@ -38,7 +38,8 @@ def _inv_sqrt(a: np.ndarray, eps: float) -> np.ndarray:
 
 
 def _fismo_ref(w0, grads, *, lr, beta, gamma, mu, every, eps, wd):
-    """ALGORITHMS.md §8 with roots cached between refreshes (every ``every`` steps)."""
+    """The recursion of optzoo.fismo's module docstring, roots cached between refreshes
+    (every ``every`` steps)."""
     w = np.asarray(w0, np.float64)
     m, n = w.shape
     p, q = np.eye(m), np.eye(n)
@@ -89,8 +90,9 @@ def test_fismo_matches_numpy_recursion(every):
         grads = [jnp.asarray(a @ _np(10 + t, (m, n)) @ b, jnp.float64) for t in range(7)]
         kw = dict(beta=0.8, gamma=0.7, damping=1e-2, precondition_frequency=every)
         tx = F.fismo(0.05, **kw, weight_decay=0.1, ortho_method="svd")
-        want = _fismo_ref(w0, grads, lr=0.05, beta=0.8, gamma=0.7, mu=1e-2, every=every,
-                          eps=1e-6, wd=0.1)
+        want = _fismo_ref(
+            w0, grads, lr=0.05, beta=0.8, gamma=0.7, mu=1e-2, every=every, eps=1e-6, wd=0.1
+        )
         state, w = tx.init(w0), w0
         step = jax.jit(tx.update)
         for t, g in enumerate(grads):
@@ -100,8 +102,9 @@ def test_fismo_matches_numpy_recursion(every):
             w_ref, p_ref, q_ref = want[t]
             np.testing.assert_allclose(np.asarray(inner.left[0]), p_ref, rtol=1e-9, atol=1e-9)
             np.testing.assert_allclose(np.asarray(inner.right[0]), q_ref, rtol=1e-9, atol=1e-9)
-            np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-9, atol=1e-9,
-                                       err_msg=f"step {t}")
+            np.testing.assert_allclose(
+                np.asarray(w), w_ref, rtol=1e-9, atol=1e-9, err_msg=f"step {t}"
+            )
     # the factors really are anisotropic (the test would not see a wrong whitening otherwise)
     ev = np.linalg.eigvalsh(want[-1][1])
     assert ev.max() / ev.min() > 3
@@ -150,15 +153,15 @@ def test_stacked_leaf_equals_per_slice():
         u1, s1 = tx.update(g, s1)
         u2, s2 = tx.update([g[i] for i in range(3)], s2)
         # batched vs single eigh/matmul kernels in float32: rtol 1e-5.
-        np.testing.assert_allclose(np.asarray(u1), np.stack([np.asarray(x) for x in u2]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(u1), np.stack([np.asarray(x) for x in u2]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_vectors_go_to_fallback_and_layout_none_too():
     params = {"w": _j(_np(1, (4, 6))), "b": _j(_np(2, (6,))), "emb": _j(_np(3, (8, 4)))}
     g = {k: _j(_np(10 + i, np.shape(v))) for i, (k, v) in enumerate(params.items())}
-    tx = F.fismo(0.1, layout={"w": MatrixLayout(), "b": None, "emb": None},
-                 fallback=optax.sgd(1.0))
+    tx = F.fismo(0.1, layout={"w": MatrixLayout(), "b": None, "emb": None}, fallback=optax.sgd(1.0))
     u, state = tx.update(g, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(u["b"]), -np.asarray(g["b"]))
     np.testing.assert_allclose(np.asarray(u["emb"]), -np.asarray(g["emb"]))
@@ -171,10 +174,16 @@ def test_optax_battery():
     # One stacked matrix leaf and one vector (fallback): FISMO's per-leaf graph (two eigh,
     # Polar Express) dominates the battery's compile time on CPU, so the tree stays small.
     params = testing.random_like({"stack": jnp.zeros((2, 3, 5)), "b": jnp.zeros((5,))}, seed=1)
-    kwargs = dict(learning_rate=0.05, precondition_frequency=2, weight_decay=0.01,
-                  shape_scale="rms", layout=MatrixLayout())  # explicit: a 3-axis stack
-    testing.check_optax_compatibility(F.fismo, kwargs, params,
-                                      static_args=("precondition_frequency",))
+    kwargs = dict(
+        learning_rate=0.05,
+        precondition_frequency=2,
+        weight_decay=0.01,
+        shape_scale="rms",
+        layout=MatrixLayout(),
+    )  # explicit: a 3-axis stack
+    testing.check_optax_compatibility(
+        F.fismo, kwargs, params, static_args=("precondition_frequency",)
+    )
 
 
 # ------------------------------------------------------------------------ errors
@@ -223,5 +232,4 @@ def test_inject_hyperparams_under_jit_matches_plain():
         # float32 hyperparameters vs Python floats, jit (fused) vs eager: rounding only; the
         # updates are ~0.05, so atol 1e-6 (2e-5 relative to the largest entry; measured 3e-7).
         for k in params:
-            np.testing.assert_allclose(np.asarray(u2[k]), np.asarray(u1[k]), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(np.asarray(u2[k]), np.asarray(u1[k]), rtol=1e-5, atol=1e-6)

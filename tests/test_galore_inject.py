@@ -26,10 +26,19 @@ from optzoo.layout import MatrixLayout
 from optzoo.natural_galore import natural_galore, scale_by_natural_galore
 from optzoo.subspace_descent import online_subspace_descent, scale_by_online_subspace_descent
 
-_OPTAX_UNINJECTABLE = ("warmup_steps", "num_betas", "clip_value_fn", "ns_steps", "rank",
-                       "update_proj_gap")
-FACTORIES = {"galore": galore, "natural_galore": natural_galore,
-             "online_subspace_descent": online_subspace_descent}
+_OPTAX_UNINJECTABLE = (
+    "warmup_steps",
+    "num_betas",
+    "clip_value_fn",
+    "ns_steps",
+    "rank",
+    "update_proj_gap",
+)
+FACTORIES = {
+    "galore": galore,
+    "natural_galore": natural_galore,
+    "online_subspace_descent": online_subspace_descent,
+}
 
 
 def _optax_static(factory):
@@ -38,9 +47,15 @@ def _optax_static(factory):
 
 
 def _max_rel(a, b):
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
-                            / np.maximum(np.abs(np.asarray(y, np.float64)), 1e-300)))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return max(
+        float(
+            np.max(
+                np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                / np.maximum(np.abs(np.asarray(y, np.float64)), 1e-300)
+            )
+        )
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def _compare(factory, hparams, static, steps=4, params=None, grads=None):
@@ -79,9 +94,14 @@ def test_inject_hyperparams_equals_plain_on_optax_inputs(name):
     assert _compare(factory, hp, static) <= 1e-6
 
 
-@pytest.mark.parametrize("name", [
-    "galore", pytest.param("natural_galore", marks=pytest.mark.slow),
-    pytest.param("online_subspace_descent", marks=pytest.mark.slow)])  # ~3 s CPU each
+@pytest.mark.parametrize(
+    "name",
+    [
+        "galore",
+        pytest.param("natural_galore", marks=pytest.mark.slow),
+        pytest.param("online_subspace_descent", marks=pytest.mark.slow),
+    ],
+)  # ~3 s CPU each
 def test_inject_hyperparams_equals_plain_on_random_inputs(name):
     """Full-rank gradients, weight decay, a stacked leaf and a vector: every code path, at
     optax's tolerance (inside ``_compare``). Measured: galore and OSD 0; natural_galore
@@ -89,13 +109,14 @@ def test_inject_hyperparams_equals_plain_on_random_inputs(name):
     two programs fuse the float32 Cholesky differently). Repro (before the Fisher step
     multiplied by 1/λ instead of dividing by λ): natural_galore 5.2e-3."""
     rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
-              "s": jnp.asarray(rng.standard_normal((2, 3, 5)), jnp.float32),
-              "b": jnp.asarray(rng.standard_normal((4,)), jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
+        "s": jnp.asarray(rng.standard_normal((2, 3, 5)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal((4,)), jnp.float32),
+    }
     grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
     factory = FACTORIES[name]
-    hp = dict(learning_rate=1e-2, rank=2, weight_decay=0.1, b1=0.8, b2=0.99,
-              layout=MatrixLayout())
+    hp = dict(learning_rate=1e-2, rank=2, weight_decay=0.1, b1=0.8, b2=0.99, layout=MatrixLayout())
     worst = _compare(factory, hp, factory.static_args, steps=3, params=params, grads=grads)
     assert worst <= (1e-5 if name == "natural_galore" else 1e-6)
 
@@ -103,25 +124,33 @@ def test_inject_hyperparams_equals_plain_on_random_inputs(name):
 def test_negative_control_unrounded_b2_reproduces_the_drift():
     """The same check detects the old drift: a user-built Adam inside the factory keeps the
     Python ``b2`` (no rounding), so the injected and the plain runs differ again by ~1e-5."""
+
     def factory(learning_rate, b2):
         return optax.chain(
-            scale_by_galore(8, base_optimizer=optax.scale_by_adam(b2=b2),
-                            layout=MatrixLayout()),
-            optax.scale_by_learning_rate(learning_rate))
+            scale_by_galore(8, base_optimizer=optax.scale_by_adam(b2=b2), layout=MatrixLayout()),
+            optax.scale_by_learning_rate(learning_rate),
+        )
 
     with pytest.raises(AssertionError):
         _compare(factory, dict(learning_rate=1e-2, b2=0.999), ())
 
 
-@pytest.mark.parametrize("factory", [galore, natural_galore, online_subspace_descent,
-                                     scale_by_galore, scale_by_natural_galore,
-                                     scale_by_online_subspace_descent])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        galore,
+        natural_galore,
+        online_subspace_descent,
+        scale_by_galore,
+        scale_by_natural_galore,
+        scale_by_online_subspace_descent,
+    ],
+)
 def test_static_args_listed_and_sufficient(factory):
     static = factory.static_args
     assert "rank" in static and "side" in static and "layout" in static
     assert set(static) <= set(inspect.signature(factory).parameters)
-    kw = {"learning_rate": 1e-2} if "learning_rate" in inspect.signature(factory).parameters \
-        else {}
+    kw = {"learning_rate": 1e-2} if "learning_rate" in inspect.signature(factory).parameters else {}
     params = {"w": jnp.ones((4, 3))}
     # without static_args: the first error names every static argument at once
     with pytest.raises(TypeError) as err:
@@ -135,14 +164,21 @@ def test_static_args_listed_and_sufficient(factory):
 
 
 def test_static_args_of_each_factory():
-    assert galore.static_args == ("rank", "update_proj_gap", "side", "mu_dtype",
-                                  "base_optimizer", "layout", "weight_decay_mask")
+    assert galore.static_args == (
+        "rank",
+        "update_proj_gap",
+        "side",
+        "mu_dtype",
+        "base_optimizer",
+        "layout",
+        "weight_decay_mask",
+    )
     assert "history" in natural_galore.static_args
     # OSD's update_proj_gap only sets the default projector rate 1/T: injectable
     assert "update_proj_gap" not in online_subspace_descent.static_args
-    tx = optax.inject_hyperparams(online_subspace_descent,
-                                  static_args=online_subspace_descent.static_args)(
-        learning_rate=1e-2, rank=2, update_proj_gap=50)
+    tx = optax.inject_hyperparams(
+        online_subspace_descent, static_args=online_subspace_descent.static_args
+    )(learning_rate=1e-2, rank=2, update_proj_gap=50)
     params = {"w": jnp.ones((4, 3))}
     tx.update(params, tx.init(params), params)
 
@@ -153,21 +189,24 @@ BLOCKS = [scale_by_galore, scale_by_natural_galore, scale_by_online_subspace_des
 
 
 @pytest.mark.parametrize("factory", ALIASES + BLOCKS)
-@pytest.mark.parametrize("bad, exc, match", [
-    (dict(b1=1.0), ValueError, "b1"),
-    (dict(b1=-0.1), ValueError, "b1"),
-    (dict(b2=1.0), ValueError, "b2"),
-    (dict(b2=float("nan")), ValueError, "b2"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(eps=-1e-8), ValueError, "eps"),
-    (dict(b1=None), TypeError, "b1"),
-    (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
-    (dict(mu_dtype="float17"), TypeError, "mu_dtype"),
-    (dict(scale=-1.0), ValueError, "scale"),
-    (dict(scale=0.0), ValueError, "scale"),
-    (dict(side="top"), ValueError, "side"),
-    (dict(base_optimizer="adam"), TypeError, "base_optimizer"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (dict(b1=1.0), ValueError, "b1"),
+        (dict(b1=-0.1), ValueError, "b1"),
+        (dict(b2=1.0), ValueError, "b2"),
+        (dict(b2=float("nan")), ValueError, "b2"),
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(eps=-1e-8), ValueError, "eps"),
+        (dict(b1=None), TypeError, "b1"),
+        (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
+        (dict(mu_dtype="float17"), TypeError, "mu_dtype"),
+        (dict(scale=-1.0), ValueError, "scale"),
+        (dict(scale=0.0), ValueError, "scale"),
+        (dict(side="top"), ValueError, "side"),
+        (dict(base_optimizer="adam"), TypeError, "base_optimizer"),
+    ],
+)
 def test_bad_arguments_named_at_construction(factory, bad, exc, match):
     """Repro (old code): ``galore(1e-2, 2, b2=1.0)`` built; its first update divided by
     ``1 - b2**t = 0`` (NaN); ``mu_dtype=jnp.int32`` truncated the momentum to 0; ``eps=-1e-8``
@@ -190,8 +229,14 @@ def test_bad_learning_rate_and_weight_decay(factory):
     factory(optax.constant_schedule(1e-2), 2)  # schedules are fine
 
 
-def test_bad_natural_damping_names_factory():
-    with pytest.raises(ValueError, match="natural_galore: damping"):
-        natural_galore(1e-2, 2, damping=0.0)
-    with pytest.raises(ValueError, match="history"):
-        natural_galore(1e-2, 2, history=0)
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(damping=0.0), "natural_galore: damping"),
+        (dict(damping=-1e-3), "natural_galore: damping"),
+        (dict(history=0), "natural_galore: history"),
+    ],
+)
+def test_bad_natural_hyperparameters_name_factory(bad, match):
+    with pytest.raises(ValueError, match=match):
+        natural_galore(1e-2, 2, **bad)

@@ -17,8 +17,10 @@ def _grads(n, bad=(), value=np.nan):
     out = []
     for t in range(n):
         rng = np.random.default_rng(t)
-        g = {"w": rng.standard_normal((4, 3)).astype(np.float32),
-             "b": rng.standard_normal(3).astype(np.float32)}
+        g = {
+            "w": rng.standard_normal((4, 3)).astype(np.float32),
+            "b": rng.standard_normal(3).astype(np.float32),
+        }
         if t in bad:
             g["w"][1, 2] = value
         out.append(jax.tree.map(jnp.asarray, g))
@@ -107,6 +109,7 @@ def test_max_consecutive_has_optax_apply_if_finite_semantics(k):
     inner = optax.sgd(0.1, momentum=0.9)
     _, ours = _stepwise(guard.skip_nonfinite(inner, max_consecutive=k), grads)
     _, ref = _stepwise(optax.apply_if_finite(inner, max_consecutive_errors=k), grads)
+
     def moved(u):  # a let-through bad step moves the parameters (by NaN)
         return any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u))
 
@@ -138,8 +141,7 @@ def test_max_consecutive_one_protects_a_single_bad_step():
 
 
 def _leaf_pointers(tree):
-    return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
-            if isinstance(x, jax.Array)]
+    return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
 
 
 @pytest.mark.parametrize("mode", ["skip", "zero"])
@@ -174,11 +176,13 @@ def test_counters_saturate_instead_of_wrapping():
 
 def test_nonfinite_extra_args_are_guarded_and_other_leaves_ignored():
     """A NaN in a floating extra argument is a bad step; integer leaves/callables are fine."""
+
     def reads_batch():
         def update(updates, state, params=None, *, batch, **extra):
             del params, extra
             x, _ = batch
             return jax.tree.map(lambda u: u + jnp.sum(x), updates), state
+
         return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
 
     grads = _grads(1)[0]
@@ -186,8 +190,9 @@ def test_nonfinite_extra_args_are_guarded_and_other_leaves_ignored():
     bad_x = jnp.array([1.0, np.nan])
     for mode in ("skip", "zero"):
         tx = guard.skip_nonfinite(reads_batch(), mode=mode)
-        u, s = tx.update(grads, tx.init(_params()), _params(), batch=(bad_x, labels),
-                         fn=lambda v: v)
+        u, s = tx.update(
+            grads, tx.init(_params()), _params(), batch=(bad_x, labels), fn=lambda v: v
+        )
         assert int(s.skipped) == 1
         assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(u))
         u, s = tx.update(grads, tx.init(_params()), _params(), batch=(jnp.ones(2), labels))
@@ -201,7 +206,9 @@ def test_nonfinite_extra_args_are_guarded_and_other_leaves_ignored():
 def test_battery_and_bad_args():
     testing.check_optax_compatibility(
         lambda learning_rate: guard.skip_nonfinite(optax.adam(learning_rate)),
-        dict(learning_rate=1e-2), _params())
+        dict(learning_rate=1e-2),
+        _params(),
+    )
     with pytest.raises(ValueError, match="mode"):
         guard.skip_nonfinite(optax.sgd(0.1), mode="drop")
     with pytest.raises(ValueError, match="max_consecutive"):

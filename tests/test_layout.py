@@ -7,21 +7,25 @@ import numpy as np
 import pytest
 
 from optzoo import linalg
-from optzoo.layout import MatrixLayout, map_matrices, resolve
+from optzoo._blocks import map_matrices
+from optzoo.layout import MatrixLayout, resolve
 
 
 def _arange(shape):
     return jnp.arange(int(np.prod(shape)), dtype=jnp.float32).reshape(shape)
 
 
-@pytest.mark.parametrize("shape,lay,batch,m,n", [
-    ((6, 4), MatrixLayout(), 1, 6, 4),
-    ((3, 6, 4), MatrixLayout(), 3, 6, 4),                              # scanned layers
-    ((2, 3, 6, 4), MatrixLayout(), 6, 6, 4),                           # [L, E, m, n]
-    ((3, 3, 5, 7), MatrixLayout(reduction_axes=(0, 1, 2), output_axes=(3,)), 1, 45, 7),
-    ((5, 2, 4, 3), MatrixLayout(reduction_axes=(0,), output_axes=(2, 3)), 2, 5, 12),
-    ((6, 8), MatrixLayout(num_heads=4), 4, 6, 2),                      # fused heads
-])
+@pytest.mark.parametrize(
+    "shape,lay,batch,m,n",
+    [
+        ((6, 4), MatrixLayout(), 1, 6, 4),
+        ((3, 6, 4), MatrixLayout(), 3, 6, 4),  # scanned layers
+        ((2, 3, 6, 4), MatrixLayout(), 6, 6, 4),  # [L, E, m, n]
+        ((3, 3, 5, 7), MatrixLayout(reduction_axes=(0, 1, 2), output_axes=(3,)), 1, 45, 7),
+        ((5, 2, 4, 3), MatrixLayout(reduction_axes=(0,), output_axes=(2, 3)), 2, 5, 12),
+        ((6, 8), MatrixLayout(num_heads=4), 4, 6, 2),  # fused heads
+    ],
+)
 def test_round_trip_and_geometry(shape, lay, batch, m, n):
     x = _arange(shape)
     mat = lay.to_matrix(x)
@@ -43,12 +47,12 @@ def test_matrix_view_matches_numpy_reshape():
     z = np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32)
     heads = MatrixLayout(num_heads=4).to_matrix(jnp.asarray(z))
     for h in range(4):
-        np.testing.assert_array_equal(heads[h], z[:, 2 * h:2 * h + 2])
+        np.testing.assert_array_equal(heads[h], z[:, 2 * h : 2 * h + 2])
 
 
 def test_unit_side():
-    assert MatrixLayout(unit_axis=0).unit_side(2) == -2          # Embed (V, d): rows
-    assert MatrixLayout(unit_axis=1).unit_side(2) == -1          # Dense head (d, V): cols
+    assert MatrixLayout(unit_axis=0).unit_side(2) == -2  # Embed (V, d): rows
+    assert MatrixLayout(unit_axis=1).unit_side(2) == -1  # Dense head (d, V): cols
     assert MatrixLayout(unit_axis=-1).unit_side(3) == -1
 
 
@@ -69,14 +73,19 @@ def test_resolve_forms():
     assert fn["w"] is None and fn["s"] == MatrixLayout()
 
 
-@pytest.mark.parametrize("spec,match", [
-    ({"layers": {"w": MatrixLayout(reduction_axes=(2,))}}, "layers/w"),
-    ({"layers": {"w": MatrixLayout(unit_axis=2, reduction_axes=(0,), output_axes=(1,))}},
-     "layers/w"),
-    ({"layers": {"w": MatrixLayout(num_heads=3)}}, "divisible"),
-    ({"layers": {"w": "dense"}}, "layers/w"),
-    ({"layers": {}}, "does not match"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"layers": {"w": MatrixLayout(reduction_axes=(2,))}}, "layers/w"),
+        (
+            {"layers": {"w": MatrixLayout(unit_axis=2, reduction_axes=(0,), output_axes=(1,))}},
+            "layers/w",
+        ),
+        ({"layers": {"w": MatrixLayout(num_heads=3)}}, "divisible"),
+        ({"layers": {"w": "dense"}}, "layers/w"),
+        ({"layers": {}}, "does not match"),
+    ],
+)
 def test_resolve_errors_name_the_path(spec, match):
     with pytest.raises(ValueError, match=match):
         resolve(spec, {"layers": {"w": jnp.zeros((4, 6, 8))}})
@@ -99,10 +108,16 @@ def test_zero_size_matrix_leaf_names_path_and_shape(shape):
     assert ok["blocks"]["w"] == MatrixLayout() and ok["b"] is None
 
 
-@pytest.mark.parametrize("kwargs", [dict(reduction_axes=(0,), output_axes=(0,)),
-                                    dict(reduction_axes=()), dict(output_axes=(1, 1)),
-                                    dict(num_heads=0),
-                                    dict(output_axes=(1, 2), num_heads=2)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(reduction_axes=(0,), output_axes=(0,)),
+        dict(reduction_axes=()),
+        dict(output_axes=(1, 1)),
+        dict(num_heads=0),
+        dict(output_axes=(1, 2), num_heads=2),
+    ],
+)
 def test_bad_layouts(kwargs):
     with pytest.raises(ValueError):
         MatrixLayout(**kwargs)
@@ -110,10 +125,12 @@ def test_bad_layouts(kwargs):
 
 def test_map_matrices_grouping_is_exact_and_keeps_shapes():
     rng = np.random.default_rng(3)
-    tree = {"a": jnp.asarray(rng.standard_normal((3, 6, 10)), jnp.float32),
-            "b": jnp.asarray(rng.standard_normal((6, 10)), jnp.float32),
-            "c": jnp.asarray(rng.standard_normal((10, 6)), jnp.float32),
-            "v": jnp.ones(5, jnp.bfloat16)}
+    tree = {
+        "a": jnp.asarray(rng.standard_normal((3, 6, 10)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal((6, 10)), jnp.float32),
+        "c": jnp.asarray(rng.standard_normal((10, 6)), jnp.float32),
+        "v": jnp.ones(5, jnp.bfloat16),
+    }
     lays = resolve(MatrixLayout(), tree)
     calls = []
 
@@ -123,12 +140,18 @@ def test_map_matrices_grouping_is_exact_and_keeps_shapes():
 
     grouped = map_matrices(fn, tree, lays, otherwise=lambda x, p: 2 * x)
     assert sorted(calls) == [(1, 10, 6), (4, 6, 10)]  # a and b share one call
-    single = map_matrices(lambda s: linalg.orthogonalize(s, "svd"), tree, lays,
-                          otherwise=lambda x, p: 2 * x, group=False)
+    single = map_matrices(
+        lambda s: linalg.orthogonalize(s, "svd"),
+        tree,
+        lays,
+        otherwise=lambda x, p: 2 * x,
+        group=False,
+    )
     for k in tree:
         assert grouped[k].shape == tree[k].shape and grouped[k].dtype == tree[k].dtype
-        np.testing.assert_allclose(np.asarray(grouped[k], np.float32),
-                                   np.asarray(single[k], np.float32), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(grouped[k], np.float32), np.asarray(single[k], np.float32), atol=1e-6
+        )
     np.testing.assert_array_equal(np.asarray(grouped["v"], np.float32), 2.0)
     with pytest.raises(ValueError, match="'v'.*no matrix layout"):
         map_matrices(fn, tree, lays)

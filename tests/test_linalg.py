@@ -15,14 +15,17 @@ import pytest
 from optzoo import linalg
 
 # Published 5-step Polar Express table (modded-nanogpt train_gpt.py and the
-# symmetry-compatible reference code; ALGORITHMS.md §2.3, BENCHMARKS.md §C.3).
-PUBLISHED_PE5 = np.array([
-    (8.1566, -22.4833, 15.8788),
-    (4.0429, -2.8089, 0.50002),
-    (3.8917, -2.7725, 0.50606),
-    (3.2858, -2.3681, 0.46449),
-    (2.3465, -1.7098, 0.42324),
-])
+# symmetry-compatible reference code; docs/math/orthogonalization.md#polar-express,
+# docs/benchmarks.md#polar-express).
+PUBLISHED_PE5 = np.array(
+    [
+        (8.1566, -22.4833, 15.8788),
+        (4.0429, -2.8089, 0.50002),
+        (3.8917, -2.7725, 0.50606),
+        (3.2858, -2.3681, 0.46449),
+        (2.3465, -1.7098, 0.42324),
+    ]
+)
 
 ITERATIVE = ["newton_schulz", "polar_express", "gram_newton_schulz", "auto"]
 EXACT = ["svd", "qdwh"]
@@ -76,8 +79,7 @@ def _scalar_reference(x, method):
 
 
 def _orth(x, method, **kw):
-    return np.asarray(linalg.orthogonalize(jnp.asarray(x, jnp.float32), method, **kw),
-                      np.float64)
+    return np.asarray(linalg.orthogonalize(jnp.asarray(x, jnp.float32), method, **kw), np.float64)
 
 
 def _rel(a, b):
@@ -94,7 +96,7 @@ def test_polar_express_step_is_minimax():
     # Without cushion/safety, step 1 must equioscillate: the max error |1 - p| on a fine grid
     # of [l, 1] equals |1 - p| at l, at both interior critical points and at 1.
     lo = 0.05
-    (a, b, c), = linalg.polar_express_coefficients(1, lower=lo, cushion=0.0, safety=1.0)
+    ((a, b, c),) = linalg.polar_express_coefficients(1, lower=lo, cushion=0.0, safety=1.0)
     grid = np.linspace(lo, 1.0, 200001)
     err = np.abs(1 - (a * grid + b * grid**3 + c * grid**5))
     roots = np.roots([5 * c, 0, 3 * b, 0, a])  # p'(x) = a + 3bx² + 5cx⁴
@@ -117,8 +119,9 @@ def test_polar_express_interval_maps_into_final_bounds():
     assert t.min() > 0.85 and t.max() < 1.15
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(lower=0.0), dict(lower=2.0),
-                                    dict(cushion=1.0), dict(safety=0.9)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(steps=0), dict(lower=0.0), dict(lower=2.0), dict(cushion=1.0), dict(safety=0.9)]
+)
 def test_polar_express_coefficients_bad_args(kwargs):
     with pytest.raises(ValueError):
         linalg.polar_express_coefficients(**kwargs)
@@ -211,8 +214,9 @@ def test_batched_equals_per_slice_and_transpose(method):
         for j in range(3):
             np.testing.assert_allclose(out[i, j], _orth(x[i, j], method), atol=2e-5)
     # tall input = transpose of the wide result
-    np.testing.assert_allclose(_orth(np.swapaxes(x, -1, -2), method), np.swapaxes(out, -1, -2),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        _orth(np.swapaxes(x, -1, -2), method), np.swapaxes(out, -1, -2), atol=2e-5
+    )
 
 
 def test_gram_equals_newton_schulz_with_same_coefficients():
@@ -220,8 +224,9 @@ def test_gram_equals_newton_schulz_with_same_coefficients():
     for table in (linalg.polar_express_coefficients(5), linalg.JORDAN_QUINTIC):
         ns = np.asarray(linalg.newton_schulz(x, table, norm_scale=1.02))
         for restarts in ((), (2,), (1, 3)):
-            gr = np.asarray(linalg.gram_newton_schulz(x, table, 5, norm_scale=1.02,
-                                                      restarts=restarts))
+            gr = np.asarray(
+                linalg.gram_newton_schulz(x, table, 5, norm_scale=1.02, restarts=restarts)
+            )
             # exact in real arithmetic; float32 reassociation over 5 steps: ~1e-5
             assert _rel(gr, ns) < 1e-4, restarts
 
@@ -252,8 +257,9 @@ def test_bi_orthogonal_equivariance_negative_control():
     # and row normalization (only permutation/diagonal equivariant on the left).
     x = _rng(8).standard_normal((16, 40))
     assert _biorth_error(np.sign, x, seed=10) > 0.3
-    assert _biorth_error(lambda a: np.asarray(linalg.row_normalize(jnp.asarray(a))), x,
-                         seed=10) > 0.1
+    assert (
+        _biorth_error(lambda a: np.asarray(linalg.row_normalize(jnp.asarray(a))), x, seed=10) > 0.1
+    )
 
 
 # ------------------------------------------------------------------------------ bfloat16
@@ -338,10 +344,16 @@ def test_jit_matches_eager():
         np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5)
 
 
-@pytest.mark.parametrize("method,shape", [("newton_schulz", (64, 64)),
-                                          ("newton_schulz", (64, 256)),
-                                          ("gram_newton_schulz", (64, 512)),
-                                          ("auto", (64, 512)), ("auto", (32, 256))])
+@pytest.mark.parametrize(
+    "method,shape",
+    [
+        ("newton_schulz", (64, 64)),
+        ("newton_schulz", (64, 256)),
+        ("gram_newton_schulz", (64, 512)),
+        ("auto", (64, 512)),
+        ("auto", (32, 256)),
+    ],
+)
 def test_flop_count_matches_compiled_cost(method, shape):
     # XLA's own cost analysis of the compiled program is an independent count; elementwise
     # work adds O(mn) per step, so the matmul-only formula must agree within 5%.
@@ -369,13 +381,17 @@ def test_inverse_sqrt_psd(method, cond, tol):
     eps = 1e-7
     shifted = w + eps * w.mean()
     ref = (v / np.sqrt(shifted)) @ v.T
-    out = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(a, jnp.float32), method=method,
-                                             eps=eps, steps=40), np.float64)
+    out = np.asarray(
+        linalg.inverse_sqrt_psd(jnp.asarray(a, jnp.float32), method=method, eps=eps, steps=40),
+        np.float64,
+    )
     # float32 eigen/iteration error relative to the largest entry of A^{-1/2} (~√cond)
     assert _rel(out, ref) < tol
     # scale covariance f(cA) = f(A)/√c
-    out4 = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(4 * a, jnp.float32), method=method,
-                                              eps=eps, steps=40), np.float64)
+    out4 = np.asarray(
+        linalg.inverse_sqrt_psd(jnp.asarray(4 * a, jnp.float32), method=method, eps=eps, steps=40),
+        np.float64,
+    )
     assert _rel(out4, out / 2) < 1e-4
 
 
@@ -397,8 +413,7 @@ def test_row_col_normalize_and_center():
     np.testing.assert_allclose(np.delete(norms, 2), 1.0, atol=1e-6)
     assert np.all(r[2] == 0)  # zero rows stay zero
     c = np.asarray(linalg.col_normalize(jnp.asarray(x)))
-    np.testing.assert_allclose(c, np.asarray(linalg.row_normalize(jnp.asarray(x.T))).T,
-                               atol=1e-7)
+    np.testing.assert_allclose(c, np.asarray(linalg.row_normalize(jnp.asarray(x.T))).T, atol=1e-7)
     cen = np.asarray(linalg.center(jnp.asarray(x)))
     np.testing.assert_allclose(cen.sum(axis=0), 0.0, atol=1e-5)  # 1ᵀ Π⊥X = 0
     np.testing.assert_allclose(cen, x - x.mean(axis=0), atol=1e-6)
@@ -411,8 +426,7 @@ def test_orthogonalize_benchmark_smoke(tmp_path):
     from experiments.bench import orthogonalize as bench
 
     out = tmp_path / "bench.json"
-    result = bench.main(["--quick", "--dtypes", "float32", "--skip", "qdwh",
-                         "--out", str(out)])
+    result = bench.main(["--quick", "--dtypes", "float32", "--skip", "qdwh", "--out", str(out)])
     assert out.exists()
     names = {r["method"] for r in result["rows"]}
     assert {"optax_ns5", "auto (default)", "gram_newton_schulz", "svd"} <= names

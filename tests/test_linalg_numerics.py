@@ -95,8 +95,9 @@ def test_exact_polar_rank_deficient_batched(method):
     for i, r in enumerate(ranks):
         assert _rel(flat_o[i], _polar_ref(flat_x[i], _tol(x.shape))) < 1e-4, r
     np.testing.assert_allclose(flat_o[4] @ flat_o[4].T, np.eye(10), atol=1e-4)
-    np.testing.assert_allclose(_orth(np.swapaxes(x, -1, -2), method), np.swapaxes(out, -1, -2),
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        _orth(np.swapaxes(x, -1, -2), method), np.swapaxes(out, -1, -2), atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("method", ["svd", "qdwh"])
@@ -152,10 +153,14 @@ def _decayed_grams(dtype, skip=600, steps=350, seed=50):
     return jax.jit(lambda m: jax.lax.scan(step, m, None, length=steps)[1])(m)
 
 
-@pytest.mark.parametrize("dtype,method", [
-    (jnp.float32, "eigh"),
-    pytest.param(jnp.bfloat16, "eigh", marks=pytest.mark.slow),
-    pytest.param(jnp.float32, "newton_schulz", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "dtype,method",
+    [
+        (jnp.float32, "eigh"),
+        pytest.param(jnp.bfloat16, "eigh", marks=pytest.mark.slow),
+        pytest.param(jnp.float32, "newton_schulz", marks=pytest.mark.slow),
+    ],
+)
 def test_inverse_sqrt_psd_decaying_momentum_stays_finite(dtype, method):
     """A decaying finite momentum never gives NaN, and the result is scale-covariant.
 
@@ -178,9 +183,12 @@ def test_inverse_sqrt_psd_decaying_momentum_stays_finite(dtype, method):
     assert np.all(out[peak == 0] == 0)
     sel = peak >= 1e-30
     assert sel.sum() > 50 and (~sel).sum() > 100
-    unit = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(g64[sel] / peak[sel, None, None],
-                                                          jnp.float32),
-                                              method=method, steps=30), np.float64)
+    unit = np.asarray(
+        linalg.inverse_sqrt_psd(
+            jnp.asarray(g64[sel] / peak[sel, None, None], jnp.float32), method=method, steps=30
+        ),
+        np.float64,
+    )
     want = unit / np.sqrt(peak[sel])[:, None, None]
     err = np.linalg.norm(out[sel] - want, axis=(-2, -1)) / np.linalg.norm(want, axis=(-2, -1))
     assert err.max() < 1e-4
@@ -197,8 +205,7 @@ def test_inverse_sqrt_psd_extreme_scales():
     a = (q * np.geomspace(1.0, 1e-2, 8)) @ q.T
     base = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(a, jnp.float32)), np.float64)
     for scale in (2.0**-100, 1e30, 2e38):
-        out = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(a * scale, jnp.float32)),
-                         np.float64)
+        out = np.asarray(linalg.inverse_sqrt_psd(jnp.asarray(a * scale, jnp.float32)), np.float64)
         assert np.all(np.isfinite(out))
         assert _rel(out * np.sqrt(scale), base) < 1e-5, scale
     spike = np.zeros((16, 16), np.float32)
@@ -262,8 +269,7 @@ def test_row_col_normalize_direction_scale_free(scale):
             assert np.all(out[2] == 0)
         exact = np.asarray(fn(jnp.asarray(x32), eps=0.0), np.float64)
         assert np.all(np.isfinite(exact))
-        np.testing.assert_allclose(exact, x64 / np.where(norms > 0, norms, 1.0), rtol=1e-6,
-                                   atol=0)
+        np.testing.assert_allclose(exact, x64 / np.where(norms > 0, norms, 1.0), rtol=1e-6, atol=0)
 
 
 def test_row_normalize_negative_control_old_formula_fails():
@@ -271,8 +277,9 @@ def test_row_normalize_negative_control_old_formula_fails():
     x = (_rng(70).standard_normal((6, 10)) * 1e30).astype(np.float32)
     old = np.asarray(_old_row_normalize(x))
     assert np.all(old == 0)
-    assert np.allclose(np.linalg.norm(np.asarray(linalg.row_normalize(jnp.asarray(x))), axis=1),
-                       1.0, atol=1e-6)
+    assert np.allclose(
+        np.linalg.norm(np.asarray(linalg.row_normalize(jnp.asarray(x))), axis=1), 1.0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
@@ -303,10 +310,16 @@ def test_center_scale_free(scale):
     assert _rel(out, want) < 1e-6
 
 
-@pytest.mark.parametrize("method", [
-    "auto", "svd", "qdwh",
-    pytest.param("gram_newton_schulz", marks=pytest.mark.slow),
-    pytest.param("newton_schulz", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "auto",
+        "svd",
+        "qdwh",
+        pytest.param("gram_newton_schulz", marks=pytest.mark.slow),
+        pytest.param("newton_schulz", marks=pytest.mark.slow),
+    ],
+)
 def test_orthogonalizer_entry_normalization_scale_free(method):
     """The Frobenius entry normalization (max-abs first) handled 1e±30 already (test_linalg's
     test_zero_tiny_huge); at the top of the float32 range it did not: ``x / max|x|`` is
@@ -345,8 +358,7 @@ def test_muon_update_direction_scale_free():
     step = jax.jit(tx.update)
     ref = np.asarray(step(g, state)[0]["w"], np.float64)
     for scale in (1e-30, 1e30):
-        out = np.asarray(step(jax.tree.map(lambda a, s=scale: a * s, g), state)[0]["w"],
-                         np.float64)
+        out = np.asarray(step(jax.tree.map(lambda a, s=scale: a * s, g), state)[0]["w"], np.float64)
         assert np.all(np.isfinite(out)) and _rel(out, ref) < 1e-4, scale
 
 
@@ -402,6 +414,11 @@ def test_eps_zero_and_traced_eps_accepted():
     assert np.all(np.asarray(linalg.row_normalize(z, eps=0.0)) == 0)
     assert np.all(np.asarray(linalg.col_normalize(z, eps=0.0)) == 0)
     x = jnp.asarray(_rng(80).standard_normal((4, 8)), jnp.float32)
-    f = jax.jit(lambda e: linalg.orthogonalize(x, eps=e) + linalg.row_normalize(x, eps=e)
-                + linalg.inverse_sqrt_psd(x @ x.T, eps=e).sum())
+    f = jax.jit(
+        lambda e: (
+            linalg.orthogonalize(x, eps=e)
+            + linalg.row_normalize(x, eps=e)
+            + linalg.inverse_sqrt_psd(x @ x.T, eps=e).sum()
+        )
+    )
     assert np.all(np.isfinite(np.asarray(f(jnp.float32(1e-7)))))

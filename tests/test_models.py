@@ -93,10 +93,12 @@ def test_tiny_preset_forward_and_grad(name):
     dead = [k for k, g in flat.items() if not bool(jnp.any(g != 0))]
     assert not dead, dead
     if cfg.moe is not None:
-        assert float(loss) == pytest.approx(float(metrics["ce"] + metrics["moe/aux_loss"]),
-                                            rel=1e-6)
-        assert {"router/0/load_cv", "router/1/top_expert_load", "moe/lb_loss",
-                "moe/z_loss"} <= set(metrics)
+        assert float(loss) == pytest.approx(
+            float(metrics["ce"] + metrics["moe/aux_loss"]), rel=1e-6
+        )
+        assert {"router/0/load_cv", "router/1/top_expert_load", "moe/lb_loss", "moe/z_loss"} <= set(
+            metrics
+        )
     else:
         assert float(loss) == float(metrics["ce"])
 
@@ -111,8 +113,10 @@ def test_large_presets_construct_abstractly_with_the_expected_count(name):
     if name in PUBLISHED:
         assert counted == PUBLISHED[name]
     state = nnx.state(model, nnx.Param)
-    assert all(isinstance(v, jax.ShapeDtypeStruct) and v.dtype == jnp.float32
-               for v in jax.tree.leaves(state))
+    assert all(
+        isinstance(v, jax.ShapeDtypeStruct) and v.dtype == jnp.float32
+        for v in jax.tree.leaves(state)
+    )
 
 
 def test_moe_active_counts_and_flops():
@@ -148,8 +152,14 @@ def test_config_validation_names_the_field():
 
 
 def _expected_paths(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    d, v, h, k, hd, f = (cfg.d_model, cfg.vocab_size, cfg.n_heads, cfg.n_kv_heads,
-                         cfg.head_dim, cfg.d_ff)
+    d, v, h, k, hd, f = (
+        cfg.d_model,
+        cfg.vocab_size,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_ff,
+    )
     ln = cfg.norm == "layernorm"
 
     def norm(prefix, width):
@@ -165,8 +175,12 @@ def _expected_paths(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         if cfg.sandwich_norm:
             out.update(norm(f"{p}/post_attn_norm", d))
             out.update(norm(f"{p}/post_mlp_norm", d))
-        for name, shape in [("q_proj", (d, h * hd)), ("k_proj", (d, k * hd)),
-                            ("v_proj", (d, k * hd)), ("o_proj", (h * hd, d))]:
+        for name, shape in [
+            ("q_proj", (d, h * hd)),
+            ("k_proj", (d, k * hd)),
+            ("v_proj", (d, k * hd)),
+            ("o_proj", (h * hd, d)),
+        ]:
             out[f"{p}/attn/{name}/kernel"] = shape
             if cfg.attn_bias:
                 out[f"{p}/attn/{name}/bias"] = shape[1:]
@@ -208,21 +222,30 @@ def test_tiny_qwen3_parameter_names_literally():
     paths = param_paths(build(PRESETS["tiny"], abstract=True))
     layer0 = sorted(p for p in paths if p.startswith("layers/0/"))
     assert layer0 == [
-        "layers/0/attn/k_norm/scale", "layers/0/attn/k_proj/kernel",
-        "layers/0/attn/o_proj/kernel", "layers/0/attn/q_norm/scale",
-        "layers/0/attn/q_proj/kernel", "layers/0/attn/v_proj/kernel",
-        "layers/0/attn_norm/scale", "layers/0/mlp/down_proj/kernel",
-        "layers/0/mlp/gate_proj/kernel", "layers/0/mlp/up_proj/kernel",
+        "layers/0/attn/k_norm/scale",
+        "layers/0/attn/k_proj/kernel",
+        "layers/0/attn/o_proj/kernel",
+        "layers/0/attn/q_norm/scale",
+        "layers/0/attn/q_proj/kernel",
+        "layers/0/attn/v_proj/kernel",
+        "layers/0/attn_norm/scale",
+        "layers/0/mlp/down_proj/kernel",
+        "layers/0/mlp/gate_proj/kernel",
+        "layers/0/mlp/up_proj/kernel",
         "layers/0/mlp_norm/scale",
     ]
     assert sorted(p for p in paths if not p.startswith("layers/")) == [
-        "embed/embedding", "final_norm/scale", "lm_head/kernel"]
+        "embed/embedding",
+        "final_norm/scale",
+        "lm_head/kernel",
+    ]
     assert paths["layers/1/attn/q_proj/kernel"] == (128, 4 * 32)
     assert paths["layers/1/attn/k_proj/kernel"] == (128, 2 * 32)
 
 
-@pytest.mark.parametrize("name", TINY_PRESETS + ("olmoe_1b7b", "gptoss_seed", "gemma3_1b",
-                                                  "gptoss_paper", "olmoe_paper"))
+@pytest.mark.parametrize(
+    "name", TINY_PRESETS + ("olmoe_1b7b", "gptoss_seed", "gemma3_1b", "gptoss_paper", "olmoe_paper")
+)
 def test_parameter_names_follow_the_contract(name):
     cfg = PRESETS[name]
     assert param_paths(build(cfg, abstract=True)) == _expected_paths(cfg)
@@ -256,11 +279,15 @@ def test_causal_masking(name):
 
 def test_sliding_window_limits_the_receptive_field():
     mask = np.asarray(attention_mask(5, window=2))
-    assert mask.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0],
-                             [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
+    assert mask.tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
     assert np.asarray(attention_mask(4)).sum() == 10
-    cfg = dataclasses.replace(PRESETS["tiny_gemma3"], n_layers=1, sliding_window=4,
-                              global_every=0)
+    cfg = dataclasses.replace(PRESETS["tiny_gemma3"], n_layers=1, sliding_window=4, global_every=0)
     model = build(cfg)
     x = _tokens(5, 1, 12)
     x = jnp.concatenate([x, x.at[:, 0].set((x[:, 0] + 7) % 256)])
@@ -335,7 +362,7 @@ def test_router_metrics_on_hand_built_routings():
     z = np.asarray(sharp, np.float64)
     assert float(m["logit_mean"]) == pytest.approx(z.mean(), rel=1e-6)
     assert float(m["logit_std"]) == pytest.approx(z.std(), rel=1e-5)
-    assert float(m["logit_rms"]) == pytest.approx(np.sqrt((z ** 2).mean()), rel=1e-5)
+    assert float(m["logit_rms"]) == pytest.approx(np.sqrt((z**2).mean()), rel=1e-5)
     assert float(m["logit_max_abs"]) == pytest.approx(10.0)
     assert float(uniform["logit_std"]) == 0.0
     # top-1 loads 0.49 / 0.49 / 0.01 / 0.01 of E = 4: the two experts below 0.1 / E = 0.025
@@ -352,7 +379,7 @@ def test_router_losses_have_the_documented_gradients():
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
     np.testing.assert_allclose(g.sum(axis=-1), 0.0, atol=1e-6)  # shift invariant
     lse = jax.nn.logsumexp(logits, axis=-1)
-    assert float(router_z_loss(logits)) == pytest.approx(float(jnp.mean(lse ** 2)))
+    assert float(router_z_loss(logits)) == pytest.approx(float(jnp.mean(lse**2)))
 
 
 def test_olmoe_and_gptoss_routing_differ_as_documented():
@@ -377,9 +404,10 @@ def test_olmoe_and_gptoss_routing_differ_as_documented():
 def test_ragged_dispatch_matches_dense():
     cfg = dataclasses.replace(PRESETS["tiny_moe"], n_layers=1)
     dense = Experts(cfg, rngs=nnx.Rngs(0))
-    ragged = Experts(dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe,
-                                                                      dispatch="ragged")),
-                     rngs=nnx.Rngs(0))
+    ragged = Experts(
+        dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, dispatch="ragged")),
+        rngs=nnx.Rngs(0),
+    )
     x = jax.random.normal(jax.random.PRNGKey(2), (24, cfg.d_model))
     z = jax.random.normal(jax.random.PRNGKey(3), (24, cfg.moe.n_experts))
     w, e, _ = route(z, cfg.moe)

@@ -32,8 +32,10 @@ def _normal(seed: int, shape, scale: float = 1.0) -> np.ndarray:
 
 
 def _tree(shapes: dict, seed: int, scale: float = 1.0) -> dict:
-    return {k: jnp.asarray(_normal(1000 * seed + i, s, scale))
-            for i, (k, s) in enumerate(shapes.items())}
+    return {
+        k: jnp.asarray(_normal(1000 * seed + i, s, scale))
+        for i, (k, s) in enumerate(shapes.items())
+    }
 
 
 def _run(tx, params, grads):
@@ -68,15 +70,33 @@ def _ns5_reference(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- optax battery
-COMPAT_PARAMS = {"w": jnp.asarray(_normal(1, (4, 6))), "stack": jnp.asarray(_normal(2, (2, 3, 5))),
-                 "b": jnp.asarray(_normal(3, (6,))), "s": jnp.asarray(_normal(4, ()))}
+COMPAT_PARAMS = {
+    "w": jnp.asarray(_normal(1, (4, 6))),
+    "stack": jnp.asarray(_normal(2, (2, 3, 5))),
+    "b": jnp.asarray(_normal(3, (6,))),
+    "s": jnp.asarray(_normal(4, ())),
+}
 
 
-@pytest.mark.parametrize("kwargs,static", [
-    (dict(learning_rate=0.02, weight_decay=0.01, layout=STACKED), ()),
-    (dict(learning_rate=0.02, ortho_method="newton_schulz", ns_steps=5, bias_correction=True,
-          shape_scale="rms", mu_dtype=jnp.float32, layout=STACKED), ("ns_steps", "mu_dtype")),
-], ids=["defaults", "ns5-biascorr-rms"])
+@pytest.mark.parametrize(
+    "kwargs,static",
+    [
+        (dict(learning_rate=0.02, weight_decay=0.01, layout=STACKED), ()),
+        (
+            dict(
+                learning_rate=0.02,
+                ortho_method="newton_schulz",
+                ns_steps=5,
+                bias_correction=True,
+                shape_scale="rms",
+                mu_dtype=jnp.float32,
+                layout=STACKED,
+            ),
+            ("ns_steps", "mu_dtype"),
+        ),
+    ],
+    ids=["defaults", "ns5-biascorr-rms"],
+)
 def test_optax_compatibility(kwargs, static):
     testing.check_optax_compatibility(muon, kwargs, COMPAT_PARAMS, static_args=static)
 
@@ -88,10 +108,18 @@ def test_bias_corrected_mode_equals_optax_contrib_muon():
     grads = [_tree(shapes, 10 + t) for t in range(6)]
     # optax sends the 1-D leaf to adamw(nesterov=nesterov, eps=eps); give ours the same.
     fallback = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, nesterov=True)
-    ours = muon(0.02, bias_correction=True, ortho_method="newton_schulz", ns_steps=5, eps=1e-8,
-                weight_decay=0.1, fallback=fallback)
-    theirs = optax.contrib.muon(0.02, eps=1e-8, weight_decay=0.1, adam_learning_rate=3e-4,
-                                adam_b2=0.95)
+    ours = muon(
+        0.02,
+        bias_correction=True,
+        ortho_method="newton_schulz",
+        ns_steps=5,
+        eps=1e-8,
+        weight_decay=0.1,
+        fallback=fallback,
+    )
+    theirs = optax.contrib.muon(
+        0.02, eps=1e-8, weight_decay=0.1, adam_learning_rate=3e-4, adam_b2=0.95
+    )
     s1, s2 = ours.init(params), theirs.init(params)
     up1, up2 = jax.jit(ours.update), jax.jit(theirs.update)
     p1 = p2 = params
@@ -109,10 +137,14 @@ def test_bias_corrected_mode_equals_optax_contrib_muon():
         # The fallback leaf runs identical optax code: bitwise equal.
         np.testing.assert_array_equal(np.asarray(u1["v"]), np.asarray(u2["v"]))
     # and without bias correction the early steps are far from optax's (the option matters).
-    _, ups, _ = _run(muon(0.02, ortho_method="newton_schulz", ns_steps=5, eps=1e-8,
-                          fallback=fallback), params, grads[:2])
-    _, ups_optax, _ = _run(optax.contrib.muon(0.02, eps=1e-8, adam_learning_rate=3e-4,
-                                              adam_b2=0.95), params, grads[:2])
+    _, ups, _ = _run(
+        muon(0.02, ortho_method="newton_schulz", ns_steps=5, eps=1e-8, fallback=fallback),
+        params,
+        grads[:2],
+    )
+    _, ups_optax, _ = _run(
+        optax.contrib.muon(0.02, eps=1e-8, adam_learning_rate=3e-4, adam_b2=0.95), params, grads[:2]
+    )
     assert _rel(ups[1]["a"], ups_optax[1]["a"]) > 1e-2
 
 
@@ -152,12 +184,14 @@ def _eq_problem():
     # the parameters measures the update's equivariance (a large W would hide it).
     params = _tree(EQ_SHAPES, 2, scale=0.05)
     grads = [_tree(EQ_SHAPES, 40 + t) for t in range(4)]
-    action = testing.per_leaf({
-        "w": testing.bi_orthogonal(EQ_SHAPES["w"], 1),
-        "r": testing.bi_orthogonal(EQ_SHAPES["r"], 2),
-        "stack": testing.bi_orthogonal(EQ_SHAPES["stack"], 3),  # independent (U, V) per slice
-        "b": None,
-    })
+    action = testing.per_leaf(
+        {
+            "w": testing.bi_orthogonal(EQ_SHAPES["w"], 1),
+            "r": testing.bi_orthogonal(EQ_SHAPES["r"], 2),
+            "stack": testing.bi_orthogonal(EQ_SHAPES["stack"], 3),  # independent (U, V) per slice
+            "b": None,
+        }
+    )
     return params, grads, action
 
 
@@ -182,8 +216,10 @@ def test_direction_is_invariant_to_gradient_scale(c):
     params = _tree(shapes, 3)
     grads = [_tree(shapes, 60 + t) for t in range(3)]
     scaled = [jax.tree.map(lambda x: c * x, g) for g in grads]
-    for tx in (scale_by_muon(layout=STACKED),
-               muon(0.02, weight_decay=0.1, ortho_method="newton_schulz", layout=STACKED)):
+    for tx in (
+        scale_by_muon(layout=STACKED),
+        muon(0.02, weight_decay=0.1, ortho_method="newton_schulz", layout=STACKED),
+    ):
         _, u1, _ = _run(tx, params, grads)
         _, u2, _ = _run(tx, params, scaled)
         # Exact in real arithmetic (the eps of the normalization is relative to the peak
@@ -212,12 +248,19 @@ def test_stacked_leaves_equal_per_slice_and_grouping_changes_nothing():
     method = "auto"  # the default; the grouping logic does not depend on the orthogonalizer
     params = _tree(STACK_SHAPES, 4)
     grads = [_tree(STACK_SHAPES, 80 + t) for t in range(3)]
-    grouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method, layout=STACKED),
-                         params, grads)
-    ungrouped, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method, group=False,
-                                layout=STACKED), params, grads)
-    sliced, _, _ = _run(muon(0.05, weight_decay=0.1, ortho_method=method), _slices(params),
-                        [_slices(g) for g in grads])
+    grouped, _, _ = _run(
+        muon(0.05, weight_decay=0.1, ortho_method=method, layout=STACKED), params, grads
+    )
+    ungrouped, _, _ = _run(
+        muon(0.05, weight_decay=0.1, ortho_method=method, group=False, layout=STACKED),
+        params,
+        grads,
+    )
+    sliced, _, _ = _run(
+        muon(0.05, weight_decay=0.1, ortho_method=method),
+        _slices(params),
+        [_slices(g) for g in grads],
+    )
     # Each matrix is processed independently by the same batched kernels: measured bitwise
     # equal on CPU. A 1-ulp tolerance keeps the test meaningful on backends whose batched
     # GEMMs block differently by batch size.
@@ -264,12 +307,15 @@ def test_headwise_layout_equals_per_head_orthogonalization_by_hand():
 
 
 # -------------------------------------------------------------------- shape factors
-@pytest.mark.parametrize("scale,shape,want", [
-    ("jordan", (4, 12), np.sqrt(3.0)),   # fan_out/fan_in = 3
-    ("jordan", (12, 4), 1.0),            # fan_out < fan_in: no boost
-    ("rms", (4, 12), 0.2 * np.sqrt(12.0)),
-    (None, (4, 12), 1.0),
-])
+@pytest.mark.parametrize(
+    "scale,shape,want",
+    [
+        ("jordan", (4, 12), np.sqrt(3.0)),  # fan_out/fan_in = 3
+        ("jordan", (12, 4), 1.0),  # fan_out < fan_in: no boost
+        ("rms", (4, 12), 0.2 * np.sqrt(12.0)),
+        (None, (4, 12), 1.0),
+    ],
+)
 def test_shape_scale_sets_every_singular_value(scale, shape, want):
     g = jnp.asarray(_normal(6, shape))
     tx = scale_by_muon(beta=0.0, ortho_method="svd", shape_scale=scale)
@@ -307,12 +353,18 @@ def test_non_matrix_leaves_go_to_documented_adamw_fallback():
     ours = muon(0.02, layout=hidden_only, weight_decay=0.1)
     _, ups, state = _run(ours, params, grads)
     adam_part = {k: params[k] for k in ("embed", "b")}
-    _, adam_ups, _ = _run(optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0),
-                          adam_part, [{k: g[k] for k in adam_part} for g in grads])
+    _, adam_ups, _ = _run(
+        optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0),
+        adam_part,
+        [{k: g[k] for k in adam_part} for g in grads],
+    )
     muon_part, muon_ups, _ = _run(
-        optax.chain(scale_by_muon(), optax.add_decayed_weights(0.1),
-                    optax.scale_by_learning_rate(0.02)),
-        {"w": params["w"]}, [{"w": g["w"]} for g in grads])
+        optax.chain(
+            scale_by_muon(), optax.add_decayed_weights(0.1), optax.scale_by_learning_rate(0.02)
+        ),
+        {"w": params["w"]},
+        [{"w": g["w"]} for g in grads],
+    )
     for t in range(3):
         for k in ("embed", "b"):  # same optax code on the same leaves: bitwise
             np.testing.assert_array_equal(np.asarray(ups[t][k]), np.asarray(adam_ups[t][k]))
@@ -327,16 +379,24 @@ def test_float16_fallback_leaves_keep_adam_moments_in_float32():
     # to 0), m/0 = inf on small ones ((1-b2)·g² underflows, e.g. |g| = 1e-4) and overflows nu once
     # |g| > 256 (g² > 65504). The default fallback runs float16 leaves in float32; float32 /
     # bfloat16 leaves must stay bitwise equal to optax.adamw.
-    dtypes = {"w": jnp.float32, "zero16": jnp.float16, "tiny16": jnp.float16,
-              "big16": jnp.float16, "b32": jnp.float32, "bb16": jnp.bfloat16}
-    shapes = {"w": (4, 6), "zero16": (5,), "tiny16": (2,), "big16": (3,), "b32": (6,),
-              "bb16": (4,)}
-    params = {k: jnp.asarray(_normal(20 + i, s), dtypes[k])
-              for i, (k, s) in enumerate(shapes.items())}
+    dtypes = {
+        "w": jnp.float32,
+        "zero16": jnp.float16,
+        "tiny16": jnp.float16,
+        "big16": jnp.float16,
+        "b32": jnp.float32,
+        "bb16": jnp.bfloat16,
+    }
+    shapes = {"w": (4, 6), "zero16": (5,), "tiny16": (2,), "big16": (3,), "b32": (6,), "bb16": (4,)}
+    params = {
+        k: jnp.asarray(_normal(20 + i, s), dtypes[k]) for i, (k, s) in enumerate(shapes.items())
+    }
 
     def grad(t):
-        g = {k: jnp.asarray(_normal(40 + 7 * t + i, s), dtypes[k])
-             for i, (k, s) in enumerate(shapes.items())}
+        g = {
+            k: jnp.asarray(_normal(40 + 7 * t + i, s), dtypes[k])
+            for i, (k, s) in enumerate(shapes.items())
+        }
         g["zero16"] = jnp.zeros((5,), jnp.float16)
         g["tiny16"] = jnp.asarray([1e-4, -2e-4], jnp.float16)
         g["big16"] = jnp.asarray(1000.0 * _normal(90 + t, (3,)), jnp.float16)
@@ -346,16 +406,19 @@ def test_float16_fallback_leaves_keep_adam_moments_in_float32():
     vec = ("zero16", "tiny16", "big16", "b32", "bb16")
     adam = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
     _, ups, state = _run(muon(0.02), params, grads)
+
     # reference: optax.adamw, on float32 copies for the float16 leaves, on the leaves as they
     # are otherwise; updates cast to the leaf dtype (what the docstring promises)
-    up32 = lambda t: {k: t[k].astype(jnp.float32) if dtypes[k] == jnp.float16 else t[k]  # noqa: E731
-                      for k in vec}
+    def up32(t):
+        return {k: t[k].astype(jnp.float32) if dtypes[k] == jnp.float16 else t[k] for k in vec}
+
     _, ref, _ = _run(adam, up32(params), [up32(g) for g in grads])
     for t in range(3):
         for k in vec:
             assert ups[t][k].dtype == dtypes[k]
-            np.testing.assert_array_equal(np.asarray(ups[t][k]),
-                                          np.asarray(ref[t][k].astype(dtypes[k])), err_msg=k)
+            np.testing.assert_array_equal(
+                np.asarray(ups[t][k]), np.asarray(ref[t][k].astype(dtypes[k])), err_msg=k
+            )
         assert np.all(np.asarray(ups[t]["zero16"]) == 0)  # m = 0: a zero step, not NaN
         assert np.all(np.asarray(ups[t]["big16"]) != 0)  # still moving (nu is finite)
     # first Adam step is ±lr exactly up to eps/|g| (<= 1e-5); rtol 2e-3 covers the float16
@@ -370,8 +433,9 @@ def test_float16_fallback_leaves_keep_adam_moments_in_float32():
     _, raw, _ = _run(adam, f16, [{k: g[k] for k in f16} for g in grads])
     assert np.all(np.isnan(np.asarray(raw[0]["zero16"])))
     assert np.all(np.isinf(np.asarray(raw[0]["tiny16"])))
-    assert not np.allclose(np.asarray(raw[0]["big16"], np.float32),
-                           np.asarray(ups[0]["big16"], np.float32), rtol=0.1)
+    assert not np.allclose(
+        np.asarray(raw[0]["big16"], np.float32), np.asarray(ups[0]["big16"], np.float32), rtol=0.1
+    )
 
 
 def test_custom_fallback_and_scale_by_muon_pass_through():
@@ -408,7 +472,7 @@ def test_bias_correction_without_nesterov_is_a_pure_rescale():
 @settings(max_examples=5, deadline=None, derandomize=True)
 @given(m=st.integers(1, 7), n=st.integers(1, 7), log_scale=st.sampled_from([-20, -3, 0, 3, 20]))
 def test_finite_in_finite_out_and_zero_maps_to_zero(m, n, log_scale):
-    g = jnp.asarray(_normal(m * 10 + n, (m, n), 10.0 ** log_scale))
+    g = jnp.asarray(_normal(m * 10 + n, (m, n), 10.0**log_scale))
     tx = scale_by_muon(ortho_method="newton_schulz")
     u, state = tx.update(g, tx.init(g))
     assert bool(jnp.all(jnp.isfinite(u)))
@@ -445,13 +509,16 @@ def test_non_float_leaf_names_the_path():
         tx.update(params, state)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(shape_scale="moonshot"), "shape_scale"),
-    (dict(ortho_method="cholesky"), "ortho_method"),
-    (dict(ortho_method="auto", ns_coeffs=linalg.JORDAN_QUINTIC), "ns_coeffs"),
-    (dict(beta=1.5), "beta"),
-    (dict(ns_steps=0), "ns_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(shape_scale="moonshot"), "shape_scale"),
+        (dict(ortho_method="cholesky"), "ortho_method"),
+        (dict(ortho_method="auto", ns_coeffs=linalg.JORDAN_QUINTIC), "ns_coeffs"),
+        (dict(beta=1.5), "beta"),
+        (dict(ns_steps=0), "ns_steps"),
+    ],
+)
 def test_bad_hyperparameters_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         scale_by_muon(**kwargs)
@@ -467,9 +534,10 @@ def test_step_time_bench_gives_both_muons_the_same_partition():
     for stacked in (False, True):
         tree = gpt2_small_like_tree(stacked=stacked)
         ours = jax.tree.leaves(step_time.hidden_layout(tree), is_leaf=lambda x: x is None)
-        theirs = jax.tree.leaves(step_time._optax_dimension_numbers(tree),
-                                 is_leaf=lambda x: x is None or isinstance(
-                                     x, optax.contrib.MuonDimensionNumbers))
+        theirs = jax.tree.leaves(
+            step_time._optax_dimension_numbers(tree),
+            is_leaf=lambda x: x is None or isinstance(x, optax.contrib.MuonDimensionNumbers),
+        )
         assert [x is None for x in ours] == [x is None for x in theirs]
         # 4 kernels per layer (qkv, o, fc, proj); embeddings, norms and biases excluded.
         assert sum(x is not None for x in ours) == (4 if stacked else 48)

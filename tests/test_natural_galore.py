@@ -32,25 +32,46 @@ def _normal(seed, shape):
 
 PARAMS = {"tall": _normal(1, (9, 5)), "wide": _normal(2, (4, 11)), "bias": _normal(3, (5,))}
 STEPS = 7
-HP = dict(rank=2, lr=1e-2, gap=3, scale=0.25, wd=0.1, b1=0.9, b2=0.999, eps=1e-6, history=3,
-          damping=1e-3)
+HP = dict(
+    rank=2, lr=1e-2, gap=3, scale=0.25, wd=0.1, b1=0.9, b2=0.999, eps=1e-6, history=3, damping=1e-3
+)
 
 
 def _grads(steps, seed=20):
-    return [{k: _normal(seed + 7 * t + i, v.shape) for i, (k, v) in enumerate(PARAMS.items())}
-            for t in range(steps)]
+    return [
+        {k: _normal(seed + 7 * t + i, v.shape) for i, (k, v) in enumerate(PARAMS.items())}
+        for t in range(steps)
+    ]
 
 
 def _rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-                 / np.linalg.norm(np.asarray(b, np.float64)))
+    return float(
+        np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        / np.linalg.norm(np.asarray(b, np.float64))
+    )
 
 
 class _ReleaseNaturalGaLore:
     """One parameter of the release's SubSpaceAdamW, float64 (see the module docstring)."""
 
-    def __init__(self, w, *, rank, lr, gap, scale, wd, b1, b2, eps, history, damping,
-                 project, eps_in_corrected=False, decay_before_step=False):
+    def __init__(
+        self,
+        w,
+        *,
+        rank,
+        lr,
+        gap,
+        scale,
+        wd,
+        b1,
+        b2,
+        eps,
+        history,
+        damping,
+        project,
+        eps_in_corrected=False,
+        decay_before_step=False,
+    ):
         self.w = np.asarray(w, np.float64)
         self.rank, self.lr, self.gap, self.scale, self.wd = rank, lr, gap, scale, wd
         self.b1, self.b2, self.eps = b1, b2, eps
@@ -114,8 +135,15 @@ class _ReleaseNaturalGaLore:
 @pytest.fixture(scope="module")
 def ng_run():
     """optzoo's (default ε = 1e-6, the release's) updates and states, jitted once."""
-    tx = natural_galore(HP["lr"], HP["rank"], update_proj_gap=HP["gap"], scale=HP["scale"],
-                        history=HP["history"], damping=HP["damping"], weight_decay=HP["wd"])
+    tx = natural_galore(
+        HP["lr"],
+        HP["rank"],
+        update_proj_gap=HP["gap"],
+        scale=HP["scale"],
+        history=HP["history"],
+        damping=HP["damping"],
+        weight_decay=HP["wd"],
+    )
     params = jax.tree.map(jnp.asarray, PARAMS)
     state = tx.init(params)
     step = jax.jit(tx.update)
@@ -132,10 +160,11 @@ def ng_run():
 def _port(grads, projs, **conventions):
     out = {}
     for k in PARAMS:
-        ref = _ReleaseNaturalGaLore(PARAMS[k], project=PARAMS[k].ndim == 2, **HP,
-                                    **conventions)
-        out[k] = [ref.step(g[k], projs[t].get(k) if PARAMS[k].ndim == 2 else None)
-                  for t, g in enumerate(grads)]
+        ref = _ReleaseNaturalGaLore(PARAMS[k], project=PARAMS[k].ndim == 2, **HP, **conventions)
+        out[k] = [
+            ref.step(g[k], projs[t].get(k) if PARAMS[k].ndim == 2 else None)
+            for t, g in enumerate(grads)
+        ]
     return out
 
 

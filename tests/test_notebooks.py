@@ -2,8 +2,10 @@
 
 Each notebook (jupytext py:percent) is converted to ipynb in memory and executed by nbclient
 in a fresh ``python3`` kernel of this interpreter, with ``OPTZOO_SMOKE=1``,
-``MPLBACKEND=Agg``, the repository on ``PYTHONPATH`` and a temporary working directory (so
-nothing is written into the repository).
+``MPLBACKEND=Agg`` and a temporary working directory (so nothing is written into the
+repository). The kernel imports ``optzoo`` as installed (``pip install -e`` in the test
+environment) and ``experiments`` from the checkout (``PYTHONPATH`` = the repository root: the
+harness is not in the wheel and runs from a checkout, as Flax's examples do).
 
 **How figures are checked.** Two cells are added around the notebook's own cells: the first
 defines :func:`figure_problems` (the readability rule below) in the kernel and wraps
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -48,6 +49,8 @@ NOTEBOOKS = {
     "routing_report": 1,
     "results_explorer": 4,
 }
+# notebook -> the committed results it reads by default (no smoke switch: they are small)
+READS_COMMITTED = {"results_explorer": REPO / "experiments/results/ablation"}
 # Per-cell limit: generous against a loaded 2-core machine (a smoke cell takes < 15 s).
 CELL_TIMEOUT_S = 300
 MARKER = "OPTZOO_FIGURES_CHECKED="
@@ -87,16 +90,21 @@ def figure_problems(fig) -> list[str]:
         if handles and not has_legend:
             problems.append(f"{where}: labelled series but no legend")
         in_containers = {id(a) for c in ax.containers for a in flat(c)}
-        series = (len(ax.containers)
-                  + sum(1 for line in ax.lines if id(line) not in in_containers)
-                  + sum(1 for c in ax.collections
-                        if isinstance(c, PathCollection) and id(c) not in in_containers))
+        series = (
+            len(ax.containers)
+            + sum(1 for line in ax.lines if id(line) not in in_containers)
+            + sum(
+                1
+                for c in ax.collections
+                if isinstance(c, PathCollection) and id(c) not in in_containers
+            )
+        )
         if series >= 2 and not has_legend:
             problems.append(f"{where}: {series} series without a legend")
     return problems
 
 
-_HOOK = textwrap.dedent('''
+_HOOK = textwrap.dedent("""
     import matplotlib.pyplot as _optzoo_plt
     from matplotlib.figure import Figure as _OptzooFigure
 
@@ -122,7 +130,7 @@ _HOOK = textwrap.dedent('''
 
     _optzoo_plt.show = _optzoo_show
     _OptzooFigure.savefig = _optzoo_checked_savefig
-''')
+""")
 
 _FINAL = textwrap.dedent(f'''
     for _num in _optzoo_plt.get_fignums():
@@ -131,8 +139,9 @@ _FINAL = textwrap.dedent(f'''
 ''')
 
 
-def _execute(name: str, workdir: Path, monkeypatch,
-             env: dict[str, str] | None = None) -> tuple[object, int]:
+def _execute(
+    name: str, workdir: Path, monkeypatch, env: dict[str, str] | None = None
+) -> tuple[object, int]:
     nb = jupytext.read(NOTEBOOK_DIR / f"{name}.py")
     hook = inspect.getsource(figure_problems) + _HOOK
     nb.cells.insert(0, nbformat.v4.new_code_cell(hook))
@@ -140,12 +149,16 @@ def _execute(name: str, workdir: Path, monkeypatch,
     monkeypatch.setenv("OPTZOO_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("OPTZOO_RESULTS", raising=False)
-    path = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+    # the harness runs from a checkout; optzoo is the installed package
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(workdir)}})
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
     try:
         client.execute()
     finally:
@@ -158,34 +171,53 @@ def _execute(name: str, workdir: Path, monkeypatch,
 # ------------------------------------------------------------------------ the notebooks
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_executes_on_smoke_settings(name, tmp_path, monkeypatch):
-    _, checked = _execute(name, tmp_path, monkeypatch)
+    nb, checked = _execute(name, tmp_path, monkeypatch)
     assert checked >= NOTEBOOKS[name], f"{name}: only {checked} figures drawn and checked"
+    if name in READS_COMMITTED:  # it opened the committed results, and says which
+        text = _outputs(nb)
+        assert f"reading {READS_COMMITTED[name]}" in text, text
+        assert "synthetic" not in text.lower(), text
 
 
 def _outputs(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.outputs)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
 def test_results_explorer_loads_a_run_directory(tmp_path, monkeypatch):
     # A run directory in experiments.train's format (metrics.jsonl train/eval records with
     # per-group and router metrics, a torn last line as after a crash, summary.json), given
-    # through OPTZOO_RESULTS: the explorer must read it, not fall back to synthetic data.
+    # through OPTZOO_RESULTS: the explorer must read it instead of the committed ablation.
     run = tmp_path / "my_run"
     run.mkdir()
     lines = []
     for step in range(0, 41, 10):
         if step:
-            lines.append(json.dumps({"kind": "train", "step": step, "tokens": 64 * step,
-                                     "loss": 5.0 / step, "lr": 1e-3, "grad_norm": 1.0,
-                                     "grad_norm/mlp": 0.5, "grad_norm/attention": 0.4,
-                                     "router/load_cv": 0.3, "router/0/load_cv": 0.3}))
-        lines.append(json.dumps({"kind": "eval", "step": step, "tokens": 64 * step,
-                                 "val_loss": 5.0 / (step + 1)}))
+            lines.append(
+                json.dumps(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "tokens": 64 * step,
+                        "loss": 5.0 / step,
+                        "lr": 1e-3,
+                        "grad_norm": 1.0,
+                        "grad_norm/mlp": 0.5,
+                        "grad_norm/attention": 0.4,
+                        "router/load_cv": 0.3,
+                        "router/0/load_cv": 0.3,
+                    }
+                )
+            )
+        lines.append(
+            json.dumps(
+                {"kind": "eval", "step": step, "tokens": 64 * step, "val_loss": 5.0 / (step + 1)}
+            )
+        )
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "tra')
     (run / "summary.json").write_text(json.dumps({"final_val_loss": 5.0 / 41, "steps": 40}))
-    nb, checked = _execute("results_explorer", tmp_path, monkeypatch,
-                           env={"OPTZOO_RESULTS": str(run)})
+    nb, checked = _execute(
+        "results_explorer", tmp_path, monkeypatch, env={"OPTZOO_RESULTS": str(run)}
+    )
     text = _outputs(nb)
     assert f"{run}: run" in text and "synthetic" not in text, text
     assert checked >= 2  # losses + the grad_norm/router families
@@ -201,8 +233,12 @@ def test_notebooks_are_percent_scripts_with_a_header_and_a_smoke_flag():
         assert nb.cells[0].cell_type == "markdown", f"{name}: first cell must explain it"
         assert nb.cells[0].source.lstrip().startswith("# "), f"{name}: header needs a title"
         assert sum(c.cell_type == "code" for c in nb.cells) >= 3, name
-        assert 'os.environ.get("OPTZOO_SMOKE"' in text, f"{name}: no smoke switch"
+        if name not in READS_COMMITTED:
+            assert 'os.environ.get("OPTZOO_SMOKE"' in text, f"{name}: no smoke switch"
+        else:
+            assert "experiments/results/" in nb.cells[0].source, f"{name}: say what it reads"
         assert "savefig" not in text, f"{name}: notebooks display figures, they save nothing"
+        assert "sys.path" not in text, f"{name}: import the installed package, no path bootstrap"
 
 
 # ------------------------------------------------------------------- the figure rule
@@ -231,15 +267,22 @@ def test_figure_rule_rejects_each_defect(defect):
     ax.plot([1, 2], [3, 4], label=None if defect == "series" else "a")
     if defect == "series":
         ax.plot([1, 2], [4, 3])
-    ax.set(xlabel="" if defect == "xlabel" else "x (s)",
-           ylabel="" if defect == "ylabel" else "y (m)",
-           title="" if defect == "title" else "t")
+    ax.set(
+        xlabel="" if defect == "xlabel" else "x (s)",
+        ylabel="" if defect == "ylabel" else "y (m)",
+        title="" if defect == "title" else "t",
+    )
     if defect not in ("legend", "series"):
         ax.legend()
     if defect == "cbar":
         fig.colorbar(ax.imshow([[0, 1], [1, 0]]), ax=ax)
     problems = figure_problems(fig)
-    want = {"xlabel": "no x label", "ylabel": "no y label", "title": "no title",
-            "legend": "no legend", "series": "2 series without a legend",
-            "cbar": "colorbar without a label"}[defect]
+    want = {
+        "xlabel": "no x label",
+        "ylabel": "no y label",
+        "title": "no title",
+        "legend": "no legend",
+        "series": "2 series without a legend",
+        "cbar": "colorbar without a label",
+    }[defect]
     assert len(problems) == 1 and want in problems[0], problems

@@ -51,40 +51,60 @@ def _bound(factory: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
         return factory(*args, **{**fixed, **kwargs})
 
     wrapper.__signature__ = sig.replace(
-        parameters=[p for n, p in sig.parameters.items() if n not in fixed])
+        parameters=[p for n, p in sig.parameters.items() if n not in fixed]
+    )
     del wrapper.__wrapped__  # inspect.signature must read __signature__, not the original
     return wrapper
 
 
+#: The AdamW of the non-matrix leaves at optax's battery rate (as optax.contrib.muon's own).
+_FALLBACK = optzoo.fallback.AdamW(learning_rate=1e-2)
+
 #: name -> (factory, opt_kwargs). Learning rates as in optax's list for its own Muon/GaLore.
 BATTERY: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-    "muon": (_bound(optzoo.muon, layout=STACKED), {"learning_rate": 1e-2,
-                                                    "adam_learning_rate": 1e-2}),
-    "polargrad": (_bound(optzoo.polargrad, layout=STACKED),
-                  {"learning_rate": 1e-2, "adam_learning_rate": 1e-2}),
+    "muon": (_bound(optzoo.muon, layout=STACKED, fallback=_FALLBACK), {"learning_rate": 1e-2}),
+    "polargrad": (
+        _bound(optzoo.polargrad, layout=STACKED, fallback=_FALLBACK),
+        {"learning_rate": 1e-2},
+    ),
     "scion": (_bound(optzoo.scion, layout=STACKED), {"learning_rate": 1e-2}),
     "ef_muon": (_bound(optzoo.ef_muon, layout=STACKED), {"learning_rate": 1e-2}),
-    "fismo": (_bound(optzoo.fismo, layout=STACKED, precondition_frequency=10),
-              {"learning_rate": 1e-2}),
-    "rownorm": (_bound(optzoo.rownorm, layout=UNITS, unit_axis=None),
-                {"learning_rate": 1e-2}),
-    "one_sided_spectral": (_bound(optzoo.one_sided_spectral, layout=UNITS, unit_axis=None),
-                           {"learning_rate": 1e-2}),
-    "left_spectral": (_bound(optzoo.left_spectral, layout=UNITS, unit_axis=None),
-                      {"learning_rate": 1e-2}),
+    "fismo": (
+        _bound(optzoo.fismo, layout=STACKED, precondition_frequency=10),
+        {"learning_rate": 1e-2},
+    ),
+    "rownorm": (_bound(optzoo.rownorm, layout=UNITS, unit_axis=None), {"learning_rate": 1e-2}),
+    "one_sided_spectral": (
+        _bound(optzoo.one_sided_spectral, layout=UNITS, unit_axis=None),
+        {"learning_rate": 1e-2},
+    ),
+    "left_spectral": (
+        _bound(optzoo.left_spectral, layout=UNITS, unit_axis=None),
+        {"learning_rate": 1e-2},
+    ),
     "hybrid": (_bound(optzoo.hybrid, layout=UNITS, unit_axis=None), {"learning_rate": 1e-2}),
     "lion": (_bound(optzoo.lion), {"learning_rate": 1e-3}),
-    "lion_kappa": (_bound(optzoo.lion_kappa, layout=STACKED, kappa="spectral",
-                          vector_kappa="sign"), {"learning_rate": 1e-3}),
-    "galore": (_bound(optzoo.galore, layout=STACKED, rank=8, update_proj_gap=200),
-               {"learning_rate": 1e-2}),
-    "natural_galore": (_bound(optzoo.natural_galore, layout=STACKED, rank=8,
-                              update_proj_gap=200, history=2), {"learning_rate": 1e-2}),
-    "online_subspace_descent": (_bound(optzoo.online_subspace_descent, layout=STACKED, rank=8),
-                                {"learning_rate": 1e-2}),
+    "lion_kappa": (
+        _bound(optzoo.lion_kappa, layout=STACKED, kappa="spectral", vector_kappa="sign"),
+        {"learning_rate": 1e-3},
+    ),
+    "galore": (
+        _bound(optzoo.galore, layout=STACKED, rank=8, update_proj_gap=200),
+        {"learning_rate": 1e-2},
+    ),
+    "natural_galore": (
+        _bound(optzoo.natural_galore, layout=STACKED, rank=8, update_proj_gap=200, history=2),
+        {"learning_rate": 1e-2},
+    ),
+    "online_subspace_descent": (
+        _bound(optzoo.online_subspace_descent, layout=STACKED, rank=8),
+        {"learning_rate": 1e-2},
+    ),
     "ringmaster": (_bound(optzoo.ringmaster, layout=STACKED), {"learning_rate": 1e-2}),
-    "ringmaster_agnostic": (_bound(optzoo.ringmaster_agnostic, layout=STACKED),
-                            {"learning_rate": 1e-2}),
+    "ringmaster_agnostic": (
+        _bound(optzoo.ringmaster_agnostic, layout=STACKED),
+        {"learning_rate": 1e-2},
+    ),
 }
 
 #: Optimizers with a counterpart in optax's convergence list.
@@ -116,8 +136,12 @@ def _call(method: str, **params: Any) -> None:
 
 
 def _entry(name: str) -> dict[str, Any]:
-    return {"opt_name": name, "opt_kwargs": BATTERY[name][1], "wrapper_name": None,
-            "wrapper_kwargs": None}
+    return {
+        "opt_name": name,
+        "opt_kwargs": BATTERY[name][1],
+        "wrapper_name": None,
+        "wrapper_kwargs": None,
+    }
 
 
 NAMES = sorted(BATTERY)
@@ -128,7 +152,7 @@ def test_battery_covers_every_public_alias_or_says_why():
     those whose update needs more than optax's trees give (listed with the reason)."""
     needs_more = {
         "symmetry_compatible": "routes leaves by Flax/LLaMA path names; optax's trees are "
-                               "unnamed lists (covered by tests/test_properties.py)",
+        "unnamed lists (covered by tests/test_properties.py)",
         "egn": "needs its batch as an extra argument (optzoo.testing's battery passes it)",
     }
     aliases = []
@@ -174,14 +198,19 @@ def test_state_shape_dtype_stability(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_learning_rate_schedule(name):
-    _call("test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
-          **_entry(name))
+    _call("test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such", **_entry(name))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONVERGENCE)
-@pytest.mark.parametrize("target", ["_setup_parabola", "_setup_rosenbrock",
-                                    "_setup_matrix_parabola", "_setup_mixed_tensor_target"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "_setup_parabola",
+        "_setup_rosenbrock",
+        "_setup_matrix_parabola",
+        "_setup_mixed_tensor_target",
+    ],
+)
 def test_convergence(name, target):
-    _call("test_optimizers", **_entry(name), target=getattr(optax_battery, target),
-          dtype="float32")
+    _call("test_optimizers", **_entry(name), target=getattr(optax_battery, target), dtype="float32")

@@ -40,18 +40,38 @@ FAMILIES = ("qwen3", "gemma3", "olmoe", "gptoss")
 # the HF config of each script (hidden, layers (README), heads, kv heads, head_dim, ffn,
 # vocab, experts (README), top-k).
 RELEASED = {
-    "qwen3": dict(preset="qwen3_row", lr=2e-2, tokens=8 * 28 * 1024, steps=30_000,
-                  val_tokens=10_551_296,
-                  model=(1024, 20, 16, 8, 128, 3072, 151936, None, None)),
-    "gemma3": dict(preset="gemma3_row", lr=2e-2, tokens=8 * 18 * 1024, steps=50_000,
-                   val_tokens=10_469_376,
-                   model=(1152, 18, 4, 1, 256, 6912, 262144, None, None)),
-    "olmoe": dict(preset="olmoe_row", lr=5e-3, tokens=8 * 20 * 1024, steps=30_000,
-                  val_tokens=10_485_760,
-                  model=(2048, 12, 16, 16, 128, 1024, 50304, 32, 8)),
-    "gptoss": dict(preset="gptoss_row", lr=1e-3, tokens=8 * 8 * 1024, steps=60_000,
-                   val_tokens=10_485_760,
-                   model=(2048, 12, 64, 8, 64, 2048, 201088, 16, 4)),
+    "qwen3": dict(
+        preset="qwen3_row",
+        lr=2e-2,
+        tokens=8 * 28 * 1024,
+        steps=30_000,
+        val_tokens=10_551_296,
+        model=(1024, 20, 16, 8, 128, 3072, 151936, None, None),
+    ),
+    "gemma3": dict(
+        preset="gemma3_row",
+        lr=2e-2,
+        tokens=8 * 18 * 1024,
+        steps=50_000,
+        val_tokens=10_469_376,
+        model=(1152, 18, 4, 1, 256, 6912, 262144, None, None),
+    ),
+    "olmoe": dict(
+        preset="olmoe_row",
+        lr=5e-3,
+        tokens=8 * 20 * 1024,
+        steps=30_000,
+        val_tokens=10_485_760,
+        model=(2048, 12, 16, 16, 128, 1024, 50304, 32, 8),
+    ),
+    "gptoss": dict(
+        preset="gptoss_row",
+        lr=1e-3,
+        tokens=8 * 8 * 1024,
+        steps=60_000,
+        val_tokens=10_485_760,
+        model=(2048, 12, 64, 8, 64, 2048, 201088, 16, 4),
+    ),
 }
 
 
@@ -80,7 +100,13 @@ def test_paper_presets_match_the_released_runs(family):
     m = cfg.model_config()
     d, n_layers, h, k, hd, ff, vocab, n_exp, top_k = ref["model"]
     assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.vocab_size) == (
-        d, n_layers, h, k, hd, vocab)
+        d,
+        n_layers,
+        h,
+        k,
+        hd,
+        vocab,
+    )
     assert m.init_scheme == "normal" and m.init_std == 0.02 and not m.tie_embeddings
     if n_exp is None:
         assert m.moe is None and m.d_ff == ff
@@ -105,8 +131,9 @@ def test_paper_presets_match_the_released_runs(family):
     if family in ("qwen3", "olmoe"):
         old = get_config(f"{family}_seed")
         assert old.optimizer.grad_clip == 1.0 and old.compute_dtype == "bfloat16"
-        assert old.eval_batches * old.data.batch_size * old.data.seq_len * 10 \
-            < ref["val_tokens"] * 1.1
+        assert (
+            old.eval_batches * old.data.batch_size * old.data.seq_len * 10 < ref["val_tokens"] * 1.1
+        )
         assert old.model_config().init_scheme == "gpt2"
 
 
@@ -122,8 +149,9 @@ def test_gptoss_aux_preset_turns_the_auxiliary_losses_on():
 
 
 def test_moe_settings_are_overridable_from_the_config():
-    cfg = dataclasses.replace(get_config("tiny_gptoss"), moe_overrides=(("lb_loss_coef", 0.0),
-                                                                        ("n_experts", 8)))
+    cfg = dataclasses.replace(
+        get_config("tiny_gptoss"), moe_overrides=(("lb_loss_coef", 0.0), ("n_experts", 8))
+    )
     assert cfg.model_config().moe.lb_loss_coef == 0.0
     assert cfg.model_config().moe.n_experts == 8
     with pytest.raises(ValueError, match=r"moe_overrides.*'nope' is not a MoEConfig field"):
@@ -146,8 +174,9 @@ def test_new_fields_validate_naming_the_field():
     with pytest.raises(ValueError, match=r"duplicate group 'vectors'"):
         OptimizerConfig(group_schedules=(("vectors", "cosine", 1), ("vectors", "wsd", 0)))
     with pytest.raises(ValueError, match=r"group_schedules\['vectors'\] warmup 100"):
-        TrainConfig(steps=50, optimizer=OptimizerConfig(
-            group_schedules=(("vectors", "cosine_zero", 100),)))
+        TrainConfig(
+            steps=50, optimizer=OptimizerConfig(group_schedules=(("vectors", "cosine_zero", 100),))
+        )
     with pytest.raises((TypeError, ValueError), match=r"TrainConfig.matmul_precision"):
         TrainConfig(matmul_precision="highest_please")
     with pytest.raises(TypeError, match=r"TrainConfig.moe_overrides"):
@@ -159,8 +188,10 @@ def test_old_presets_keep_their_config_hash():
     stay resumable. Literal: ``config_hash(get_config('tiny'))`` at HEAD 985adad, before the
     new fields (repro: ``git archive 985adad experiments | tar -x -C /tmp/old`` and hash
     there)."""
-    assert configs.config_hash(get_config("tiny")) == \
-        "6befeef8a681e931aa26690e9728a2150d61f6d649f8bb74c29acb44413341c3"
+    assert (
+        configs.config_hash(get_config("tiny"))
+        == "6befeef8a681e931aa26690e9728a2150d61f6d649f8bb74c29acb44413341c3"
+    )
     moved = dataclasses.replace(get_config("tiny"), matmul_precision="float32")
     assert configs.config_hash(moved) != configs.config_hash(get_config("tiny"))
 
@@ -187,33 +218,45 @@ def test_per_group_schedules_match_the_reference_formulas():
     reference's 1-D schedule."""
     n = 1000
     opt = get_config("qwen3_paper").optimizer
-    vec = train.group_unit_schedule(opt, "vectors", n)
-    mat = train.group_unit_schedule(opt, "attention", n)
+    vec = O.group_unit_schedule(opt, "vectors", n)
+    mat = O.group_unit_schedule(opt, "attention", n)
     its = [0, 1, 50, 99, 100, 101, 400, 599, 600, 601, 800, 999]
-    np.testing.assert_allclose([float(vec(i)) for i in its],
-                               [_reference_warmup_cosine(i, 100, n) for i in its], atol=1e-6)
-    np.testing.assert_allclose([float(mat(i)) for i in its],
-                               [_reference_matrix_scale(i, n) for i in its], atol=1e-6)
-    other = train.group_unit_schedule(dataclasses.replace(
-        opt, group_schedules=(("vectors", "cosine", 100),)), "vectors", n)
+    np.testing.assert_allclose(
+        [float(vec(i)) for i in its], [_reference_warmup_cosine(i, 100, n) for i in its], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        [float(mat(i)) for i in its], [_reference_matrix_scale(i, n) for i in its], atol=1e-6
+    )
+    other = O.group_unit_schedule(
+        dataclasses.replace(opt, group_schedules=(("vectors", "cosine", 100),)), "vectors", n
+    )
     assert abs(float(other(999)) - _reference_warmup_cosine(999, 100, n)) > 0.09
 
 
 def test_group_schedules_are_exact_through_the_optimizer():
-    """``build_tx`` with a 1-D schedule of its own equals, leaf for leaf over 9 of 10 steps
+    """``build_optimizer`` with a 1-D schedule of its own equals, leaf for leaf over 9 of 10 steps
     (warmup, plateau and the 40% cooldown), AdamW run with the reference's formulas: warmup +
     cosine on the vectors, ``get_lr_scale`` on the matrices (float32; tolerance 1e-6
     relative: one extra multiply by the unit value). Negative control: the same config
     without ``group_schedules`` gives the vectors other updates."""
-    params = {"layers": {"0": {"attn": {"q_proj": {"kernel": jnp.ones((4, 8)) * 0.1}}}},
-              "final_norm": {"scale": jnp.ones((4,))}}
+    params = {
+        "layers": {"0": {"attn": {"q_proj": {"kernel": jnp.ones((4, 8)) * 0.1}}}},
+        "final_norm": {"scale": jnp.ones((4,))},
+    }
     n = 10
     grads = [jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 1) + 0.3), params) for i in range(9)]
-    cfg = OptimizerConfig(name="adamw", learning_rate=1e-2, weight_decay=0.1, schedule="wsd",
-                          warmup_steps=0, cooldown_fraction=0.4, grad_clip=None,
-                          guard_nonfinite=True,
-                          group_schedules=(("vectors", "cosine_zero", 2),))
-    tx = train.build_tx(cfg, params, n)
+    cfg = OptimizerConfig(
+        name="adamw",
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        schedule="wsd",
+        warmup_steps=0,
+        cooldown_fraction=0.4,
+        grad_clip=None,
+        guard_nonfinite=True,
+        group_schedules=(("vectors", "cosine_zero", 2),),
+    )
+    tx = O.build_optimizer(cfg, params, n)
 
     def matrix_lr(c):
         t = 1.0 - jnp.asarray(c, jnp.float32) / n
@@ -231,16 +274,27 @@ def test_group_schedules_are_exact_through_the_optimizer():
 
     @jax.jit
     def run():  # the 9 steps of the four optimizers in one compilation
-        s, sm, sv, sp = (tx.init(params), ref_mat.init(mat),
-                         ref_vec.init(params["final_norm"]), plain.init(params))
+        s, sm, sv, sp = (
+            tx.init(params),
+            ref_mat.init(mat),
+            ref_vec.init(params["final_norm"]),
+            plain.init(params),
+        )
         out = []
         for g in grads:
             u, s = tx.update(g, s, params)
             um, sm = ref_mat.update(g["layers"]["0"]["attn"]["q_proj"], sm, mat)
             uv, sv = ref_vec.update(g["final_norm"], sv, params["final_norm"])
             up, sp = plain.update(g, sp, params)
-            out.append((u["layers"]["0"]["attn"]["q_proj"]["kernel"], um["kernel"],
-                        u["final_norm"]["scale"], uv["scale"], up["final_norm"]["scale"]))
+            out.append(
+                (
+                    u["layers"]["0"]["attn"]["q_proj"]["kernel"],
+                    um["kernel"],
+                    u["final_norm"]["scale"],
+                    uv["scale"],
+                    up["final_norm"]["scale"],
+                )
+            )
         return out, O.skipped_steps(s)
 
     out, skipped = run()
@@ -255,8 +309,18 @@ def test_group_schedules_are_exact_through_the_optimizer():
 def _tiny_gptoss(**kw):
     base = models.PRESETS["gptoss_paper"]
     moe = dataclasses.replace(base.moe, n_experts=4, top_k=2, d_expert=8)
-    return dataclasses.replace(base, vocab_size=256, d_model=16, n_layers=1, n_heads=4,
-                               n_kv_heads=2, head_dim=4, max_seq_len=32, moe=moe, **kw)
+    return dataclasses.replace(
+        base,
+        vocab_size=256,
+        d_model=16,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=4,
+        max_seq_len=32,
+        moe=moe,
+        **kw,
+    )
 
 
 def _np_sink_attention(x, p, h, kv, hd, sinks, window=None):
@@ -272,8 +336,10 @@ def _np_sink_attention(x, p, h, kv, hd, sinks, window=None):
         j = head // (h // kv)  # HF repeat_kv: key head j serves query heads j*g .. j*g+g-1
         for t in range(s):
             keys = [u for u in range(t + 1) if window is None or t - u < window]
-            row = np.array([q[t, head] @ k[u, j] / math.sqrt(hd) for u in keys]
-                           + ([sinks[head]] if sinks is not None else []))
+            row = np.array(
+                [q[t, head] @ k[u, j] / math.sqrt(hd) for u in keys]
+                + ([sinks[head]] if sinks is not None else [])
+            )
             w = np.exp(row - row.max())
             w = w / w.sum()
             out[t, head] = sum(w[n] * v[u, j] for n, u in enumerate(keys))
@@ -283,20 +349,24 @@ def _np_sink_attention(x, p, h, kv, hd, sinks, window=None):
 def test_attention_sinks_match_the_reference_softmax():
     """Tolerance 1e-5 (float32 vs float64). Negative controls: the output differs from sink-less
     attention, and a sink at -1e9 recovers it (the sink only adds mass to the normalizer)."""
-    cfg = dataclasses.replace(_tiny_gptoss(), positions="learned", qk_norm="none",
-                              sliding_window=None)
+    cfg = dataclasses.replace(
+        _tiny_gptoss(), positions="learned", qk_norm="none", sliding_window=None
+    )
     attn = Attention(cfg, 0, rngs=nnx.Rngs(3))
     attn.sinks[...] = jnp.array([1.5, -0.5, 0.0, 2.5])
     for name in ("q", "k", "v", "o"):  # non-zero biases so that they are exercised
         proj = getattr(attn, f"{name}_proj")
-        proj.bias[...] = 0.1 * jax.random.normal(jax.random.PRNGKey(ord(name)),
-                                                 proj.bias.shape)
+        proj.bias[...] = 0.1 * jax.random.normal(jax.random.PRNGKey(ord(name)), proj.bias.shape)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 7, cfg.d_model))
     call = nnx.jit(lambda m, a: m(a))  # one compilation instead of one per primitive
     y = np.asarray(call(attn, x))[0]
-    p = {f"{n}_{t}": np.asarray(getattr(getattr(attn, f"{n}_proj"),
-                                        "kernel" if t == "w" else "bias")[...], np.float64)
-         for n in "qkvo" for t in "wb"}
+    p = {
+        f"{n}_{t}": np.asarray(
+            getattr(getattr(attn, f"{n}_proj"), "kernel" if t == "w" else "bias")[...], np.float64
+        )
+        for n in "qkvo"
+        for t in "wb"
+    }
     xs = np.asarray(x[0], np.float64)
     sinks = np.asarray(attn.sinks[...], np.float64)
     ref = _np_sink_attention(xs, p, 4, 2, 4, sinks)
@@ -321,12 +391,17 @@ def test_clamped_swiglu_matches_the_reference():
     g = np.linspace(-12, 12, 41)[:, None] * np.ones((1, 3))
     u = np.linspace(12, -12, 41)[:, None] * np.array([[1.0, 0.5, -0.3]])
     cfg = models.PRESETS["gptoss_paper"].moe
-    out = np.asarray(expert_activation(jnp.asarray(g, jnp.float32), jnp.asarray(u, jnp.float32),
-                                       cfg))
+    out = np.asarray(
+        expert_activation(jnp.asarray(g, jnp.float32), jnp.asarray(u, jnp.float32), cfg)
+    )
     np.testing.assert_allclose(out, _np_clamped_swiglu(g, u), rtol=1e-6, atol=1e-5)
-    plain = np.asarray(expert_activation(jnp.asarray(g, jnp.float32),
-                                         jnp.asarray(u, jnp.float32),
-                                         dataclasses.replace(cfg, expert_act="swiglu")))
+    plain = np.asarray(
+        expert_activation(
+            jnp.asarray(g, jnp.float32),
+            jnp.asarray(u, jnp.float32),
+            dataclasses.replace(cfg, expert_act="swiglu"),
+        )
+    )
     assert np.max(np.abs(plain - out)) > 1.0
 
 
@@ -348,10 +423,10 @@ def test_gptoss_moe_layer_matches_a_per_token_loop(dispatch):
     y, aux = call(moe, x)
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     wr, br = f64(moe.router.kernel[...]), f64(moe.router.bias[...])
-    gp, up, dp = (f64(getattr(moe.experts, n)[...]) for n in ("gate_proj", "up_proj",
-                                                              "down_proj"))
-    bg, bu, bd = (f64(getattr(moe.experts, n).bias[...]) for n in ("gate_bias", "up_bias",
-                                                                   "down_bias"))
+    gp, up, dp = (f64(getattr(moe.experts, n)[...]) for n in ("gate_proj", "up_proj", "down_proj"))
+    bg, bu, bd = (
+        f64(getattr(moe.experts, n).bias[...]) for n in ("gate_bias", "up_bias", "down_bias")
+    )
     xs = f64(x[0])
     ref = np.zeros_like(xs)
     for t in range(xs.shape[0]):
@@ -382,10 +457,13 @@ def test_normal_init_scheme_is_unscaled_everywhere():
         c = dataclasses.replace(cfg, init_scheme=scheme)
         attn, moe = Attention(c, 0, rngs=nnx.Rngs(0)), MoE(c, rngs=nnx.Rngs(1))
         stats[scheme] = dict(
-            o=float(jnp.std(attn.o_proj.kernel[...])), q=float(jnp.std(attn.q_proj.kernel[...])),
+            o=float(jnp.std(attn.o_proj.kernel[...])),
+            q=float(jnp.std(attn.q_proj.kernel[...])),
             down=float(jnp.std(moe.experts.down_proj[...])),
-            sinks=np.asarray(attn.sinks[...]), router_bias=np.asarray(moe.router.bias[...]),
-            gate_bias=np.asarray(moe.experts.gate_bias.bias[...]))
+            sinks=np.asarray(attn.sinks[...]),
+            router_bias=np.asarray(moe.router.bias[...]),
+            gate_bias=np.asarray(moe.experts.gate_bias.bias[...]),
+        )
     n, g = stats["normal"], stats["gpt2"]
     for key in ("o", "q", "down"):
         assert n[key] == pytest.approx(0.02, rel=0.1), key
@@ -398,12 +476,20 @@ def test_normal_init_scheme_is_unscaled_everywhere():
 
 # ----------------------------------------------------------------------------- metrics
 def test_validation_router_record_averages_batches_and_plots(tmp_path):
-    batches = [{"router/0/load_cv": 1.0, "router/1/load_cv": 3.0,
-                "router/0/expert_load": np.array([0.5, 0.5, 0.0, 0.0]),
-                "router/1/expert_load": np.array([0.25] * 4)},
-               {"router/0/load_cv": 2.0, "router/1/load_cv": 5.0,
-                "router/0/expert_load": np.array([0.0, 0.5, 0.5, 0.0]),
-                "router/1/expert_load": np.array([0.25] * 4)}]
+    batches = [
+        {
+            "router/0/load_cv": 1.0,
+            "router/1/load_cv": 3.0,
+            "router/0/expert_load": np.array([0.5, 0.5, 0.0, 0.0]),
+            "router/1/expert_load": np.array([0.25] * 4),
+        },
+        {
+            "router/0/load_cv": 2.0,
+            "router/1/load_cv": 5.0,
+            "router/0/expert_load": np.array([0.0, 0.5, 0.5, 0.0]),
+            "router/1/expert_load": np.array([0.25] * 4),
+        },
+    ]
     rec = metrics.val_router_record(batches)
     assert rec["val_router/0/load_cv"] == 1.5 and rec["val_router/1/load_cv"] == 4.0
     assert rec["val_router/load_cv"] == 2.75
@@ -427,10 +513,15 @@ def paper_runs(tmp_path_factory):
             cfg = configs.smoke(configs.tiny_shapes(get_config(f"{family}_paper")))
             # one layer (half the leaves to compile; the layer kinds are tested elsewhere),
             # 2 steps, one checkpoint
-            cfg = dataclasses.replace(cfg, steps=2, eval_every=2, checkpoint_every=2,
-                                      log_every=2, tensorboard=False,
-                                      model_overrides=tuple({**dict(cfg.model_overrides),
-                                                             "n_layers": 1}.items()))
+            cfg = dataclasses.replace(
+                cfg,
+                steps=2,
+                eval_every=2,
+                checkpoint_every=2,
+                log_every=2,
+                tensorboard=False,
+                model_overrides=tuple({**dict(cfg.model_overrides), "n_layers": 1}.items()),
+            )
             wd = root / family
             cache[family] = (cfg, train.train_and_evaluate(cfg, wd), wd)
         return cache[family]
@@ -445,9 +536,15 @@ def paper_runs(tmp_path_factory):
 _SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family", [pytest.param("qwen3", marks=_SLOW),
-                                    pytest.param("gemma3", marks=_SLOW),
-                                    pytest.param("olmoe", marks=_SLOW), "gptoss"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param("qwen3", marks=_SLOW),
+        pytest.param("gemma3", marks=_SLOW),
+        pytest.param("olmoe", marks=_SLOW),
+        "gptoss",
+    ],
+)
 def test_paper_preset_trains_and_records_its_blocks(family, paper_runs):
     """Each family's paper preset at ``tiny_shapes`` (one layer) trains 2 steps (loss falls)
     and its manifest records every leaf's role, group, update, schedule and numerics, plus
@@ -483,8 +580,7 @@ def test_paper_preset_trains_and_records_its_blocks(family, paper_runs):
         load = np.asarray(ev["val_router/expert_load"])
         assert load.shape == (1, 4)
         np.testing.assert_allclose(load.sum(axis=1), 1.0, rtol=1e-6)
-        for key in ("load_cv", "load_entropy", "dead_expert_fraction", "logit_mean",
-                    "logit_std"):
+        for key in ("load_cv", "load_entropy", "dead_expert_fraction", "logit_mean", "logit_std"):
             assert math.isfinite(ev[f"val_router/{key}"]), key
     else:
         assert not any(k.startswith("val_router/") for k in hist[-1])

@@ -36,8 +36,10 @@ def _normal(seed: int, shape, scale: float = 1.0) -> np.ndarray:
 
 
 def _tree(shapes: dict, seed: int, scale: float = 1.0) -> dict:
-    return {k: jnp.asarray(_normal(1000 * seed + i, s, scale))
-            for i, (k, s) in enumerate(shapes.items())}
+    return {
+        k: jnp.asarray(_normal(1000 * seed + i, s, scale))
+        for i, (k, s) in enumerate(shapes.items())
+    }
 
 
 def _run(tx, params, grads, update=None):
@@ -72,15 +74,32 @@ def _nuclear64(x: np.ndarray) -> np.ndarray:
 VARIANTS = ["momentum_first", "polar_first"]
 
 # --------------------------------------------------------------------- optax battery
-COMPAT_PARAMS = {"w": jnp.asarray(_normal(1, (4, 6))), "stack": jnp.asarray(_normal(2, (2, 3, 5))),
-                 "b": jnp.asarray(_normal(3, (6,))), "s": jnp.asarray(_normal(4, ()))}
+COMPAT_PARAMS = {
+    "w": jnp.asarray(_normal(1, (4, 6))),
+    "stack": jnp.asarray(_normal(2, (2, 3, 5))),
+    "b": jnp.asarray(_normal(3, (6,))),
+    "s": jnp.asarray(_normal(4, ())),
+}
 
 
-@pytest.mark.parametrize("kwargs,static", [
-    (dict(learning_rate=1e-3, weight_decay=0.01, layout=STACKED), ()),  # momentum-first, QDWH
-    (dict(learning_rate=1e-3, variant="polar_first", ortho_method="polar_express", ns_steps=5,
-          nesterov=True, layout=STACKED), ("ns_steps",)),
-], ids=["momentum_first-qdwh", "polar_first-polar_express"])
+@pytest.mark.parametrize(
+    "kwargs,static",
+    [
+        (dict(learning_rate=1e-3, weight_decay=0.01, layout=STACKED), ()),  # momentum-first, QDWH
+        (
+            dict(
+                learning_rate=1e-3,
+                variant="polar_first",
+                ortho_method="polar_express",
+                ns_steps=5,
+                nesterov=True,
+                layout=STACKED,
+            ),
+            ("ns_steps",),
+        ),
+    ],
+    ids=["momentum_first-qdwh", "polar_first-polar_express"],
+)
 def test_optax_compatibility(kwargs, static):
     # the real factory (its signature is what inject_hyperparams binds), layout given
     testing.check_optax_compatibility(_polargrad, kwargs, COMPAT_PARAMS, static_args=static)
@@ -88,12 +107,15 @@ def test_optax_compatibility(kwargs, static):
 
 # ------------------------------------------------------------ float64 re-derivation
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("method,tol", [
-    # float32 SVD / QDWH polar factors of well-conditioned 4..10-wide Gaussian matrices vs
-    # float64 SVD: measured <= 7e-7 relative on the update over 4 steps; 1e-5 = 14x margin.
-    ("svd", 1e-5),
-    ("qdwh", 1e-5),
-])
+@pytest.mark.parametrize(
+    "method,tol",
+    [
+        # float32 SVD / QDWH polar factors of well-conditioned 4..10-wide Gaussian matrices vs
+        # float64 SVD: measured <= 7e-7 relative on the update over 4 steps; 1e-5 = 14x margin.
+        ("svd", 1e-5),
+        ("qdwh", 1e-5),
+    ],
+)
 def test_matches_numpy_float64_rederivation(variant, method, tol):
     shapes = {"wide": (6, 10), "tall": (9, 4), "stack": (2, 4, 5)}
     params = _tree(shapes, 1, scale=0.1)
@@ -119,7 +141,8 @@ def test_matches_numpy_float64_rederivation(variant, method, tol):
 
 def test_iterative_backend_approximates_nuclear_norm():
     # With Polar Express, ν = ⟨M, PE(M)⟩ = Σ σᵢ p(σᵢ) and PE's output singular values lie in
-    # about [0.86, 1.14] for such inputs (BENCHMARKS §C.3): the step is within ~15 % of exact.
+    # about [0.86, 1.14] for such inputs (the orthogonalizer benchmark): the step is within
+    # ~15 % of exact.
     shapes = {"w": (16, 48)}
     params = _tree(shapes, 2)
     grads = [_tree(shapes, 50 + t) for t in range(2)]
@@ -137,12 +160,14 @@ def _eq_problem():
     # update's equivariance.
     params = _tree(EQ_SHAPES, 3, scale=0.05)
     grads = [_tree(EQ_SHAPES, 70 + t) for t in range(4)]
-    action = testing.per_leaf({
-        "w": testing.bi_orthogonal(EQ_SHAPES["w"], 1),
-        "r": testing.bi_orthogonal(EQ_SHAPES["r"], 2),
-        "stack": testing.bi_orthogonal(EQ_SHAPES["stack"], 3),
-        "b": None,
-    })
+    action = testing.per_leaf(
+        {
+            "w": testing.bi_orthogonal(EQ_SHAPES["w"], 1),
+            "r": testing.bi_orthogonal(EQ_SHAPES["r"], 2),
+            "stack": testing.bi_orthogonal(EQ_SHAPES["stack"], 3),
+            "b": None,
+        }
+    )
     return params, grads, action
 
 
@@ -165,8 +190,7 @@ def test_homogeneous_of_degree_one(variant):
     update = jax.jit(tx.update)
     _, u1, _ = _run(tx, params, grads, update)
     for c in (1e-2, 1e2):
-        _, u2, _ = _run(tx, params, [jax.tree.map(lambda x, c=c: c * x, g) for g in grads],
-                        update)
+        _, u2, _ = _run(tx, params, [jax.tree.map(lambda x, c=c: c * x, g) for g in grads], update)
         for a, b in zip(u1, u2, strict=True):
             for k in shapes:
                 # f(cG) = c f(G): M is linear in G (or invariant, polar-first), polar(·)
@@ -229,11 +253,16 @@ def test_headwise_layout():
 # ------------------------------------------------------------------ fallback, state
 def test_fallback_and_state():
     params = {"w": jnp.asarray(_normal(8, (4, 6))), "b": jnp.asarray(_normal(9, (6,)))}
-    grads = [{"w": jnp.asarray(_normal(10 + t, (4, 6))), "b": jnp.asarray(_normal(20 + t, (6,)))}
-             for t in range(2)]
+    grads = [
+        {"w": jnp.asarray(_normal(10 + t, (4, 6))), "b": jnp.asarray(_normal(20 + t, (6,)))}
+        for t in range(2)
+    ]
     _, ups, state = _run(polargrad(1e-3), params, grads)
-    _, adam_ups, _ = _run(optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0),
-                          {"b": params["b"]}, [{"b": g["b"]} for g in grads])
+    _, adam_ups, _ = _run(
+        optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0),
+        {"b": params["b"]},
+        [{"b": g["b"]} for g in grads],
+    )
     for t in range(2):
         np.testing.assert_array_equal(ups[t]["b"], adam_ups[t]["b"])
     inner = state.inner_states["polargrad"].inner_state[0]
@@ -285,17 +314,19 @@ def test_errors_name_the_path():
         polargrad(1e-3).init(params)
     lay = {"layers": {"0": {"mlp": MatrixLayout(num_heads=3)}}, "step": None}
     with pytest.raises(ValueError, match="layers/0/mlp"):
-        scale_by_polargrad(layout=lay).init({"layers": params["layers"],
-                                             "step": jnp.zeros((2, 2))})
+        scale_by_polargrad(layout=lay).init({"layers": params["layers"], "step": jnp.zeros((2, 2))})
     with pytest.raises(ValueError, match="'b'.*at least 2 dimensions"):
         polargrad(1e-3, layout={"b": MatrixLayout()}).init({"b": jnp.zeros(3)})
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(variant="nesterov_first"), "variant"),
-    (dict(ortho_method="lu"), "ortho_method"),
-    (dict(beta=-0.1), "beta"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(variant="nesterov_first"), "variant"),
+        (dict(ortho_method="lu"), "ortho_method"),
+        (dict(beta=-0.1), "beta"),
+    ],
+)
 def test_bad_hyperparameters_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         scale_by_polargrad(**kwargs)

@@ -97,15 +97,22 @@ SHAPES: dict[str, st.SearchStrategy[tuple[int, ...]]] = {
 
 
 @st.composite
-def leaf_specs(draw: Callable, kinds: tuple[str, ...], dtypes: tuple[str, ...],
-               size: tuple[int, int] = (3, 6)) -> list[LeafSpec]:
+def leaf_specs(
+    draw: Callable, kinds: tuple[str, ...], dtypes: tuple[str, ...], size: tuple[int, int] = (3, 6)
+) -> list[LeafSpec]:
     """A list of leaves over ``kinds``; every dtype and scale of the list appears."""
     n = draw(st.integers(*size))
     out = []
     for i in range(n):
         kind = draw(st.sampled_from(kinds))
-        out.append(LeafSpec(kind, draw(SHAPES[kind]), dtypes[i % len(dtypes)],
-                            SCALES[(i + draw(st.integers(0, 3))) % len(SCALES)]))
+        out.append(
+            LeafSpec(
+                kind,
+                draw(SHAPES[kind]),
+                dtypes[i % len(dtypes)],
+                SCALES[(i + draw(st.integers(0, 3))) % len(SCALES)],
+            )
+        )
     return out
 
 
@@ -122,17 +129,24 @@ def _array(rng: np.random.Generator, spec: LeafSpec, scale: float) -> jax.Array:
 
 def generic_tree(specs: list[LeafSpec], rng: np.random.Generator, *, grads: bool) -> dict:
     """``{'<kind>_<i>': leaf}``; params have scale 1, gradients their spec's scale."""
-    return {f"{s.kind}_{i}": _array(rng, s, s.scale if grads else 1.0)
-            for i, s in enumerate(specs)}
+    return {f"{s.kind}_{i}": _array(rng, s, s.scale if grads else 1.0) for i, s in enumerate(specs)}
 
 
 @st.composite
 def routed_specs(draw: Callable, dtypes: tuple[str, ...]) -> dict[str, LeafSpec]:
     """Leaf specs of ``_zoo.routed_shapes`` with drawn widths, dtypes and scales."""
-    shapes = _zoo.routed_shapes(d=2 * draw(st.integers(1, 3)), vocab=draw(st.integers(1, 6)),
-                                ffn=draw(st.integers(1, 5)), experts=draw(st.integers(1, 3)))
-    return {path: LeafSpec("routed", shape, draw(st.sampled_from(dtypes)),
-                           draw(st.sampled_from(SCALES))) for path, shape in shapes.items()}
+    shapes = _zoo.routed_shapes(
+        d=2 * draw(st.integers(1, 3)),
+        vocab=draw(st.integers(1, 6)),
+        ffn=draw(st.integers(1, 5)),
+        experts=draw(st.integers(1, 3)),
+    )
+    return {
+        path: LeafSpec(
+            "routed", shape, draw(st.sampled_from(dtypes)), draw(st.sampled_from(SCALES))
+        )
+        for path, shape in shapes.items()
+    }
 
 
 def routed_tree(specs: dict[str, LeafSpec], rng: np.random.Generator, *, grads: bool) -> dict:
@@ -159,11 +173,26 @@ class RangeLimit:
     repro: tuple[str, LeafSpec]
 
 
-_ADAM_FALLBACK = ("muon", "polargrad", "ef_muon", "fismo", "rownorm", "one_sided_spectral",
-                  "left_spectral", "hybrid", "skip_nonfinite", "symmetry_compatible",
-                  "natural_galore", "scale_by_natural_galore")
-_ADAM_EVERY_LEAF = ("galore", "scale_by_galore", "online_subspace_descent",
-                    "scale_by_online_subspace_descent")
+_ADAM_FALLBACK = (
+    "muon",
+    "polargrad",
+    "ef_muon",
+    "fismo",
+    "rownorm",
+    "one_sided_spectral",
+    "left_spectral",
+    "hybrid",
+    "skip_nonfinite",
+    "symmetry_compatible",
+    "natural_galore",
+    "scale_by_natural_galore",
+)
+_ADAM_EVERY_LEAF = (
+    "galore",
+    "scale_by_galore",
+    "online_subspace_descent",
+    "scale_by_online_subspace_descent",
+)
 
 
 def _adam_leaf(s: LeafSpec) -> bool:
@@ -183,18 +212,24 @@ def _huge_beyond_float16(s: LeafSpec) -> bool:
 #: Documented limits (not bugs): gradients beyond ~1e18-1e19 overflow a squared quantity.
 #: The experiments harness clips the global gradient norm (grad_clip=1.0) long before.
 RANGE_LIMITS: tuple[RangeLimit, ...] = (
-    RangeLimit("adam_nu_overflow_fallback",
-               "documented limit: the default AdamW fallback (like optax.adamw): nu = (1-b2)·g² "
-               "overflows to inf once |g| > sqrt(finfo.max) (float32/bfloat16 ~1.8e19; float16 "
-               "leaves run in float32); updates stay finite (m/inf = 0: the leaf silently stops "
-               "moving)",
-               _ADAM_FALLBACK, lambda s: _adam_leaf(s) and _huge_beyond_float16(s),
-               ("muon", LeafSpec("vector", (4,), "float32", 1e30))),
-    RangeLimit("adam_nu_overflow_base",
-               "documented limit: the GaLore family's base Adam: the same nu overflow, on every "
-               "leaf (projected matrices too)",
-               _ADAM_EVERY_LEAF, _huge_beyond_float16,
-               ("galore", LeafSpec("matrix", (3, 4), "float32", 1e30))),
+    RangeLimit(
+        "adam_nu_overflow_fallback",
+        "documented limit: the default AdamW fallback (like optax.adamw): nu = (1-b2)·g² "
+        "overflows to inf once |g| > sqrt(finfo.max) (float32/bfloat16 ~1.8e19; float16 "
+        "leaves run in float32); updates stay finite (m/inf = 0: the leaf silently stops "
+        "moving)",
+        _ADAM_FALLBACK,
+        lambda s: _adam_leaf(s) and _huge_beyond_float16(s),
+        ("muon", LeafSpec("vector", (4,), "float32", 1e30)),
+    ),
+    RangeLimit(
+        "adam_nu_overflow_base",
+        "documented limit: the GaLore family's base Adam: the same nu overflow, on every "
+        "leaf (projected matrices too)",
+        _ADAM_EVERY_LEAF,
+        _huge_beyond_float16,
+        ("galore", LeafSpec("matrix", (3, 4), "float32", 1e30)),
+    ),
 )
 
 
@@ -218,8 +253,7 @@ def _leaf_of(state_path: str, specs: dict[str, LeafSpec]) -> LeafSpec | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _assert_finite(tree: Any, what: str, entry: str, specs: dict[str, LeafSpec],
-                   step: int) -> None:
+def _assert_finite(tree: Any, what: str, entry: str, specs: dict[str, LeafSpec], step: int) -> None:
     for keypath, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         path = _path(keypath)
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
@@ -229,11 +263,16 @@ def _assert_finite(tree: Any, what: str, entry: str, specs: dict[str, LeafSpec],
             continue
         assert bool(jnp.all(jnp.isfinite(x))), (
             f"{entry}: {what} '{path}' is not finite at step {step} (leaf {spec}); inputs "
-            "were finite")
+            "were finite"
+        )
 
 
-def run_and_check(entry: _zoo.Entry, specs: dict[str, LeafSpec],
-                  make: Callable[[np.random.Generator, bool], Any], seed: int = 0) -> None:
+def run_and_check(
+    entry: _zoo.Entry,
+    specs: dict[str, LeafSpec],
+    make: Callable[[np.random.Generator, bool], Any],
+    seed: int = 0,
+) -> None:
     """Runs ``STEPS`` jitted steps of ``entry`` and asserts every property of the module."""
     rng = np.random.default_rng(seed)
     params = make(rng, False)
@@ -245,11 +284,13 @@ def run_and_check(entry: _zoo.Entry, specs: dict[str, LeafSpec],
         grads = make(rng, True)
         updates, state = step_fn(grads, state, params, entry.extra(t, 1.0))
         assert jax.tree.structure(updates) == jax.tree.structure(grads), entry.name
-        for (keypath, u), g in zip(jax.tree_util.tree_flatten_with_path(updates)[0],
-                                   jax.tree.leaves(grads), strict=True):
+        for (keypath, u), g in zip(
+            jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(grads), strict=True
+        ):
             assert (u.shape, u.dtype) == (g.shape, g.dtype), (
                 f"{entry.name}: update '{_path(keypath)}' is {u.dtype}{list(u.shape)}, "
-                f"gradient {g.dtype}{list(g.shape)} (step {t})")
+                f"gradient {g.dtype}{list(g.shape)} (step {t})"
+            )
         _assert_finite(updates, "update", entry.name, specs, t)
         _assert_finite(state, "state leaf", entry.name, specs, t)
         assert _signature(state) == first, f"{entry.name}: state changed at step {t}"
@@ -279,15 +320,18 @@ def _property(name: str, dtypes: tuple[str, ...], examples: int) -> Callable:
     entry = _zoo.REGISTRY[name]
 
     if entry.tree == "routed":
+
         @settings(max_examples=examples)
         @given(specs=routed_specs(dtypes))
         def check(specs):
             _routed(entry, specs)
     else:
+
         @settings(max_examples=examples)
         @given(leaves=leaf_specs(_drawable(entry), dtypes))
         def check(leaves):
             _generic(entry, leaves)
+
     return check
 
 
@@ -319,13 +363,15 @@ def test_empty_leaf_is_accepted_or_rejected_by_path(name):
     for kind, shape in [("empty", (0, 3)), ("empty", (3, 0)), ("emptyvec", (0,))]:
         if kind not in entry.kinds:
             continue
-        leaves = [LeafSpec("matrix", (3, 2), "float32", 1.0), LeafSpec(kind, shape,
-                                                                        "float32", 1.0)]
+        leaves = [LeafSpec("matrix", (3, 2), "float32", 1.0), LeafSpec(kind, shape, "float32", 1.0)]
         if entry.empty_ok or kind == "emptyvec":
             _generic(entry, leaves)
         else:
-            with pytest.raises(ValueError, match=rf"'{kind}_1'.*{re.escape(str(shape))}.*"
-                                                 "zero-size"):
+            with pytest.raises(
+                ValueError,
+                match=rf"'{kind}_1'.*{re.escape(str(shape))}.*"
+                "zero-size",
+            ):
                 _init_only(entry, leaves)
 
 
@@ -344,20 +390,32 @@ def test_range_limit_still_reproduces(limit):
     state = tx.init(params)
     finite = True
     for t in range(STEPS):
-        updates, state = tx.update(generic_tree([spec], rng, grads=True), state, params,
-                                   **_zoo.REGISTRY[name].extra(t, 1.0))
-        finite &= all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, state))
-                      if jnp.issubdtype(jnp.result_type(x), jnp.inexact))
-    assert not finite, (f"{limit.name} no longer reproduces: remove it from RANGE_LIMITS and "
-                        "update the affected optimizers' docstrings")
+        updates, state = tx.update(
+            generic_tree([spec], rng, grads=True),
+            state,
+            params,
+            **_zoo.REGISTRY[name].extra(t, 1.0),
+        )
+        finite &= all(
+            bool(jnp.all(jnp.isfinite(x)))
+            for x in jax.tree.leaves((updates, state))
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+        )
+    assert not finite, (
+        f"{limit.name} no longer reproduces: remove it from RANGE_LIMITS and "
+        "update the affected optimizers' docstrings"
+    )
 
 
 def test_float16_natural_galore_regression():
     # The slow-suite failure of issue 10: a float16 matrix with |g| ~ 8e3 is whitened by
     # (λI + GGᵀ)⁻¹ to ~1e-4, whose square underflowed in the float16 base Adam (v = 0, update
     # m/0 = -inf). The base Adam now keeps float16 moments in float32.
-    leaves = [LeafSpec("scalar", (), "float32", 0.0), LeafSpec("scalar", (), "bfloat16", 1e-30),
-              LeafSpec("matrix", (1, 2), "float16", 1e30)]
+    leaves = [
+        LeafSpec("scalar", (), "float32", 0.0),
+        LeafSpec("scalar", (), "bfloat16", 1e-30),
+        LeafSpec("matrix", (1, 2), "float16", 1e30),
+    ]
     _generic(_zoo.REGISTRY["natural_galore"], leaves)
 
 
@@ -368,7 +426,8 @@ def _public_factories() -> set[str]:
     for name in optzoo.__all__:
         obj = getattr(optzoo, name)
         if inspect.isfunction(obj) and "GradientTransformation" in str(
-                inspect.signature(obj).return_annotation):
+            inspect.signature(obj).return_annotation
+        ):
             out.add(name)
     return out
 
@@ -385,8 +444,7 @@ def test_registry_covers_every_public_optimizer():
 
 def test_property_check_has_power():
     """Negative controls: the check fails on a transform that breaks each property."""
-    leaves = [LeafSpec("matrix", (3, 4), "bfloat16", 1.0), LeafSpec("vector", (3,),
-                                                                     "float32", 0.0)]
+    leaves = [LeafSpec("matrix", (3, 4), "bfloat16", 1.0), LeafSpec("vector", (3,), "float32", 0.0)]
     specs = {f"{s.kind}_{i}": s for i, s in enumerate(leaves)}
 
     def check(tx: optax.GradientTransformation) -> None:

@@ -39,13 +39,21 @@ def _normal(seed, shape, scale=1.0):
 
 
 def _params():
-    return {"w": jnp.asarray(_normal(0, (4, 6))), "s": jnp.asarray(_normal(1, (2, 5, 3))),
-            "b": jnp.asarray(_normal(2, (6,)))}
+    return {
+        "w": jnp.asarray(_normal(0, (4, 6))),
+        "s": jnp.asarray(_normal(1, (2, 5, 3))),
+        "b": jnp.asarray(_normal(2, (6,))),
+    }
 
 
 def _grads(params, steps, seed=10):
-    return [{k: jnp.asarray(_normal(seed + 7 * t + i, v.shape))
-             for i, (k, v) in enumerate(sorted(params.items()))} for t in range(steps)]
+    return [
+        {
+            k: jnp.asarray(_normal(seed + 7 * t + i, v.shape))
+            for i, (k, v) in enumerate(sorted(params.items()))
+        }
+        for t in range(steps)
+    ]
 
 
 # ------------------------------------------------------------- numpy re-derivations
@@ -53,7 +61,7 @@ def _np_lmo(x, lmo, leaf_is_matrix):
     if lmo == "sign":
         return {k: np.sign(v) for k, v in x.items()}
     if lmo == "normalized":
-        norm = math.sqrt(sum(float(np.sum(v ** 2)) for v in x.values()))
+        norm = math.sqrt(sum(float(np.sum(v**2)) for v in x.values()))
         return {k: v / norm for k, v in x.items()}
     out = {}
     for k, v in x.items():
@@ -82,8 +90,9 @@ def _np_momentum_lmo(params, grads, lr, beta_fn, nesterov, lmo):
 
 
 def _run(tx, params, grads):
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *tx.update(g, s, p)))
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
     s = tx.init(params)
     for g in grads:
         params, s = step(params, s, g)
@@ -92,8 +101,9 @@ def _run(tx, params, grads):
 
 def _close(a, b, rtol):
     for k in b:
-        np.testing.assert_allclose(np.asarray(a[k], np.float64), b[k], rtol=rtol,
-                                   atol=rtol * np.abs(b[k]).max(), err_msg=k)
+        np.testing.assert_allclose(
+            np.asarray(a[k], np.float64), b[k], rtol=rtol, atol=rtol * np.abs(b[k]).max(), err_msg=k
+        )
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -102,8 +112,7 @@ def test_spectral_update_matches_numpy_polar_recursion(nesterov):
     grads = _grads(params, 4)
     # 's' is a stack of two 5x3 matrices: an explicit layout (the default refuses >2-D).
     layout = {"w": MatrixLayout(), "s": MatrixLayout(), "b": None}
-    tx = ringmaster(0.1, "spectral", beta=0.8, nesterov=nesterov, ortho_method="svd",
-                    layout=layout)
+    tx = ringmaster(0.1, "spectral", beta=0.8, nesterov=nesterov, ortho_method="svd", layout=layout)
     got = _run(tx, params, grads)
     want = _np_momentum_lmo(params, grads, 0.1, lambda k: 0.8, nesterov, "spectral")
     # float32 SVD polar of well-conditioned Gaussian matrices: ~1e-6 relative per step.
@@ -115,18 +124,26 @@ def test_agnostic_schedules_match_numpy_recursion(lmo):
     params = _params()
     grads = _grads(params, 6, seed=40)
     got = _run(ringmaster_agnostic(0.5, lmo), params, grads)
-    want = _np_momentum_lmo(params, grads, lambda k: 0.5 / (k + 1) ** 0.75,
-                            lambda k: 0.0 if k == 0 else 1 - 1 / math.sqrt(k), False, lmo)
+    want = _np_momentum_lmo(
+        params,
+        grads,
+        lambda k: 0.5 / (k + 1) ** 0.75,
+        lambda k: 0.0 if k == 0 else 1 - 1 / math.sqrt(k),
+        False,
+        lmo,
+    )
     # sign: exact up to float32 rounding of the iterate; normalized: ~1e-6 relative.
     _close(got, want, 1e-5)
 
 
 def test_schedules_closed_forms():
     ks = np.arange(10)
-    np.testing.assert_allclose(np.asarray(agnostic_beta(ks)),
-                               [0, 0] + [1 - 1 / math.sqrt(k) for k in ks[2:]], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(agnostic_learning_rate(2.0)(ks)),
-                               2.0 / (ks + 1) ** 0.75, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(agnostic_beta(ks)), [0, 0] + [1 - 1 / math.sqrt(k) for k in ks[2:]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        np.asarray(agnostic_learning_rate(2.0)(ks)), 2.0 / (ks + 1) ** 0.75, rtol=1e-6
+    )
     assert [agnostic_delay_threshold(k) for k in range(10)] == [1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
     assert delay_threshold_at(None, 5) == math.inf
     assert delay_threshold_at("agnostic", 16) == 4
@@ -155,8 +172,15 @@ def test_equal_times_and_threshold_one_is_sequential_momentum_lmo(cancel_stale):
     params, grad_fn, _, _ = _quadratic()
     n, steps = 4, 6
     tx = ringmaster(0.05, "spectral", beta=0.9, nesterov=True)
-    res = sim.simulate(tx, params, grad_fn, sim.fixed_times(n), delay_threshold=1,
-                       cancel_stale=cancel_stale, max_updates=steps)
+    res = sim.simulate(
+        tx,
+        params,
+        grad_fn,
+        sim.fixed_times(n),
+        delay_threshold=1,
+        cancel_stale=cancel_stale,
+        max_updates=steps,
+    )
     jobs = [t["job"] for t in res.trace]
     # All workers finish together; worker 0 wins every tie, the rest are stale (delay 1):
     # cancelled and restarted (stops) or discarded on arrival; each round starts n new jobs.
@@ -166,12 +190,17 @@ def test_equal_times_and_threshold_one_is_sequential_momentum_lmo(cancel_stale):
         assert (res.grads_computed, res.jobs_cancelled) == (steps, (n - 1) * steps)
     else:
         assert (res.grads_computed, res.grads_discarded) == (
-            n * steps - (n - 1), (n - 1) * (steps - 1))
+            n * steps - (n - 1),
+            (n - 1) * (steps - 1),
+        )
     # The same transform run sequentially on the same gradient draws: bit for bit.
     key0 = jax.random.PRNGKey(0)
     seq, s = params, tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
-        *optax.with_extra_args_support(tx).update(g, s, p, delay=jnp.asarray(0, jnp.int32))))
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+            *optax.with_extra_args_support(tx).update(g, s, p, delay=jnp.asarray(0, jnp.int32))
+        )
+    )
     grad_job = jax.jit(lambda p, j: grad_fn(p, jax.random.fold_in(key0, j)))
     for j in jobs:
         seq, s = step(seq, s, grad_job(seq, jnp.asarray(j, jnp.int32))[1])
@@ -200,8 +229,15 @@ def test_no_threshold_is_plain_asynchronous_training():
     params, grad_fn, h, target = _quadratic(noise=0.0)
     taus = [1.0, 1.37, 2.91]  # no exact ties within the horizon
     tx = ringmaster(0.05, "sign", beta=0.5)
-    res = sim.simulate(tx, params, grad_fn, sim.fixed_times(3, taus), delay_threshold=None,
-                       max_updates=25, record_params=True)
+    res = sim.simulate(
+        tx,
+        params,
+        grad_fn,
+        sim.fixed_times(3, taus),
+        delay_threshold=None,
+        max_updates=25,
+        record_params=True,
+    )
     hn, tn = np.asarray(h, np.float64), np.asarray(target, np.float64)
     traj, delays = _np_async(params["x"], lambda x: hn @ (x - tn), taus, 0.05, 0.5, 25)
     assert [t["delay"] for t in res.trace] == delays
@@ -222,14 +258,25 @@ PROFILES = {
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
-@given(profile=st.sampled_from(sorted(PROFILES)), n=st.integers(2, 6),
-       threshold=st.sampled_from([1, 2, 3, 5, "agnostic"]), cancel=st.booleans(),
-       seed=st.integers(0, 3))
+@given(
+    profile=st.sampled_from(sorted(PROFILES)),
+    n=st.integers(2, 6),
+    threshold=st.sampled_from([1, 2, 3, 5, "agnostic"]),
+    cancel=st.booleans(),
+    seed=st.integers(0, 3),
+)
 def test_applied_delays_are_always_below_the_threshold(profile, n, threshold, cancel, seed):
     params, grad_fn, _, _ = _quadratic()
-    res = sim.simulate(ringmaster(0.05, "sign", beta=0.5), params, grad_fn,
-                       PROFILES[profile](n), delay_threshold=threshold, cancel_stale=cancel,
-                       max_grads=40, seed=seed)
+    res = sim.simulate(
+        ringmaster(0.05, "sign", beta=0.5),
+        params,
+        grad_fn,
+        PROFILES[profile](n),
+        delay_threshold=threshold,
+        cancel_stale=cancel,
+        max_grads=40,
+        seed=seed,
+    )
     for k, t in enumerate(res.trace):
         assert t["threshold"] == delay_threshold_at(threshold, k)
         assert t["delay"] < t["threshold"]
@@ -241,8 +288,13 @@ def test_applied_delays_are_always_below_the_threshold(profile, n, threshold, ca
 def test_without_threshold_delays_exceed_those_thresholds():
     # Negative control for the test above: the same profiles do produce large delays.
     params, grad_fn, _, _ = _quadratic()
-    res = sim.simulate(ringmaster(0.05, "sign", beta=0.5), params, grad_fn,
-                       sim.heterogeneous_times(6, 3.0), max_grads=60)
+    res = sim.simulate(
+        ringmaster(0.05, "sign", beta=0.5),
+        params,
+        grad_fn,
+        sim.heterogeneous_times(6, 3.0),
+        max_grads=60,
+    )
     assert max(t["delay"] for t in res.trace) >= 6
 
 
@@ -264,15 +316,15 @@ def test_discard_stale_gate_is_the_same_server_rule():
     # In the simulator, the gate without stops == the simulator's own rule without stops.
     times = sim.heterogeneous_times(5, 2.0)
     a = sim.simulate(gate, params, grad_fn, times, cancel_stale=False, max_time=25.0)
-    b = sim.simulate(inner, params, grad_fn, times, delay_threshold=2, cancel_stale=False,
-                     max_time=25.0)
+    b = sim.simulate(
+        inner, params, grad_fn, times, delay_threshold=2, cancel_stale=False, max_time=25.0
+    )
     assert isinstance(a.opt_state, DiscardStaleState)
     assert (a.updates, a.grads_discarded) == (b.updates, b.grads_discarded) != (a.updates, 0)
     assert [t["job"] for t in a.trace] == [t["job"] for t in b.trace]
     # Same updates in the same order; the gate's jnp.where compiles into a different XLA
     # program, so float32 results may differ in the last bits (measured 6e-7 absolute).
-    np.testing.assert_allclose(np.asarray(a.params["x"]), np.asarray(b.params["x"]),
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a.params["x"]), np.asarray(b.params["x"]), atol=1e-5)
     agn = discard_stale(inner, "agnostic")
     s = agn.init(params)
     for _ in range(4):  # k = 0..3: R_k = 1, so delay 1 is rejected and delay 0 accepted
@@ -286,16 +338,30 @@ def test_discard_stale_gate_is_the_same_server_rule():
 def test_synchronous_mode_averages_and_waits_for_the_slowest():
     params, grad_fn, _, _ = _quadratic()
     tx = ringmaster(0.05, "normalized", beta=0.0)
-    res = sim.simulate(tx, params, grad_fn, sim.fixed_times(3, [1.0, 2.0, 3.0]),
-                       synchronous=True, max_time=10.0, max_updates=1)
+    res = sim.simulate(
+        tx,
+        params,
+        grad_fn,
+        sim.fixed_times(3, [1.0, 2.0, 3.0]),
+        synchronous=True,
+        max_time=10.0,
+        max_updates=1,
+    )
     assert (res.updates, res.grads_computed, res.trace[0]["time"]) == (1, 3, 3.0)
     key0 = jax.random.PRNGKey(0)
     g = [grad_fn(params, jax.random.fold_in(key0, j))[1]["x"] for j in range(3)]
     u, _ = tx.update({"x": (g[0] + g[1] + g[2]) / 3}, tx.init(params), params)
     np.testing.assert_allclose(res.params["x"], params["x"] + u["x"], rtol=1e-6, atol=1e-7)
-    full = sim.simulate(tx, params, grad_fn, sim.fixed_times(3, [1.0, 2.0, 3.0]),
-                        synchronous=True, max_time=10.0, eval_fn=lambda p: grad_fn(p, key0)[0],
-                        eval_interval=2.5)
+    full = sim.simulate(
+        tx,
+        params,
+        grad_fn,
+        sim.fixed_times(3, [1.0, 2.0, 3.0]),
+        synchronous=True,
+        max_time=10.0,
+        eval_fn=lambda p: grad_fn(p, key0)[0],
+        eval_interval=2.5,
+    )
     assert full.updates == 3 and full.time == 10.0
     assert [h["time"] for h in full.history] == [0.0, 2.5, 5.0, 7.5, 10.0]
 
@@ -304,18 +370,24 @@ def test_synchronous_mode_averages_and_waits_for_the_slowest():
 def test_optax_compatibility_battery():
     params = {"w": jnp.ones((8, 4)) * 0.1, "b": jnp.zeros(4)}
     testing.check_optax_compatibility(
-        ringmaster, dict(learning_rate=0.02, lmo="spectral", nesterov=True), params)
+        ringmaster, dict(learning_rate=0.02, lmo="spectral", nesterov=True), params
+    )
     testing.check_optax_compatibility(
-        ringmaster_agnostic, dict(learning_rate=0.1, lmo="sign"), params)
+        ringmaster_agnostic, dict(learning_rate=0.1, lmo="sign"), params
+    )
 
     def gated(learning_rate, delay_threshold=2):
         # discard_stale refuses unlisted update keywords (a misspelled delay= must not be
         # dropped); the battery's optax-contract probe keyword is listed as forwarded.
-        return discard_stale(ringmaster(learning_rate, "spectral"), delay_threshold,
-                             pass_through=("unused_extra_arg",))
+        return discard_stale(
+            ringmaster(learning_rate, "spectral"),
+            delay_threshold,
+            pass_through=("unused_extra_arg",),
+        )
 
-    testing.check_optax_compatibility(gated, dict(learning_rate=0.02), params,
-                                      static_args=("delay_threshold",))
+    testing.check_optax_compatibility(
+        gated, dict(learning_rate=0.02), params, static_args=("delay_threshold",)
+    )
 
 
 def test_equivariance_with_negative_controls():
@@ -339,8 +411,9 @@ def test_bad_configuration_errors():
     with pytest.raises(ValueError, match="max_updates"):
         sim.simulate(ringmaster(0.1), params, grad_fn, sim.fixed_times(2))
     with pytest.raises(ValueError, match=">= 1"):
-        sim.simulate(ringmaster(0.1), params, grad_fn, sim.fixed_times(2), delay_threshold=0,
-                     max_updates=1)
+        sim.simulate(
+            ringmaster(0.1), params, grad_fn, sim.fixed_times(2), delay_threshold=0, max_updates=1
+        )
     with pytest.raises(ValueError, match="positive"):
         sim.ComputeTimes((1.0, 0.0))
     with pytest.raises(ValueError, match="jitter"):
@@ -364,9 +437,17 @@ def test_demo_sweep_code_path(tmp_path):
     problem = ringmaster_demo.quadratic_problem(dim=8)
     methods = ["ringmaster", "rennala", "delay_adaptive", "single_worker"]
     results = ringmaster_demo.sweep(
-        problem, n_workers=3, profiles=["h=0", "h=4"], methods=methods,
-        lrs={m: [0.05] for m in methods}, knobs={"R": [2], "S": [2]},
-        max_time=12.0, eval_interval=4.0, tune_seeds=[0], eval_seeds=[1, 2])
+        problem,
+        n_workers=3,
+        profiles=["h=0", "h=4"],
+        methods=methods,
+        lrs={m: [0.05] for m in methods},
+        knobs={"R": [2], "S": [2]},
+        max_time=12.0,
+        eval_interval=4.0,
+        tune_seeds=[0],
+        eval_seeds=[1, 2],
+    )
     for prof in ("h=0", "h=4"):
         res = results[prof]
         assert res["advantage"]["vs"] in ("rennala", "delay_adaptive")

@@ -22,10 +22,13 @@ def _buffer_ids(tree):
     return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: discard_stale(ringmaster(0.1, "sign"), 2),
-    lambda: discard_stale(ringmaster_agnostic(0.1, "spectral"), "agnostic"),
-])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: discard_stale(ringmaster(0.1, "sign"), 2),
+        lambda: discard_stale(ringmaster_agnostic(0.1, "spectral"), "agnostic"),
+    ],
+)
 def test_eager_state_has_no_shared_buffers_and_can_be_donated(factory):
     """Before: ``DiscardStaleState(count=zero, discarded=zero)`` held one array twice, and
     ``jax.jit(step, donate_argnums=1)(g, tx.init(p), p)`` failed with XLA's "Attempt to
@@ -34,8 +37,7 @@ def test_eager_state_has_no_shared_buffers_and_can_be_donated(factory):
     state = tx.init(PARAMS)
     ids = _buffer_ids(state)
     assert len(ids) == len(set(ids))
-    step = jax.jit(lambda g, s, p: tx.update(g, s, p, delay=jnp.asarray(1)),
-                   donate_argnums=(1,))
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, delay=jnp.asarray(1)), donate_argnums=(1,))
     _, state = step(PARAMS, state, PARAMS)
     _, state = step(PARAMS, state, PARAMS)  # the jitted step's own output donates too
     assert int(state.count) + int(state.discarded) == 2
@@ -59,19 +61,22 @@ def test_discard_stale_refuses_unknown_keywords():
         discard_stale(ringmaster(0.1), 2, pass_through="value")
 
 
-@pytest.mark.parametrize(("kwargs", "error", "name"), [
-    (dict(ns_steps=0), ValueError, "ns_steps"),
-    (dict(ns_steps=2.5), TypeError, "ns_steps"),
-    (dict(ortho_method="svd2"), ValueError, "ortho_method"),
-    (dict(shape_scale="muon"), ValueError, "shape_scale"),
-    (dict(vector_lmo="adam"), ValueError, "vector_lmo"),
-    (dict(beta=float("nan")), ValueError, "beta"),
-    (dict(beta=np.float32(1.5)), ValueError, "beta"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
-    (dict(nesterov="yes"), TypeError, "nesterov"),
-    (dict(lmo="frobenius"), ValueError, "lmo"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        (dict(ns_steps=0), ValueError, "ns_steps"),
+        (dict(ns_steps=2.5), TypeError, "ns_steps"),
+        (dict(ortho_method="svd2"), ValueError, "ortho_method"),
+        (dict(shape_scale="muon"), ValueError, "shape_scale"),
+        (dict(vector_lmo="adam"), ValueError, "vector_lmo"),
+        (dict(beta=float("nan")), ValueError, "beta"),
+        (dict(beta=np.float32(1.5)), ValueError, "beta"),
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
+        (dict(nesterov="yes"), TypeError, "nesterov"),
+        (dict(lmo="frobenius"), ValueError, "lmo"),
+    ],
+)
 def test_bad_options_fail_at_construction_naming_the_argument(kwargs, error, name):
     """Before: ``ringmaster(0.1, ns_steps=0)`` constructed fine and failed only inside the
     first ``update`` with ``orthogonalize: steps must lie in [1, inf], got 0`` (naming
@@ -83,16 +88,19 @@ def test_bad_options_fail_at_construction_naming_the_argument(kwargs, error, nam
         scale_by_ringmaster_lmo(**kwargs)
 
 
-@pytest.mark.parametrize(("factory", "kwargs", "error", "name"), [
-    (ringmaster, dict(learning_rate=None), TypeError, "learning_rate"),
-    (ringmaster, dict(learning_rate=-1.0), ValueError, "learning_rate"),
-    (ringmaster, dict(learning_rate=0.1, weight_decay=-0.1), ValueError, "weight_decay"),
-    (ringmaster_agnostic, dict(learning_rate=0.0), ValueError, "learning_rate"),
-    (ringmaster_agnostic, dict(learning_rate=0.1, ns_steps=0), ValueError, "ns_steps"),
-    (discard_stale, dict(tx=None, delay_threshold=0.5), ValueError, "delay_threshold"),
-    (discard_stale, dict(tx=None, delay_threshold=True), ValueError, "delay_threshold"),
-    (discard_stale, dict(tx=None, delay_threshold=float("nan")), ValueError, "delay_threshold"),
-])
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "error", "name"),
+    [
+        (ringmaster, dict(learning_rate=None), TypeError, "learning_rate"),
+        (ringmaster, dict(learning_rate=-1.0), ValueError, "learning_rate"),
+        (ringmaster, dict(learning_rate=0.1, weight_decay=-0.1), ValueError, "weight_decay"),
+        (ringmaster_agnostic, dict(learning_rate=0.0), ValueError, "learning_rate"),
+        (ringmaster_agnostic, dict(learning_rate=0.1, ns_steps=0), ValueError, "ns_steps"),
+        (discard_stale, dict(tx=None, delay_threshold=0.5), ValueError, "delay_threshold"),
+        (discard_stale, dict(tx=None, delay_threshold=True), ValueError, "delay_threshold"),
+        (discard_stale, dict(tx=None, delay_threshold=float("nan")), ValueError, "delay_threshold"),
+    ],
+)
 def test_alias_arguments_checked_at_construction(factory, kwargs, error, name):
     if factory is discard_stale:
         kwargs = {**kwargs, "tx": ringmaster(0.1)}
@@ -105,5 +113,6 @@ def test_valid_edge_values_still_construct():
     discard_stale(ringmaster(0.1), float("inf"))
     discard_stale(ringmaster(0.1), None)
     u, _ = ringmaster(0.1, "sign", beta=np.float32(0.5)).update(
-        PARAMS, ringmaster(0.1, "sign").init(PARAMS), PARAMS)
+        PARAMS, ringmaster(0.1, "sign").init(PARAMS), PARAMS
+    )
     assert np.isfinite(np.asarray(u["w"])).all()

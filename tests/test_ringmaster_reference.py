@@ -110,9 +110,15 @@ def test_agnostic_cancellation_matches_the_reference_server_loop():
     # Negative control: the off-by-one rule really is a different schedule here.
     assert [w[:2] for w in off] != [w[:2] for w in want]
     assert off_cancelled != want_cancelled
-    res = sim.simulate(ringmaster_agnostic(0.3, "spectral", nesterov=True, ortho_method="svd"),
-                       {"x": jnp.zeros(DIM, jnp.float32)}, grad_fn, sim.fixed_times(4, TAUS),
-                       delay_threshold="agnostic", max_updates=steps, record_params=True)
+    res = sim.simulate(
+        ringmaster_agnostic(0.3, "spectral", nesterov=True, ortho_method="svd"),
+        {"x": jnp.zeros(DIM, jnp.float32)},
+        grad_fn,
+        sim.fixed_times(4, TAUS),
+        delay_threshold="agnostic",
+        max_updates=steps,
+        record_params=True,
+    )
     assert [(t["worker"], t["delay"]) for t in res.trace] == [w[:2] for w in want]
     assert res.jobs_cancelled == want_cancelled and res.grads_discarded == 0
     for got, (_, _, x) in zip(res.params_trace, want, strict=True):
@@ -173,13 +179,18 @@ def test_rennala_mode_matches_the_reference_rennala_muon():
     np_grad, grad_fn = _problem()
     want = _reference_rennala(np_grad, 0.1, 0.9, batch=6, steps=8)
     tx = ringmaster(0.1, "spectral", beta=0.9, nesterov=True, ortho_method="svd")
-    res = sim.simulate(tx, {"x": jnp.zeros(DIM, jnp.float32)}, grad_fn,
-                       sim.fixed_times(4, TAUS), batch_size=6, max_updates=8,
-                       record_params=True)
+    res = sim.simulate(
+        tx,
+        {"x": jnp.zeros(DIM, jnp.float32)},
+        grad_fn,
+        sim.fixed_times(4, TAUS),
+        batch_size=6,
+        max_updates=8,
+        record_params=True,
+    )
     assert [t["workers"] for t in res.trace] == [w[0] for w in want]
     assert want[0][0].count(0) == 2  # the fastest worker hands in two gradients per batch
-    np.testing.assert_allclose([t["time"] for t in res.trace], [w[1] for w in want],
-                               rtol=1e-12)
+    np.testing.assert_allclose([t["time"] for t in res.trace], [w[1] for w in want], rtol=1e-12)
     for got, (_, _, x) in zip(res.params_trace, want, strict=True):
         np.testing.assert_allclose(np.asarray(got["x"], np.float64), x, atol=2e-5)
     assert res.applied_per_worker == [sum(w[0].count(i) for w in want) for i in range(4)]
@@ -197,11 +208,16 @@ def test_delay_adaptive_matches_the_reference_delay_adaptive_muon():
     plain = _reference_delay_adaptive(np_grad, 0.1, 0.9, 30, adaptive=False)
     assert max(w[1] for w in want) > len(TAUS)
     assert np.abs(plain[-1][2] - want[-1][2]).max() > 1e-2
-    tx = delay_adaptive(ringmaster(0.1, "spectral", beta=0.9, nesterov=True,
-                                   ortho_method="svd"), 4)
-    res = sim.simulate(tx, {"x": jnp.zeros(DIM, jnp.float32)}, grad_fn,
-                       sim.fixed_times(4, TAUS), delay_threshold=None, max_updates=30,
-                       record_params=True)
+    tx = delay_adaptive(ringmaster(0.1, "spectral", beta=0.9, nesterov=True, ortho_method="svd"), 4)
+    res = sim.simulate(
+        tx,
+        {"x": jnp.zeros(DIM, jnp.float32)},
+        grad_fn,
+        sim.fixed_times(4, TAUS),
+        delay_threshold=None,
+        max_updates=30,
+        record_params=True,
+    )
     assert [(t["worker"], t["delay"]) for t in res.trace] == [w[:2] for w in want]
     for got, (_, _, x) in zip(res.params_trace, want, strict=True):
         np.testing.assert_allclose(np.asarray(got["x"], np.float64), x, atol=2e-5)

@@ -11,6 +11,7 @@ Frobenius norm + 1e-7, which breaks exact scale invariance at ~1e-6); controls m
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import jax
@@ -21,6 +22,7 @@ import pytest
 from flax import nnx
 
 import experiments.models as models
+import optzoo
 from experiments.bench.trees import gpt2_small_like_tree
 from optzoo import routing, symmetric_stack, testing
 from optzoo.layout import MatrixLayout
@@ -41,8 +43,8 @@ def roles_by_path(params, rules=None):
     return {r.path: (r.role, r.unit_axis) for r in rep.rows}
 
 
-# What the paper prescribes for each leaf of this project's models (ALGORITHMS.md §1.6,
-# Flax orientation §0.1): (role, unit axis) by path pattern.
+# What the paper prescribes for each leaf of this project's models (docs/math/symmetry.md#roles,
+# Flax orientation, docs/math/conventions.md#orientation): (role, unit axis) by path pattern.
 PAPER_ROLES = [
     (r"^embed/embedding$", ("embedding", 0)),
     (r"^lm_head/kernel$", ("lm_head", 1)),
@@ -112,43 +114,73 @@ def test_gpt2_bench_trees_fused_and_stacked():
     assert fused["layers/3/mlp/fc/kernel"] == ("mlp_up", 1)
     assert fused["layers/3/mlp/proj/kernel"] == ("mlp_down", 0)
     assert fused["layers/3/ln_1/scale"] == ("vector", None)
-    stacked = roles_by_path(gpt2_small_like_tree(stacked=True, fused_qkv=False,
-                                                 tie_embeddings=False))
-    assert stacked["layers/attn/q_proj/kernel"] == ("attn_q", None)      # (12, 768, 768)
-    assert stacked["layers/mlp/fc/kernel"] == ("mlp_up", 2)              # (12, 768, 3072)
-    assert stacked["layers/ln_1/scale"] == ("vector", None)              # (12, 768)
+    stacked = roles_by_path(
+        gpt2_small_like_tree(stacked=True, fused_qkv=False, tie_embeddings=False)
+    )
+    assert stacked["layers/attn/q_proj/kernel"] == ("attn_q", None)  # (12, 768, 768)
+    assert stacked["layers/mlp/fc/kernel"] == ("mlp_up", 2)  # (12, 768, 3072)
+    assert stacked["layers/ln_1/scale"] == ("vector", None)  # (12, 768)
     assert stacked["lm_head/kernel"] == ("lm_head", 1)
 
 
 def test_common_flax_naming():
     z = jnp.zeros
     tree = {
-        "model": {"embed_tokens": {"embedding": z((32, 8))},
-                  "layers": {"0": {
-                      "self_attn": {n: {"kernel": z((8, 8))} for n in
-                                    ("q_proj", "k_proj", "v_proj", "o_proj")},
-                      "mlp": {"gate_proj": {"kernel": z((8, 24))},
-                              "up_proj": {"kernel": z((8, 24))},
-                              "down_proj": {"kernel": z((24, 8))}},
-                      "input_layernorm": {"weight": z((8,))}}},
-                  "norm": {"weight": z((8,))}},
+        "model": {
+            "embed_tokens": {"embedding": z((32, 8))},
+            "layers": {
+                "0": {
+                    "self_attn": {
+                        n: {"kernel": z((8, 8))} for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+                    },
+                    "mlp": {
+                        "gate_proj": {"kernel": z((8, 24))},
+                        "up_proj": {"kernel": z((8, 24))},
+                        "down_proj": {"kernel": z((24, 8))},
+                    },
+                    "input_layernorm": {"weight": z((8,))},
+                }
+            },
+            "norm": {"weight": z((8,))},
+        },
         "lm_head": {"kernel": z((8, 32))},
-        "mixtral": {"block_sparse_moe": {
-            "gate": {"kernel": z((8, 4))},
-            "experts": {"0": {"w1": {"kernel": z((8, 16))}, "w2": {"kernel": z((16, 8))},
-                              "w3": {"kernel": z((8, 16))}}}}},
-        "olmoe": {"mlp": {"gate": {"kernel": z((8, 4))},
-                          "experts": {"gate_proj": z((4, 8, 6)), "down_proj": z((4, 6, 8))}}},
+        "mixtral": {
+            "block_sparse_moe": {
+                "gate": {"kernel": z((8, 4))},
+                "experts": {
+                    "0": {
+                        "w1": {"kernel": z((8, 16))},
+                        "w2": {"kernel": z((16, 8))},
+                        "w3": {"kernel": z((8, 16))},
+                    }
+                },
+            }
+        },
+        "olmoe": {
+            "mlp": {
+                "gate": {"kernel": z((8, 4))},
+                "experts": {"gate_proj": z((4, 8, 6)), "down_proj": z((4, 6, 8))},
+            }
+        },
         # a dense gated MLP narrower than d: f=6 < d=8, but no experts beside it
         "dense": {"mlp": {"gate": {"kernel": z((8, 6))}, "wo": {"kernel": z((6, 8))}}},
         "gptoss": {"experts": {"gate_up_proj": z((4, 8, 12))}},
-        "linen": {"MultiHeadDotProductAttention_0": {
-            "query": {"kernel": z((8, 2, 4))}, "out": {"kernel": z((2, 4, 8))}}},
-        "transformer": {"wte": {"embedding": z((32, 8))}, "wpe": {"embedding": z((16, 8))},
-                        "h": {"0": {"attn": {"c_attn": {"kernel": z((8, 24))},
-                                             "c_proj": {"kernel": z((8, 8))}},
-                                    "mlp": {"c_fc": {"kernel": z((8, 32))},
-                                            "c_proj": {"kernel": z((32, 8))}}}}},
+        "linen": {
+            "MultiHeadDotProductAttention_0": {
+                "query": {"kernel": z((8, 2, 4))},
+                "out": {"kernel": z((2, 4, 8))},
+            }
+        },
+        "transformer": {
+            "wte": {"embedding": z((32, 8))},
+            "wpe": {"embedding": z((16, 8))},
+            "h": {
+                "0": {
+                    "attn": {"c_attn": {"kernel": z((8, 24))}, "c_proj": {"kernel": z((8, 8))}},
+                    "mlp": {"c_fc": {"kernel": z((8, 32))}, "c_proj": {"kernel": z((32, 8))}},
+                }
+            },
+        },
     }
     got = roles_by_path(tree)
     want = {
@@ -164,7 +196,7 @@ def test_common_flax_naming():
         "mixtral/block_sparse_moe/experts/0/w1/kernel": ("expert_gate_up", 1),
         "mixtral/block_sparse_moe/experts/0/w2/kernel": ("expert_down", 0),
         "mixtral/block_sparse_moe/experts/0/w3/kernel": ("expert_gate_up", 1),
-        "olmoe/mlp/gate/kernel": ("router", 1),          # sibling experts: a router
+        "olmoe/mlp/gate/kernel": ("router", 1),  # sibling experts: a router
         "olmoe/mlp/experts/gate_proj": ("expert_gate_up", 2),
         # repro (before): a (d, f<d) dense gate was classified as a router by its shape alone
         "dense/mlp/gate/kernel": ("mlp_gate", 1),
@@ -181,18 +213,17 @@ def test_common_flax_naming():
     }
     for path, role in want.items():
         assert got[path] == role, path
-    assert routing.rule_for("gptoss/experts/gate_up_proj", (4, 8, 12)).gate_up_pair == \
-        "interleaved"
+    assert routing.rule_for("gptoss/experts/gate_up_proj", (4, 8, 12)).gate_up_pair == "interleaved"
     lays = routing.layouts(tree)
     assert lays["linen"]["MultiHeadDotProductAttention_0"]["query"]["kernel"].matrix_shape(
-        (8, 2, 4)) == (2, 8, 4)  # heads are batch slices of (d, d_h) blocks
+        (8, 2, 4)
+    ) == (2, 8, 4)  # heads are batch slices of (d, d_h) blocks
     assert lays["model"]["norm"]["weight"] is None
 
 
 # ------------------------------------------------------------------------- bad input
 def test_unknown_leaf_raises_naming_its_path():
-    state = {"embed": {"embedding": jnp.zeros((16, 8))},
-             "mystery": {"weights": jnp.zeros((3, 4))}}
+    state = {"embed": {"embedding": jnp.zeros((16, 8))}, "mystery": {"weights": jnp.zeros((3, 4))}}
     with pytest.raises(ValueError, match=r"no rule covers parameter 'mystery/weights'"):
         routing.classify(state)
     with pytest.raises(ValueError, match="mystery/weights"):
@@ -204,14 +235,19 @@ def test_rules_that_leave_a_leaf_uncovered_raise():
     only = (Rule(r"embedding$", "embedding", unit_axis=0),)
     with pytest.raises(ValueError, match="'final_norm/scale'"):
         routing.classify(tree, only)
-    assert routing.classify(tree, only + (Rule(r"scale$", "vector"),))["final_norm"]["scale"] \
+    assert (
+        routing.classify(tree, only + (Rule(r"scale$", "vector"),))["final_norm"]["scale"]
         == "vector"
+    )
 
 
 def test_router_rule_matching_a_3d_tensor_needs_a_layout():
     tree = {"layers": {"moe": {"router": {"kernel": jnp.zeros((2, 8, 4))}}}}  # scanned layers
-    with pytest.raises(ValueError, match=r"layers/moe/router/kernel.*3-D 'router' needs an "
-                                         r"explicit layout"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers/moe/router/kernel.*3-D 'router' needs an "
+        r"explicit layout",
+    ):
         routing.classify(tree)
     declared = (Rule(r"router/kernel$", "router", ndim=3, unit_axis=-1),) + DEFAULT_RULES
     assert routing.classify(tree, declared)["layers"]["moe"]["router"]["kernel"] == "router"
@@ -240,25 +276,49 @@ def test_bad_rules_and_unit_axis_out_of_range():
 
 # ---------------------------------------------------------------------------- by_role
 def test_by_role_partitions_by_role_and_group():
-    tree = {"embed": {"embedding": jnp.ones((6, 4))},
-            "layers": {"0": {"attn": {"q_proj": {"kernel": jnp.ones((4, 4))},
-                                      "o_proj": {"kernel": jnp.ones((4, 4))}}}},
-            "final_norm": {"scale": jnp.ones(4)}}
-    tx = routing.by_role({"embedding": optax.sgd(1.0), "attention": optax.sgd(2.0),
-                          "attn_o": optax.sgd(3.0), "vectors": optax.sgd(4.0)})
+    tree = {
+        "embed": {"embedding": jnp.ones((6, 4))},
+        "layers": {
+            "0": {
+                "attn": {
+                    "q_proj": {"kernel": jnp.ones((4, 4))},
+                    "o_proj": {"kernel": jnp.ones((4, 4))},
+                }
+            }
+        },
+        "final_norm": {"scale": jnp.ones(4)},
+    }
+    tx = routing.by_role(
+        {
+            "embedding": optax.sgd(1.0),
+            "attention": optax.sgd(2.0),
+            "attn_o": optax.sgd(3.0),
+            "vectors": optax.sgd(4.0),
+        }
+    )
     g = jax.tree.map(jnp.ones_like, tree)
     u, _ = tx.update(g, tx.init(tree), tree)
     assert float(u["embed"]["embedding"][0, 0]) == -1.0
     assert float(u["layers"]["0"]["attn"]["q_proj"]["kernel"][0, 0]) == -2.0  # group
     assert float(u["layers"]["0"]["attn"]["o_proj"]["kernel"][0, 0]) == -3.0  # role wins
     assert float(u["final_norm"]["scale"][0]) == -4.0
-    with pytest.raises(ValueError, match=r"no transform for parameter 'final_norm/scale' "
-                                         r"\(role 'vector', group 'vectors'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"no transform for parameter 'final_norm/scale' "
+        r"\(role 'vector', group 'vectors'\)",
+    ):
         routing.by_role({"embedding": optax.sgd(1.0), "attention": optax.sgd(1.0)}).init(tree)
     with pytest.raises(ValueError, match="unknown key 'embeddings'"):
         routing.by_role({"embeddings": optax.sgd(1.0)})
-    rep = routing.report(tree, None, {"embedding": Assignment(optax.sgd(1.0), "sgd", 2.0),
-                                      "attention": "muon", "vectors": optax.sgd(1.0)})
+    rep = routing.report(
+        tree,
+        None,
+        {
+            "embedding": Assignment(optax.sgd(1.0), "sgd", 2.0),
+            "attention": "muon",
+            "vectors": optax.sgd(1.0),
+        },
+    )
     rows = {r.path: r for r in rep.rows}
     assert rows["embed/embedding"].transform == "sgd"
     assert rows["embed/embedding"].lr_multiplier == 2.0
@@ -275,35 +335,47 @@ def _small_tree(seed=0, d=8, v=16, hd=4):
 
     return {
         "embed": {"embedding": w(v, d)},
-        "layers": {"0": {
-            "attn": {"q_proj": {"kernel": w(d, 2 * hd)}, "k_proj": {"kernel": w(d, hd)},
-                     "o_proj": {"kernel": w(2 * hd, d)}},
-            "mlp": {"down_proj": {"kernel": w(12, d)}},
-            "moe": {"router": {"kernel": w(d, 4)}},
-            "attn_norm": {"scale": jnp.ones(d)}}},
+        "layers": {
+            "0": {
+                "attn": {
+                    "q_proj": {"kernel": w(d, 2 * hd)},
+                    "k_proj": {"kernel": w(d, hd)},
+                    "o_proj": {"kernel": w(2 * hd, d)},
+                },
+                "mlp": {"down_proj": {"kernel": w(12, d)}},
+                "moe": {"router": {"kernel": w(d, 4)}},
+                "attn_norm": {"scale": jnp.ones(d)},
+            }
+        },
         "lm_head": {"kernel": w(d, v)},
     }
 
 
 def _grad_seq(tree, steps=3, seed=1):
     rng = np.random.default_rng(seed)
-    return [jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), tree)
-            for _ in range(steps)]
+    return [
+        jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), tree)
+        for _ in range(steps)
+    ]
 
 
 def test_stack_matches_numpy_on_embedding_head_router_and_heads():
     tree, beta, lr = _small_tree(), 0.9, 1e-2
     gs = _grad_seq(tree, steps=2)
-    tx = symmetry_compatible(lr, head_dim=4, beta=beta, muon_beta=0.95, ortho_method="svd",
-                             weight_decay=0.0)
+    tx = symmetry_compatible(
+        lr, head_dim=4, beta=beta, muon_beta=0.95, ortho_method="svd", weight_decay=0.0
+    )
     state = tx.init(tree)
     m, b = {}, {}
     for g in gs:
         u, state = tx.update(g, state, tree)
-        for key, path in [("emb", ("embed", "embedding")), ("head", ("lm_head", "kernel")),
-                          ("router", ("layers", "0", "moe", "router", "kernel")),
-                          ("q", ("layers", "0", "attn", "q_proj", "kernel")),
-                          ("o", ("layers", "0", "attn", "o_proj", "kernel"))]:
+        for key, path in [
+            ("emb", ("embed", "embedding")),
+            ("head", ("lm_head", "kernel")),
+            ("router", ("layers", "0", "moe", "router", "kernel")),
+            ("q", ("layers", "0", "attn", "q_proj", "kernel")),
+            ("o", ("layers", "0", "attn", "o_proj", "kernel")),
+        ]:
             x = g
             for p in path:
                 x = x[p]
@@ -320,14 +392,24 @@ def test_stack_matches_numpy_on_embedding_head_router_and_heads():
     def ce(x):
         return x - x.mean(axis=0, keepdims=True)
 
-    np.testing.assert_allclose(np.asarray(u["embed"]["embedding"]),
-                               -lr * mult["embedding"] * rn(m["emb"]), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(u["lm_head"]["kernel"]).T,  # vocab on axis -1
-                               -lr * mult["lm_head"] * ce(rn(ce(m["head"].T))), rtol=1e-5,
-                               atol=1e-7)
-    np.testing.assert_allclose(np.asarray(u["layers"]["0"]["moe"]["router"]["kernel"]).T,
-                               -lr * mult["router"] * ce(rn(ce(m["router"].T))), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(u["embed"]["embedding"]),
+        -lr * mult["embedding"] * rn(m["emb"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        np.asarray(u["lm_head"]["kernel"]).T,  # vocab on axis -1
+        -lr * mult["lm_head"] * ce(rn(ce(m["head"].T))),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        np.asarray(u["layers"]["0"]["moe"]["router"]["kernel"]).T,
+        -lr * mult["router"] * ce(rn(ce(m["router"].T))),
+        rtol=1e-5,
+        atol=1e-7,
+    )
     gq = np.asarray(gs[-1]["layers"]["0"]["attn"]["q_proj"]["kernel"], np.float64)
     go = np.asarray(gs[-1]["layers"]["0"]["attn"]["o_proj"]["kernel"], np.float64)
     xq, xo = 0.05 * gq + 0.95 * b["q"], 0.05 * go + 0.95 * b["o"]
@@ -335,16 +417,21 @@ def test_stack_matches_numpy_on_embedding_head_router_and_heads():
     uo = np.asarray(u["layers"]["0"]["attn"]["o_proj"]["kernel"])
     for h in range(2):  # q: column blocks (d, d_h), shape factor 1; o: row blocks (d_h, d)
         cols, rows = slice(4 * h, 4 * h + 4), slice(4 * h, 4 * h + 4)
-        np.testing.assert_allclose(uq[:, cols], -lr * testing.polar_reference(xq[:, cols]),
-                                   rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(uo[rows], -lr * np.sqrt(8 / 4) * testing.polar_reference(
-            xo[rows]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            uq[:, cols], -lr * testing.polar_reference(xq[:, cols]), rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            uo[rows], -lr * np.sqrt(8 / 4) * testing.polar_reference(xo[rows]), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_stack_router_shift_and_headwise_scaling_invariance_with_controls():
     full = _small_tree(seed=2)["layers"]["0"]  # router, q (2 heads), k (1 head: GQA)
-    tree = {"layers": {"0": {"moe": full["moe"], "attn": {k: full["attn"][k] for k in
-                                                          ("q_proj", "k_proj")}}}}
+    tree = {
+        "layers": {
+            "0": {"moe": full["moe"], "attn": {k: full["attn"][k] for k in ("q_proj", "k_proj")}}
+        }
+    }
     gs = _grad_seq(tree, seed=3)
     router = ("layers", "0", "moe", "router", "kernel")
 
@@ -356,6 +443,7 @@ def test_stack_router_shift_and_headwise_scaling_invariance_with_controls():
                 node = node[p]
             node[path[-1]] = action(node[path[-1]], step)
             return t
+
         return apply
 
     shift = on(router, testing.shift((8, 4), unit_axis=-1, seed=4))
@@ -363,8 +451,12 @@ def test_stack_router_shift_and_headwise_scaling_invariance_with_controls():
     err = testing.equivariance_error(tx, tree, gs, shift, None, None)
     assert err < 1e-5
     adam_router = symmetry_compatible(1e-2, head_dim=4, router="adamw")
-    assert testing.equivariance_error(adam_router, jax.tree.map(jnp.zeros_like, tree), gs,
-                                      shift, None, None) > CONTROL
+    assert (
+        testing.equivariance_error(
+            adam_router, jax.tree.map(jnp.zeros_like, tree), gs, shift, None, None
+        )
+        > CONTROL
+    )
     # head-wise Muon: invariant to a positive rescaling of each head's block of q and k (GQA:
     # k has a single head here); whole-matrix Muon is not.
     scales = np.array([0.3, 3.0])
@@ -380,29 +472,43 @@ def test_stack_router_shift_and_headwise_scaling_invariance_with_controls():
 
     assert testing.equivariance_error(tx, tree, gs, act, None, None) < 1e-4
     whole = symmetry_compatible(1e-2, head_dim=None)
-    assert testing.equivariance_error(whole, jax.tree.map(jnp.zeros_like, tree), gs, act,
-                                      None, None) > CONTROL
+    assert (
+        testing.equivariance_error(whole, jax.tree.map(jnp.zeros_like, tree), gs, act, None, None)
+        > CONTROL
+    )
 
 
 def test_stack_hybrid_mlp_neuron_permutation_equivariance():
     d, f = 6, 10
-    tree = {"mlp": {"gate_proj": {"kernel": jnp.zeros((d, f))},
-                    "down_proj": {"kernel": jnp.zeros((f, d))}}}
+    tree = {
+        "mlp": {
+            "gate_proj": {"kernel": jnp.zeros((d, f))},
+            "down_proj": {"kernel": jnp.zeros((f, d))},
+        }
+    }
     gs = _grad_seq(tree, seed=5)
     perm = np.random.default_rng(6).permutation(f)
     q = testing.orthogonal_matrix(f, 7)
 
     def neurons(transform):
         def act(t, step):
-            return {"mlp": {"gate_proj": {"kernel": transform(t["mlp"]["gate_proj"]["kernel"],
-                                                              1)},
-                            "down_proj": {"kernel": transform(t["mlp"]["down_proj"]["kernel"],
-                                                              0)}}}
+            return {
+                "mlp": {
+                    "gate_proj": {"kernel": transform(t["mlp"]["gate_proj"]["kernel"], 1)},
+                    "down_proj": {"kernel": transform(t["mlp"]["down_proj"]["kernel"], 0)},
+                }
+            }
+
         return act
 
     permute = neurons(lambda x, ax: jnp.take(x, perm, axis=ax))
-    rotate = neurons(lambda x, ax: jnp.tensordot(x, jnp.asarray(q, x.dtype), ([ax], [1]))
-                     if ax == 1 else jnp.asarray(q, x.dtype) @ x)
+    rotate = neurons(
+        lambda x, ax: (
+            jnp.tensordot(x, jnp.asarray(q, x.dtype), ([ax], [1]))
+            if ax == 1
+            else jnp.asarray(q, x.dtype) @ x
+        )
+    )
     tx = symmetry_compatible(1e-2, mlp="hybrid", weight_decay=0.1)
     assert testing.equivariance_error(tx, tree, gs, permute) < 2e-4
     # control: a rotation of the neurons is no symmetry of the row-aware hybrid
@@ -415,20 +521,21 @@ def test_stack_fused_interleaved_expert_gate_up(experts):
     e, d, f = 2, 6, 3
     g = jnp.asarray(np.random.default_rng(8).standard_normal((e, d, 2 * f)), jnp.float32)
     tree = {"experts": {"gate_up_proj": jnp.zeros((e, d, 2 * f))}}
-    tx = symmetry_compatible(1.0, experts=experts, weight_decay=0.0, ortho_method="svd",
-                             beta=0.0, muon_beta=0.0)
+    tx = symmetry_compatible(
+        1.0, experts=experts, weight_decay=0.0, ortho_method="svd", beta=0.0, muon_beta=0.0
+    )
     u, _ = tx.update({"experts": {"gate_up_proj": g}}, tx.init(tree), tree)
     u, gn = -np.asarray(u["experts"]["gate_up_proj"]), np.asarray(g, np.float64)
     for x in range(e):
         if experts == "row":  # one unit = the pair (gate_j, up_j), normalized jointly
             for j in range(f):
                 unit = gn[x][:, [2 * j, 2 * j + 1]]
-                np.testing.assert_allclose(u[x][:, [2 * j, 2 * j + 1]],
-                                           unit / np.linalg.norm(unit), rtol=1e-5, atol=1e-7)
+                np.testing.assert_allclose(
+                    u[x][:, [2 * j, 2 * j + 1]], unit / np.linalg.norm(unit), rtol=1e-5, atol=1e-7
+                )
         else:  # Muon polarizes the gate half and the up half separately, per expert
             for half in (0, 1):
-                want = np.sqrt(f / d if f > d else 1.0) * testing.polar_reference(
-                    gn[x][:, half::2])
+                want = np.sqrt(f / d if f > d else 1.0) * testing.polar_reference(gn[x][:, half::2])
                 np.testing.assert_allclose(u[x][:, half::2], want, rtol=1e-4, atol=1e-6)
 
 
@@ -458,29 +565,108 @@ def test_stack_bad_configuration():
         symmetry_compatible(1e-2, head_dim=3).init(tree)
 
 
+def _trajectory(tx, tree, gs):
+    state, out = tx.init(tree), []
+    for g in gs:
+        u, state = tx.update(g, state, tree)
+        out.append(u)
+    return out
+
+
+def test_stack_fallback_sets_the_moments_of_every_adamw_group():
+    """``fallback=AdamW(b1, b2, eps)`` configures the AdamW of the vectors and of any group set
+    to 'adamw'; each group keeps its rate η·c and its decay, so the vectors' updates equal
+    the chain written out by hand, bitwise. ``fallback=None`` is ``AdamW()``."""
+    tree, lr = _small_tree(), 1e-2
+    gs = _grad_seq(tree, steps=2)
+    mult = symmetric_stack.PRESETS["paper"]["multipliers"]["vectors"]
+    spec = optzoo.fallback.AdamW(b1=0.8, b2=0.99, eps=1e-6)
+    by_hand = optax.chain(
+        optax.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6),
+        optax.add_decayed_weights(1e-3),
+        optax.scale(mult),
+        optax.scale_by_learning_rate(lr),
+    )
+    ours = _trajectory(symmetry_compatible(lr, head_dim=4, fallback=spec), tree, gs)
+    hand = _trajectory(symmetry_compatible(lr, head_dim=4, vectors=by_hand), tree, gs)
+    for a, b in zip(ours, hand, strict=True):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    default = _trajectory(symmetry_compatible(lr, head_dim=4), tree, gs)
+    explicit = _trajectory(
+        symmetry_compatible(lr, head_dim=4, fallback=optzoo.fallback.AdamW()), tree, gs
+    )
+    for a, b in zip(default, explicit, strict=True):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    # the router set to 'adamw' takes the same moments (its rate: η·c_router, no decay)
+    plan = symmetry_compatible_plan(lr, router="adamw", fallback=spec)
+    assert plan["router"].name == plan["vectors"].name == "adamw"
+
+
+def test_stack_fallback_refuses_its_own_rate_or_decay_and_other_types():
+    adamw = optzoo.fallback.AdamW
+    for spec in (adamw(learning_rate=1e-3), adamw(lr_ratio=0.1), adamw(weight_decay=0.1)):
+        with pytest.raises(ValueError, match="lr_multipliers"):
+            symmetry_compatible(1e-2, fallback=spec)
+    with pytest.raises(TypeError, match="symmetry_compatible: fallback must be"):
+        symmetry_compatible(1e-2, fallback="adamw")
+    with pytest.raises(ValueError, match="fallback= and vectors="):
+        symmetry_compatible(1e-2, fallback=optax.sgd(1.0), vectors=optax.sgd(1.0))
+    assert symmetry_compatible_plan(1e-2, fallback=optax.sgd(1.0))["vectors"].name == "custom"
+    with pytest.raises(TypeError, match="adam_b1"):  # removed: fallback=AdamW(b1=...)
+        symmetry_compatible(1e-2, adam_b1=0.9)
+    with pytest.raises(TypeError, match="symmetry_compatible: .*adam_b2"):
+        symmetry_compatible_plan(1e-2, adam_b2=0.9)
+
+
+def test_stack_plan_takes_exactly_the_arguments_of_symmetry_compatible():
+    plan = inspect.signature(symmetry_compatible_plan)
+    assert plan.parameters == inspect.signature(symmetry_compatible).parameters
+    assert (
+        symmetry_compatible_plan(1e-2, preset="olmoe_left")["router"].name
+        == "left_spectral(centered)"
+    )
+
+
 def test_symmetry_compatible_optax_compatibility():
     d = 4
-    params = {"embed": {"embedding": jnp.ones((8, d))},
-              "attn": {"o_proj": {"kernel": jnp.ones((d, d))}},
-              "moe": {"router": {"kernel": jnp.ones((d, 3))}}, "norm": {"scale": jnp.ones(d)}}
-    testing.check_optax_compatibility(symmetry_compatible,
-                                      dict(learning_rate=1e-2, head_dim=2, router="left"),
-                                      params, static_args=("head_dim",))
+    params = {
+        "embed": {"embedding": jnp.ones((8, d))},
+        "attn": {"o_proj": {"kernel": jnp.ones((d, d))}},
+        "moe": {"router": {"kernel": jnp.ones((d, 3))}},
+        "norm": {"scale": jnp.ones(d)},
+    }
+    testing.check_optax_compatibility(
+        symmetry_compatible,
+        dict(learning_rate=1e-2, head_dim=2, router="left"),
+        params,
+        static_args=("head_dim",),
+    )
 
 
 # ------------------------------------------------------- everyday Flax trees (issue 17)
 def _hf_gpt2(d=8, vocab=32, positions=16):
     """HuggingFace Flax GPT-2 parameter names and shapes: FlaxConv1D stores (out, in)."""
     z = jnp.zeros
-    block = {"ln_1": {"scale": z((d,)), "bias": z((d,))},
-             "attn": {"c_attn": {"kernel": z((3 * d, d)), "bias": z((3 * d,))},
-                      "c_proj": {"kernel": z((d, d)), "bias": z((d,))}},
-             "ln_2": {"scale": z((d,)), "bias": z((d,))},
-             "mlp": {"c_fc": {"kernel": z((4 * d, d)), "bias": z((4 * d,))},
-                     "c_proj": {"kernel": z((d, 4 * d)), "bias": z((d,))}}}
-    return {"transformer": {"wte": {"embedding": z((vocab, d))},
-                            "wpe": {"embedding": z((positions, d))},
-                            "h": {"0": block}, "ln_f": {"scale": z((d,)), "bias": z((d,))}}}
+    block = {
+        "ln_1": {"scale": z((d,)), "bias": z((d,))},
+        "attn": {
+            "c_attn": {"kernel": z((3 * d, d)), "bias": z((3 * d,))},
+            "c_proj": {"kernel": z((d, d)), "bias": z((d,))},
+        },
+        "ln_2": {"scale": z((d,)), "bias": z((d,))},
+        "mlp": {
+            "c_fc": {"kernel": z((4 * d, d)), "bias": z((4 * d,))},
+            "c_proj": {"kernel": z((d, 4 * d)), "bias": z((d,))},
+        },
+    }
+    return {
+        "transformer": {
+            "wte": {"embedding": z((vocab, d))},
+            "wpe": {"embedding": z((positions, d))},
+            "h": {"0": block},
+            "ln_f": {"scale": z((d,)), "bias": z((d,))},
+        }
+    }
 
 
 def test_hf_flax_gpt2_conv1d_kernels_are_read_out_in():
@@ -492,7 +678,7 @@ def test_hf_flax_gpt2_conv1d_kernels_are_read_out_in():
     h = "transformer/h/0"
     assert got[f"{h}/attn/c_attn/kernel"] == ("attn_qkv", None)
     assert got[f"{h}/attn/c_proj/kernel"] == ("attn_o", None)
-    assert got[f"{h}/mlp/c_fc/kernel"] == ("mlp_up", 0)      # neurons: axis 0 of (4d, d)
+    assert got[f"{h}/mlp/c_fc/kernel"] == ("mlp_up", 0)  # neurons: axis 0 of (4d, d)
     assert got[f"{h}/mlp/c_proj/kernel"] == ("mlp_down", 1)  # neurons: axis 1 of (d, 4d)
     lays = routing.layouts(params)["transformer"]["h"]["0"]
     # fan_in x fan_out of the matrix view: c_attn d -> 3d, c_fc d -> 4d, c_proj 4d -> d
@@ -502,15 +688,23 @@ def test_hf_flax_gpt2_conv1d_kernels_are_read_out_in():
     assert lays["attn"]["c_proj"]["kernel"].reduction_axes == (-1,)
     # Muon's shape factor follows: sqrt(max(1, fan_out/fan_in)) = 2 on c_fc (orthogonal rows)
     import optzoo
+
     g = jnp.asarray(np.random.default_rng(0).standard_normal((32, 8)), jnp.float32)
-    tx = optzoo.scale_by_muon(beta=0.0, ortho_method="svd",
-                              layout=lays["mlp"]["c_fc"]["kernel"])
+    tx = optzoo.scale_by_muon(beta=0.0, ortho_method="svd", layout=lays["mlp"]["c_fc"]["kernel"])
     u, _ = tx.update(g, tx.init(g))
     s = np.linalg.svd(np.asarray(u), compute_uv=False)
     np.testing.assert_allclose(s, 2.0, rtol=1e-5)
     # negative control: the Dense-orientation GPT-2 of the test above keeps (in, out)
-    dense = {"h": {"0": {"attn": {"c_attn": {"kernel": jnp.zeros((8, 24))},
-                                  "c_proj": {"kernel": jnp.zeros((8, 8))}}}}}
+    dense = {
+        "h": {
+            "0": {
+                "attn": {
+                    "c_attn": {"kernel": jnp.zeros((8, 24))},
+                    "c_proj": {"kernel": jnp.zeros((8, 8))},
+                }
+            }
+        }
+    }
     dl = routing.layouts(dense)["h"]["0"]["attn"]
     assert dl["c_attn"]["kernel"].matrix_shape((8, 24)) == (1, 8, 24)
     assert dl["c_proj"]["kernel"].reduction_axes == (-2,)
@@ -520,16 +714,24 @@ def test_linen_and_nnx_module_names_are_covered():
     """linen auto-names (Dense_k, Conv_k, MultiHeadAttention_k), NNX attribute names with the
     /value suffix, a 3-D MultiHeadAttention under any attribute name, a classifier head."""
     z = jnp.zeros
-    linen = {"Conv_0": {"kernel": z((3, 3, 4, 8)), "bias": z((8,))},
-             "Dense_0": {"kernel": z((8, 16)), "bias": z((16,))},
-             "MultiHeadAttention_0": {"query": {"kernel": z((16, 2, 4))},
-                                      "out": {"kernel": z((2, 4, 16))}},
-             "LayerNorm_0": {"scale": z((16,)), "bias": z((16,))},
-             "head": {"kernel": z((16, 10)), "bias": z((10,))}}
-    nnx_state = {"mha": {"query": {"kernel": {"value": z((16, 2, 4))}},
-                         "key": {"kernel": {"value": z((16, 2, 4))}}},
-                 "fc1": {"kernel": {"value": z((16, 32))}},
-                 "classifier": {"kernel": {"value": z((32, 10))}}}
+    linen = {
+        "Conv_0": {"kernel": z((3, 3, 4, 8)), "bias": z((8,))},
+        "Dense_0": {"kernel": z((8, 16)), "bias": z((16,))},
+        "MultiHeadAttention_0": {
+            "query": {"kernel": z((16, 2, 4))},
+            "out": {"kernel": z((2, 4, 16))},
+        },
+        "LayerNorm_0": {"scale": z((16,)), "bias": z((16,))},
+        "head": {"kernel": z((16, 10)), "bias": z((10,))},
+    }
+    nnx_state = {
+        "mha": {
+            "query": {"kernel": {"value": z((16, 2, 4))}},
+            "key": {"kernel": {"value": z((16, 2, 4))}},
+        },
+        "fc1": {"kernel": {"value": z((16, 32))}},
+        "classifier": {"kernel": {"value": z((32, 10))}},
+    }
     got = roles_by_path(linen)
     assert got["Conv_0/kernel"][0] == "other_matrix"
     assert got["Dense_0/kernel"][0] == "other_matrix"

@@ -57,8 +57,11 @@ def scan(source: str, filename: str) -> list[str]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             func = node.name
         if isinstance(node, ast.Import | ast.ImportFrom):
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [
-                node.module or ""]
+            mods = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
             for m in mods:
                 if m.split(".")[0] in FORBIDDEN_MODULES:
                     found.append(f"{filename}:{node.lineno}: imports {m}")
@@ -74,10 +77,14 @@ def scan(source: str, filename: str) -> list[str]:
             if last == "load" and name.split(".")[0] in ("np", "numpy", "jnp"):
                 for kw in node.keywords:
                     if kw.arg == "allow_pickle" and not (
-                            isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                        isinstance(kw.value, ast.Constant) and kw.value.value is False
+                    ):
                         found.append(f"{filename}:{node.lineno}: {name}(allow_pickle=...)")
-            if name in ("importlib.import_module", "import_module") and node.args and not (
-                    isinstance(node.args[0], ast.Constant)):
+            if (
+                name in ("importlib.import_module", "import_module")
+                and node.args
+                and not (isinstance(node.args[0], ast.Constant))
+            ):
                 if (filename, func) not in REVIEWED_IMPORTS:
                     found.append(f"{filename}:{node.lineno}: import_module(<computed>)")
         for child in ast.iter_child_nodes(node):
@@ -98,31 +105,43 @@ def test_no_data_to_code_constructs_in_the_sources():
 
 def test_the_scanner_finds_each_construct():
     # negative control: every construct the scan is meant to catch is reported
-    snippet = "\n".join([
-        "import pickle",
-        "import numpy as np, yaml, importlib",
-        "def f(s, name):",
-        "    eval(s)",
-        "    exec(s)",
-        "    compile(s, 'x', 'exec')",
-        "    __import__(s)",
-        "    pickle.loads(s)",
-        "    yaml.load(s)",
-        "    np.load(s, allow_pickle=True)",
-        "    importlib.import_module(name)",
-        "    np.load(s, allow_pickle=False)",  # safe: not reported
-        "    importlib.import_module('json')",  # literal: not reported
-        "    jax.jit(f).lower(s).compile()",  # a method named compile: not reported
-    ])
+    snippet = "\n".join(
+        [
+            "import pickle",
+            "import numpy as np, yaml, importlib",
+            "def f(s, name):",
+            "    eval(s)",
+            "    exec(s)",
+            "    compile(s, 'x', 'exec')",
+            "    __import__(s)",
+            "    pickle.loads(s)",
+            "    yaml.load(s)",
+            "    np.load(s, allow_pickle=True)",
+            "    importlib.import_module(name)",
+            "    np.load(s, allow_pickle=False)",  # safe: not reported
+            "    importlib.import_module('json')",  # literal: not reported
+            "    jax.jit(f).lower(s).compile()",  # a method named compile: not reported
+        ]
+    )
     found = scan(snippet, "snippet.py")
     assert len(found) == 9, found
-    for what in ("imports pickle", "eval()", "exec()", "compile()", "__import__()",
-                 "pickle.loads()", "yaml.load()", "allow_pickle", "import_module(<computed>)"):
+    for what in (
+        "imports pickle",
+        "eval()",
+        "exec()",
+        "compile()",
+        "__import__()",
+        "pickle.loads()",
+        "yaml.load()",
+        "allow_pickle",
+        "import_module(<computed>)",
+    ):
         assert any(what in f for f in found), (what, found)
 
 
-@pytest.mark.parametrize("name", ["os.system", "__import__('os').system('true')",
-                                  "optzoo.linalg", "muon; import os"])
+@pytest.mark.parametrize(
+    "name", ["os.system", "__import__('os').system('true')", "optzoo.linalg", "muon; import os"]
+)
 def test_an_optimizer_name_that_names_code_is_rejected(name):
     # refused when the config is constructed (names are looked up in a table, never run)
     with pytest.raises(ValueError, match="OptimizerConfig.name.*not a known optimizer"):
@@ -137,8 +156,7 @@ def test_a_preset_name_that_names_code_is_rejected():
 def test_stored_strings_with_code_are_read_as_data(tmp_path):
     # a manifest whose fields hold code: reading it returns the strings, nothing runs
     payload = "__import__('pathlib').Path('PWNED').touch()"
-    (tmp_path / ckpt_lib.MANIFEST).write_text(json.dumps({"config_hash": payload,
-                                                          "name": payload}))
+    (tmp_path / ckpt_lib.MANIFEST).write_text(json.dumps({"config_hash": payload, "name": payload}))
     man = ckpt_lib.read_manifest(tmp_path)
     assert man["name"] == payload
     # and a config carrying it is refused as a different run, not evaluated

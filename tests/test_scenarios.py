@@ -33,15 +33,24 @@ import pytest
 import optzoo
 from optzoo import routing
 
-GENERIC_SHAPES = {"matrix_0": (6, 4), "stacked3_1": (2, 3, 5), "vector_2": (5,),
-                  "matrix_3": (3, 8)}
+GENERIC_SHAPES = {"matrix_0": (6, 4), "stacked3_1": (2, 3, 5), "vector_2": (5,), "matrix_3": (3, 8)}
 ROUTED = _zoo.routed_shapes(d=4, vocab=6, ffn=6, experts=3)
 
 #: Entries whose update needs more than gradients (EGN: its batch) are left out here.
 NAMES = [n for n, e in _zoo.REGISTRY.items() if not n.endswith("egn")]
 #: The maps that divide by a trace or norm of their state: the default-suite subset.
-NORMALIZING = ["muon", "one_sided_spectral", "left_spectral", "hybrid", "rownorm",
-               "symmetry_compatible", "fismo", "lion_kappa", "scion", "polargrad"]
+NORMALIZING = [
+    "muon",
+    "one_sided_spectral",
+    "left_spectral",
+    "hybrid",
+    "rownorm",
+    "symmetry_compatible",
+    "fismo",
+    "lion_kappa",
+    "scion",
+    "polargrad",
+]
 
 
 def _shapes(entry: _zoo.Entry) -> dict:
@@ -52,14 +61,16 @@ def _shapes(entry: _zoo.Entry) -> dict:
 
 def _tree(shapes: dict, seed: int, scale: float = 1.0) -> dict:
     rng = np.random.default_rng(seed)
-    flat = {k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-            for k, s in shapes.items()}
+    flat = {k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
     return _zoo.nest(flat) if any("/" in k for k in shapes) else flat
 
 
 def _leaves_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
-               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact))
+    return all(
+        bool(jnp.all(jnp.isfinite(x)))
+        for x in jax.tree.leaves(tree)
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    )
 
 
 # --------------------------------------------------------------- a gradient that stops
@@ -97,8 +108,7 @@ def test_gradient_that_stops_stays_finite_everywhere(name):
 
 # ------------------------------------------------------------------- donated eager state
 def _buffers(tree) -> list[int]:
-    return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
-            if isinstance(x, jax.Array)]
+    return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
 
 
 @pytest.mark.parametrize("name", sorted(_zoo.REGISTRY))
@@ -135,8 +145,13 @@ def _cosine(a, b) -> float:
 #: checked): FISMO's damping mu*I and EMA weights are fixed while its statistics scale as
 #: |g|^2; the tanh map of scale_by_lion_kappa saturates; Natural GaLore's (lambda I + GG^T)^-1 g
 #: is degree -1 for |g|^2 >> lambda, so its Adam then sees ~1/|g| inputs below its eps.
-NOT_SCALE_FREE = ("fismo", "scale_by_fismo", "scale_by_lion_kappa", "natural_galore",
-                  "scale_by_natural_galore")
+NOT_SCALE_FREE = (
+    "fismo",
+    "scale_by_fismo",
+    "scale_by_lion_kappa",
+    "natural_galore",
+    "scale_by_natural_galore",
+)
 
 
 @pytest.mark.parametrize("scale", [1e-20, 1e18])
@@ -154,10 +169,12 @@ def test_first_update_is_finite_and_large_gradients_keep_their_direction(name, s
     params = _tree(shapes, 3)
     g = _tree(shapes, 30)
     base, _ = tx.update(g, tx.init(params), params, **entry.extra(1, 1.0))
-    big, _ = tx.update(jax.tree.map(lambda x: scale * x, g), tx.init(params), params,
-                       **entry.extra(1, 1.0))
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(base)[0],
-                            jax.tree.leaves(big), strict=True):
+    big, _ = tx.update(
+        jax.tree.map(lambda x: scale * x, g), tx.init(params), params, **entry.extra(1, 1.0)
+    )
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(base)[0], jax.tree.leaves(big), strict=True
+    ):
         where = (name, jax.tree_util.keystr(path), scale)
         assert bool(jnp.all(jnp.isfinite(b))), where
         if scale > 1 and name not in NOT_SCALE_FREE:
@@ -167,35 +184,54 @@ def test_first_update_is_finite_and_large_gradients_keep_their_direction(name, s
 # ------------------------------------------------------ everyday Flax trees via routing
 def _linen():
     z = jnp.zeros
-    return {"Conv_0": {"kernel": z((3, 3, 2, 4)), "bias": z((4,))},
-            "MultiHeadAttention_0": {"query": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
-                                     "key": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
-                                     "value": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
-                                     "out": {"kernel": z((2, 2, 4)), "bias": z((4,))}},
-            "Dense_0": {"kernel": z((4, 8)), "bias": z((8,))},
-            "LayerNorm_0": {"scale": z((8,)), "bias": z((8,))},
-            "head": {"kernel": z((8, 5)), "bias": z((5,))}}
+    return {
+        "Conv_0": {"kernel": z((3, 3, 2, 4)), "bias": z((4,))},
+        "MultiHeadAttention_0": {
+            "query": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
+            "key": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
+            "value": {"kernel": z((4, 2, 2)), "bias": z((2, 2))},
+            "out": {"kernel": z((2, 2, 4)), "bias": z((4,))},
+        },
+        "Dense_0": {"kernel": z((4, 8)), "bias": z((8,))},
+        "LayerNorm_0": {"scale": z((8,)), "bias": z((8,))},
+        "head": {"kernel": z((8, 5)), "bias": z((5,))},
+    }
 
 
 def _nnx():
     z = jnp.zeros
-    return {"embed": {"embedding": {"value": z((10, 4))}},
-            "mha": {"query": {"kernel": {"value": z((4, 2, 2))}},
-                    "out": {"kernel": {"value": z((2, 2, 4))}}},
-            "fc1": {"kernel": {"value": z((4, 8))}, "bias": {"value": z((8,))}},
-            "fc2": {"kernel": {"value": z((8, 4))}},
-            "norm": {"scale": {"value": z((4,))}}}
+    return {
+        "embed": {"embedding": {"value": z((10, 4))}},
+        "mha": {
+            "query": {"kernel": {"value": z((4, 2, 2))}},
+            "out": {"kernel": {"value": z((2, 2, 4))}},
+        },
+        "fc1": {"kernel": {"value": z((4, 8))}, "bias": {"value": z((8,))}},
+        "fc2": {"kernel": {"value": z((8, 4))}},
+        "norm": {"scale": {"value": z((4,))}},
+    }
 
 
 def _hf_gpt2(d=4):
     z = jnp.zeros
-    h = {"ln_1": {"scale": z((d,)), "bias": z((d,))},
-         "attn": {"c_attn": {"kernel": z((3 * d, d)), "bias": z((3 * d,))},
-                  "c_proj": {"kernel": z((d, d)), "bias": z((d,))}},
-         "mlp": {"c_fc": {"kernel": z((4 * d, d)), "bias": z((4 * d,))},
-                 "c_proj": {"kernel": z((d, 4 * d)), "bias": z((d,))}}}
-    return {"transformer": {"wte": {"embedding": z((12, d))}, "h": {"0": h},
-                            "ln_f": {"scale": z((d,)), "bias": z((d,))}}}
+    h = {
+        "ln_1": {"scale": z((d,)), "bias": z((d,))},
+        "attn": {
+            "c_attn": {"kernel": z((3 * d, d)), "bias": z((3 * d,))},
+            "c_proj": {"kernel": z((d, d)), "bias": z((d,))},
+        },
+        "mlp": {
+            "c_fc": {"kernel": z((4 * d, d)), "bias": z((4 * d,))},
+            "c_proj": {"kernel": z((d, 4 * d)), "bias": z((d,))},
+        },
+    }
+    return {
+        "transformer": {
+            "wte": {"embedding": z((12, d))},
+            "h": {"0": h},
+            "ln_f": {"scale": z((d,)), "bias": z((d,))},
+        }
+    }
 
 
 HL = routing.hidden_layouts
@@ -219,8 +255,7 @@ ROUTED_FACTORIES = {
 def test_everyday_flax_trees_through_hidden_layouts(name, tree):
     params = {"linen": _linen, "nnx": _nnx, "hf_gpt2": _hf_gpt2}[tree]()
     rng = np.random.default_rng(4)
-    params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                          params)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), params)
     grads = jax.tree.map(lambda x: 0.1 * x, params)
     tx = ROUTED_FACTORIES[name]()
     u, _ = jax.jit(tx.update)(grads, tx.init(params), params)

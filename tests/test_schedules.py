@@ -45,8 +45,9 @@ def test_d2z_endpoints_and_shape(warmup):
         np.testing.assert_allclose(v[:warmup], init + (peak - init) * t / warmup, rtol=RTOL)
     # linear decay: peak (T - t) / (T - W) for W <= t <= T
     t = np.arange(warmup, total + 1)
-    np.testing.assert_allclose(v[warmup:total + 1], peak * (total - t) / (total - warmup),
-                               rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(
+        v[warmup : total + 1], peak * (total - t) / (total - warmup), rtol=RTOL, atol=1e-12
+    )
     # monotone after warmup (exactly, no float wiggle) and strictly positive before T
     assert np.all(np.diff(v[warmup:]) <= 0)
     assert np.all(v[warmup:total] > 0)
@@ -69,27 +70,41 @@ def test_d2z_is_jittable_and_float32():
 @pytest.mark.parametrize("shape", S.COOLDOWN_SHAPES)
 def test_wsd_phases(shape):
     total, warmup, frac, peak, end, power = 100, 10, 0.3, 2.0, 0.1, 3.0
-    sched = S.warmup_stable_decay(peak, total, warmup_steps=warmup, cooldown_fraction=frac,
-                                  cooldown_shape=shape, power=power, end_value=end)
+    sched = S.warmup_stable_decay(
+        peak,
+        total,
+        warmup_steps=warmup,
+        cooldown_fraction=frac,
+        cooldown_shape=shape,
+        power=power,
+        end_value=end,
+    )
     v = _values(sched, total + 5)
     start = total - 30
     assert v[0] == 0.0
     np.testing.assert_allclose(v[:warmup], peak * np.arange(warmup) / warmup, rtol=RTOL)
-    assert np.all(v[warmup:start + 1] == np.float32(peak))  # exact plateau incl. cooldown start
+    assert np.all(v[warmup : start + 1] == np.float32(peak))  # exact plateau incl. cooldown start
     assert np.all(v[total:] == np.float32(end))  # exact end value from total_steps on
     assert np.all(np.diff(v[warmup:]) <= 0)  # monotone after warmup
     p = (np.arange(start, total + 1) - start) / 30
-    decayed = {"linear": p, "cosine": (1 - np.cos(np.pi * p)) / 2, "sqrt": np.sqrt(p),
-               "power": 1 - (1 - p) ** power}[shape]
-    np.testing.assert_allclose(v[start:total + 1], peak + (end - peak) * decayed, rtol=RTOL)
+    decayed = {
+        "linear": p,
+        "cosine": (1 - np.cos(np.pi * p)) / 2,
+        "sqrt": np.sqrt(p),
+        "power": 1 - (1 - p) ** power,
+    }[shape]
+    np.testing.assert_allclose(v[start : total + 1], peak + (end - peak) * decayed, rtol=RTOL)
 
 
 def test_wsd_shapes_differ_and_zero_cooldown_is_constant():
-    mids = {s: float(S.warmup_stable_decay(1.0, 100, cooldown_fraction=0.5,
-                                           cooldown_shape=s)(75)) for s in S.COOLDOWN_SHAPES}
+    mids = {
+        s: float(S.warmup_stable_decay(1.0, 100, cooldown_fraction=0.5, cooldown_shape=s)(75))
+        for s in S.COOLDOWN_SHAPES
+    }
     # half-way through the cooldown: linear .5, cosine .5, 1-sqrt(.5) ≈ .293, (1-.5)^2 = .25
-    np.testing.assert_allclose([mids[s] for s in S.COOLDOWN_SHAPES],
-                               [0.5, 0.5, 1 - math.sqrt(0.5), 0.25], rtol=RTOL)
+    np.testing.assert_allclose(
+        [mids[s] for s in S.COOLDOWN_SHAPES], [0.5, 0.5, 1 - math.sqrt(0.5), 0.25], rtol=RTOL
+    )
     flat = S.warmup_stable_decay(1.5, 20, warmup_steps=4, cooldown_fraction=0.0)
     v = _values(flat, 40)
     assert np.all(v[4:] == np.float32(1.5))
@@ -108,8 +123,9 @@ def test_momentum_warmup_matches_modded_nanogpt_rule():
 
 
 def test_momentum_warmup_cooldown():
-    sched = S.momentum_warmup_cooldown(0.85, 0.95, 0.8, total_steps=100, warmup_steps=20,
-                                       cooldown_steps=30)
+    sched = S.momentum_warmup_cooldown(
+        0.85, 0.95, 0.8, total_steps=100, warmup_steps=20, cooldown_steps=30
+    )
     v = _values(sched, 120)
     assert v[0] == np.float32(0.85)
     assert np.all(v[20:71] == np.float32(0.95))
@@ -204,8 +220,7 @@ def test_weight_decay_width_rule():
         lr = S.learning_rate_for_width(1e-2, 256, width)
         assert math.isclose(lr, 1e-2 * 256 / width, rel_tol=1e-12)
         # μP lr times √d-scaled decay: ηλ ∝ d^{-1/2}, i.e. ηλ√d is width-invariant
-        assert math.isclose(lr * wd * math.sqrt(width), 1e-2 * base * math.sqrt(256),
-                            rel_tol=1e-12)
+        assert math.isclose(lr * wd * math.sqrt(width), 1e-2 * base * math.sqrt(256), rel_tol=1e-12)
     assert S.weight_decay_for_width(0.1, 512, 512) == 0.1
     assert S.weight_decay_for_width(0.0, 128, 1024) == 0.0
 
@@ -226,8 +241,7 @@ def test_weight_decay_width_rule():
         (lambda: S.warmup_stable_decay(1.0, 10, cooldown_fraction=-0.1), "cooldown_fraction"),
         (lambda: S.warmup_stable_decay(1.0, 10, cooldown_shape="exp"), "cooldown_shape"),
         (lambda: S.warmup_stable_decay(1.0, 10, cooldown_shape="power", power=0.0), "power"),
-        (lambda: S.warmup_stable_decay(1.0, 10, warmup_steps=9, cooldown_fraction=0.2),
-         "exceed"),
+        (lambda: S.warmup_stable_decay(1.0, 10, warmup_steps=9, cooldown_fraction=0.2), "exceed"),
         (lambda: S.momentum_warmup(0.85, 1.2, 10), "end"),
         (lambda: S.momentum_warmup(-0.1, 0.9, 10), "start"),
         (lambda: S.momentum_warmup(0.85, 0.95, -3), "warmup_steps"),

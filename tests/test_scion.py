@@ -164,10 +164,18 @@ def test_scion_matches_numpy_recursion(constrained, wd):
     shapes = {"a": (4, 6), "b": (5, 3), "c": (4, 5), "d": (6, 4), "e": (7,)}
     rho = {"a": 2.0, "b": 30.0, "c": 1.5, "d": 0.5, "e": 0.3}
     params = {k: _j(_np(10 + i, s)) for i, (k, s) in enumerate(shapes.items())}
-    grads = [{k: _j(_np(100 * t + i, s)) for i, (k, s) in enumerate(shapes.items())}
-             for t in range(4)]
-    tx = S.scion(0.05, norms=norms, radius=rho, momentum=0.3, constrained=constrained,
-                 weight_decay=wd, ortho_method="svd")
+    grads = [
+        {k: _j(_np(100 * t + i, s)) for i, (k, s) in enumerate(shapes.items())} for t in range(4)
+    ]
+    tx = S.scion(
+        0.05,
+        norms=norms,
+        radius=rho,
+        momentum=0.3,
+        constrained=constrained,
+        weight_decay=wd,
+        ortho_method="svd",
+    )
     want = _scion_ref(params, grads, norms, rho, 0.3, 0.05, constrained, wd)
     state, p = tx.init(params), params
     for t, g in enumerate(grads):
@@ -175,8 +183,9 @@ def test_scion_matches_numpy_recursion(constrained, wd):
         p = optax.apply_updates(p, u)
         # float32 iterates of size ~1 against float64 after 4 steps: rtol/atol 2e-5.
         for k in p:
-            np.testing.assert_allclose(np.asarray(p[k]), want[t][k], rtol=2e-5, atol=2e-5,
-                                       err_msg=f"{k} step {t}")
+            np.testing.assert_allclose(
+                np.asarray(p[k]), want[t][k], rtol=2e-5, atol=2e-5, err_msg=f"{k} step {t}"
+            )
     assert int(state[0].count) == 4
 
 
@@ -184,8 +193,9 @@ def test_constrained_frank_wolfe_ball_and_contraction():
     # Exact LMO (svd): ‖W_t‖ − ρ ≤ (1 − η)^t (‖W_0‖ − ρ), and the ball is invariant.
     rho, lr = 1.5, 0.2
     w0 = _j(_np(5, (5, 8), scale=2.0))
-    tx = S.scion(lr, norms="spectral", radius=rho, constrained=True, momentum=0.5,
-                 ortho_method="svd")
+    tx = S.scion(
+        lr, norms="spectral", radius=rho, constrained=True, momentum=0.5, ortho_method="svd"
+    )
     state, w = tx.init(w0), w0
     gap0 = _primal_ref("spectral", np.asarray(w0, np.float64)) - rho
     assert gap0 > 1.0
@@ -253,12 +263,14 @@ def test_row_column_equivariance_groups(name):
     # negligible against W and the negative control has power.
     tx = S.scion(0.3, norms=name, radius=1.0 if name == "row" else 6.0, weight_decay=0.05)
     if name == "row":  # Π W Qᵀ: permute rows, rotate within rows
-        good = _compose(testing.permutation(shape, axis=-2, seed=1),
-                        testing.right_orthogonal(shape, seed=2))
+        good = _compose(
+            testing.permutation(shape, axis=-2, seed=1), testing.right_orthogonal(shape, seed=2)
+        )
         bad = testing.left_orthogonal(shape, seed=3)
     else:  # U W Πᵀ: rotate within columns, permute columns
-        good = _compose(testing.permutation(shape, axis=-1, seed=1),
-                        testing.left_orthogonal(shape, seed=2))
+        good = _compose(
+            testing.permutation(shape, axis=-1, seed=1), testing.left_orthogonal(shape, seed=2)
+        )
         bad = testing.right_orthogonal(shape, seed=3)
     # row/column norms of rotated rows are rotation invariant up to float32 rounding: 1e-5.
     testing.check_equivariance(tx, w0, gs, good, rtol=1e-5)
@@ -280,22 +292,34 @@ def test_stacked_leaf_equals_per_slice(name):
         u1, s1 = tx_stack.update(g, s1)
         u2, s2 = tx_slices.update([g[i] for i in range(3)], s2)
         # Same float32 kernels on the same matrices (grouped or not): rtol 1e-6.
-        np.testing.assert_allclose(np.asarray(u1), np.stack([np.asarray(x) for x in u2]),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(u1), np.stack([np.asarray(x) for x in u2]), rtol=1e-6, atol=1e-7
+        )
 
 
 # ---------------------------------------------------------------- optax battery
-_PARAMS = {"w": jnp.zeros((4, 6)), "stack": jnp.zeros((2, 3, 5)), "head": jnp.zeros((6, 8)),
-           "emb": jnp.zeros((8, 4)), "b": jnp.zeros((6,))}
+_PARAMS = {
+    "w": jnp.zeros((4, 6)),
+    "stack": jnp.zeros((2, 3, 5)),
+    "head": jnp.zeros((6, 8)),
+    "emb": jnp.zeros((8, 4)),
+    "b": jnp.zeros((6,)),
+}
 _NORMS = {"w": "spectral", "stack": "spectral", "head": "column", "emb": "row", "b": "bias_rms"}
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["uSCG", "SCG"])
 def test_optax_battery(constrained):
     params = testing.random_like(_PARAMS, seed=1)
-    kwargs = dict(learning_rate=0.05, norms=_NORMS, radius=2.0, momentum=0.2,
-                  constrained=constrained, weight_decay=0.0 if constrained else 0.01,
-                  layout=MatrixLayout())
+    kwargs = dict(
+        learning_rate=0.05,
+        norms=_NORMS,
+        radius=2.0,
+        momentum=0.2,
+        constrained=constrained,
+        weight_decay=0.0 if constrained else 0.01,
+        layout=MatrixLayout(),
+    )
     testing.check_optax_compatibility(S.scion, kwargs, params)
 
 
@@ -305,10 +329,8 @@ def test_battery_sign_head_and_callable_norms():
     def norms(path, leaf):
         return "sign" if path == "head" else "auto"
 
-    kwargs = dict(learning_rate=0.05, norms=norms, radius=3.0, ns_steps=4,
-                  layout=MatrixLayout())
-    testing.check_optax_compatibility(S.scion, kwargs, params,
-                                      static_args=("norms", "ns_steps"))
+    kwargs = dict(learning_rate=0.05, norms=norms, radius=3.0, ns_steps=4, layout=MatrixLayout())
+    testing.check_optax_compatibility(S.scion, kwargs, params, static_args=("norms", "ns_steps"))
 
 
 # ------------------------------------------------------------------------- errors
@@ -330,8 +352,11 @@ def test_bad_inputs_name_the_parameter_path():
         S.scion(0.1).init({"w": jnp.ones((3, 3), jnp.int32)})
     with pytest.raises(TypeError, match="update 'w' has dtype int32"):
         tx = S.scion(0.1)
-        tx.update({"w": jnp.ones((3, 3), jnp.int32)}, tx.init({"w": jnp.ones((3, 3))}),
-                  {"w": jnp.ones((3, 3))})
+        tx.update(
+            {"w": jnp.ones((3, 3), jnp.int32)},
+            tx.init({"w": jnp.ones((3, 3))}),
+            {"w": jnp.ones((3, 3))},
+        )
     with pytest.raises(ValueError, match="weight_decay must be 0"):
         S.scion(0.1, constrained=True, weight_decay=0.1)
     with pytest.raises(ValueError, match="momentum"):

@@ -50,16 +50,19 @@ def test_row_and_column_lmos_are_scale_free_at_1e30():
         np.testing.assert_allclose(big, base, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(ns_steps=0), ValueError, "ns_steps"),
-    (dict(ns_steps=2.5), TypeError, "ns_steps"),
-    (dict(eps=-1e-8), ValueError, "eps"),
-    (dict(momentum=0.0), ValueError, "momentum"),
-    (dict(momentum=np.float32(1.5)), ValueError, "momentum"),
-    (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
-    (dict(learning_rate=None), TypeError, "learning_rate"),
-    (dict(weight_decay=-1.0), ValueError, "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(ns_steps=0), ValueError, "ns_steps"),
+        (dict(ns_steps=2.5), TypeError, "ns_steps"),
+        (dict(eps=-1e-8), ValueError, "eps"),
+        (dict(momentum=0.0), ValueError, "momentum"),
+        (dict(momentum=np.float32(1.5)), ValueError, "momentum"),
+        (dict(mu_dtype=jnp.int32), TypeError, "mu_dtype"),
+        (dict(learning_rate=None), TypeError, "learning_rate"),
+        (dict(weight_decay=-1.0), ValueError, "weight_decay"),
+    ],
+)
 def test_bad_arguments_are_refused_at_construction(kwargs, error, match):
     kwargs = {"learning_rate": 0.02, "layout": MatrixLayout(), **kwargs}
     with pytest.raises(error, match=match):

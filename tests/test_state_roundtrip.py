@@ -43,8 +43,10 @@ def _tree(entry: _zoo.Entry, seed: int) -> dict:
 
 
 def _labels(params: dict) -> dict:
-    return {"body": jax.tree.map(lambda _: "opt", params["body"]),
-            "frozen": jax.tree.map(lambda _: "frozen", params["frozen"])}
+    return {
+        "body": jax.tree.map(lambda _: "opt", params["body"]),
+        "frozen": jax.tree.map(lambda _: "frozen", params["frozen"]),
+    }
 
 
 def _optimizer(entry: _zoo.Entry) -> optax.GradientTransformation:
@@ -94,7 +96,8 @@ def _bitwise_equal(a, b) -> bool:
     return len(la) == len(lb) and all(
         np.asarray(x).dtype == np.asarray(y).dtype
         and np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
-        for x, y in zip(la, lb, strict=True))
+        for x, y in zip(la, lb, strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +108,21 @@ def checkpointer():
 
 
 #: run in the default suite (one per state family); the rest are slow-marked (~2 s each)
-DEFAULT = ("muon", "fismo", "galore", "natural_galore", "egn", "symmetry_compatible",
-           "discard_stale", "skip_nonfinite")
+DEFAULT = (
+    "muon",
+    "fismo",
+    "galore",
+    "natural_galore",
+    "egn",
+    "symmetry_compatible",
+    "discard_stale",
+    "skip_nonfinite",
+)
 
 
-@pytest.mark.parametrize("name", [
-    n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in _zoo.REGISTRY])
+@pytest.mark.parametrize(
+    "name", [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in _zoo.REGISTRY]
+)
 def test_restored_state_continues_bitwise(name, tmp_path, checkpointer):
     entry = _zoo.REGISTRY[name]
     params0 = _tree(entry, seed=0)
@@ -147,11 +159,11 @@ def test_restore_into_another_optimizer_or_shape_raises(tmp_path, checkpointer):
     other = {"params": params, "opt_state": _optimizer(lion).init(_tree(lion, seed=0))}
     with pytest.raises((ValueError, KeyError)):
         checkpointer.restore(tmp_path / "muon", _abstract(other))
-    wider = jax.tree.map(lambda x: jnp.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype)
-                         if x.ndim else x, params)
+    wider = jax.tree.map(
+        lambda x: jnp.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype) if x.ndim else x, params
+    )
     with pytest.raises(ValueError):
-        checkpointer.restore(tmp_path / "muon",
-                             _abstract({"params": wider, "opt_state": state}))
+        checkpointer.restore(tmp_path / "muon", _abstract({"params": wider, "opt_state": state}))
 
 
 def test_perturbed_state_diverges():
@@ -163,7 +175,8 @@ def test_perturbed_state_diverges():
     params, state = run(params, tx.init(params), 0)
     # every floating state entry x1.5 (momenta, Adam moments): a state restored wrong this way
     perturbed = jax.tree.map(
-        lambda x: x * 1.5 if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, state)
+        lambda x: x * 1.5 if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, state
+    )
     p_a, _ = run(params, state, 1)
     p_b, _ = run(params, perturbed, 1)
     assert not _bitwise_equal(p_a, p_b)

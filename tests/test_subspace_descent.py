@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from optzoo.galore import _Core
+from optzoo import _lowrank
 from optzoo.subspace_descent import OnlineSubspaceDescentState, online_subspace_descent
 
 
@@ -30,8 +30,10 @@ STEPS = 6
 
 
 def _grads(steps, seed=10):
-    return [{k: _normal(seed + 7 * t + i, v.shape) for i, (k, v) in enumerate(PARAMS.items())}
-            for t in range(steps)]
+    return [
+        {k: _normal(seed + 7 * t + i, v.shape) for i, (k, v) in enumerate(PARAMS.items())}
+        for t in range(steps)
+    ]
 
 
 def _run(tx, grads, jit):
@@ -48,8 +50,10 @@ def _run(tx, grads, jit):
 
 
 def _rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-                 / np.linalg.norm(np.asarray(b, np.float64)))
+    return float(
+        np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        / np.linalg.norm(np.asarray(b, np.float64))
+    )
 
 
 # ----------------------------------------------------------------------- jit vs eager
@@ -77,7 +81,7 @@ def test_adam_step_at_the_svd_amplifies_rounding_negative_control():
     params = jax.tree.map(jnp.asarray, PARAMS)
     g = jax.tree.map(jnp.asarray, _grads(1)[0])
     inner = tx.init(params)
-    core = _Core(g, None, 2, "std", "test")
+    core = _lowrank.Projection(g, None, 2, "std", "test")
     svd = core.treedef.unflatten(core.svd_projectors(core.flat(inner[0].projector)))
     forced = (inner[0]._replace(count=jnp.ones([], jnp.int32), projector=svd),) + inner[1:]
     _, s_eager = tx.update(g, forced, params)
@@ -117,8 +121,22 @@ class _ReleaseOSD:
     this is the release as written.
     """
 
-    def __init__(self, w, *, rank, lr, gap, scale, wd, b1, b2, eps, project,
-                 eps_in_corrected=False, decay_before_step=False):
+    def __init__(
+        self,
+        w,
+        *,
+        rank,
+        lr,
+        gap,
+        scale,
+        wd,
+        b1,
+        b2,
+        eps,
+        project,
+        eps_in_corrected=False,
+        decay_before_step=False,
+    ):
         self.w = np.asarray(w, np.float64)
         self.rank, self.lr, self.gap, self.scale, self.wd = rank, lr, gap, scale, wd
         self.b1, self.b2, self.eps, self.project = b1, b2, eps, project
@@ -152,7 +170,7 @@ class _ReleaseOSD:
             self.m, self.v = np.zeros_like(low), np.zeros_like(low)
         self.m = self.b1 * self.m + (1 - self.b1) * low
         self.v = self.b2 * self.v + (1 - self.b2) * low * low
-        bc1, bc2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        bc1, bc2 = 1 - self.b1**self.t, 1 - self.b2**self.t
         if self.eps_in_corrected:
             normed = (self.m / bc1) / (np.sqrt(self.v / bc2) + self.eps)
             step_size = self.lr
@@ -182,8 +200,8 @@ class _ReleaseOSD:
         self.factor = self.factor * (1 - lr * wd)
         self.pm = b1 * self.pm + (1 - b1) * grad
         self.pv = b2 * self.pv + (1 - b2) * grad * grad
-        denom = np.sqrt(self.pv) / np.sqrt(1 - b2 ** self.pt) + eps
-        self.factor = self.factor - (lr / (1 - b1 ** self.pt)) * self.pm / denom
+        denom = np.sqrt(self.pv) / np.sqrt(1 - b2**self.pt) + eps
+        self.factor = self.factor - (lr / (1 - b1**self.pt)) * self.pm / denom
 
 
 HP = dict(rank=2, lr=1e-2, gap=10, scale=0.25, wd=0.1, b1=0.9, b2=0.999, eps=1e-6)
@@ -192,8 +210,9 @@ HP = dict(rank=2, lr=1e-2, gap=10, scale=0.25, wd=0.1, b1=0.9, b2=0.999, eps=1e-
 def _optzoo_osd():
     # defaults = the release's (scale 0.25, eps 1e-6, projector AdamW 0.9/0.999/1e-8, wd
     # 0.01, η_P = 1/update_proj_gap); T = 10 so that the projector moves visibly
-    return online_subspace_descent(HP["lr"], HP["rank"], update_proj_gap=HP["gap"],
-                                   weight_decay=HP["wd"])
+    return online_subspace_descent(
+        HP["lr"], HP["rank"], update_proj_gap=HP["gap"], weight_decay=HP["wd"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +244,10 @@ def test_matches_numpy_port_of_the_release(osd_run):
         for t in range(STEPS):
             assert _rel(ups[t][k], port[k][t]) < 2e-5, (k, t, _rel(ups[t][k], port[k][t]))
     # the projector after step 0 is still the SVD one (no move on the initializing step)
-    core = _Core(jax.tree.map(jnp.asarray, grads[0]), None, 2, "std", "test")
+    core = _lowrank.Projection(jax.tree.map(jnp.asarray, grads[0]), None, 2, "std", "test")
     svd = core.treedef.unflatten(core.svd_projectors(core.flat(states[0][0].projector)))
     for k in ("tall", "wide"):
-        np.testing.assert_array_equal(np.asarray(states[0][0].projector[k]),
-                                      np.asarray(svd[k]))
+        np.testing.assert_array_equal(np.asarray(states[0][0].projector[k]), np.asarray(svd[k]))
     assert int(states[0][0].projector_optimizer_state[0].count) == 0
     assert int(states[-1][0].projector_optimizer_state[0].count) == STEPS - 1
 
@@ -254,8 +272,7 @@ def test_release_conventions_differ_only_through_eps_and_decay_order(osd_run):
 def test_numpy_port_negative_control_projector_moved_at_svd(osd_run):
     grads, ups, states = osd_run
     k = "tall"
-    ref = _ReleaseOSD(PARAMS[k], project=True, **HP, eps_in_corrected=True,
-                      decay_before_step=True)
+    ref = _ReleaseOSD(PARAMS[k], project=True, **HP, eps_in_corrected=True, decay_before_step=True)
     align = np.asarray(states[0][0].projector[k])
     ref.step(grads[0][k], align)
     # the old rule: an Adam step on the (float64, ~1e-16) PCA gradient at the SVD projector
@@ -264,16 +281,19 @@ def test_numpy_port_negative_control_projector_moved_at_svd(osd_run):
     assert max(_rel(ups[t][k], later[t - 1]) for t in range(1, STEPS)) > 1e-3
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(projector_learning_rate=-1.0), "projector_learning_rate"),
-    (dict(projector_lr_ratio=-1.0), "projector_lr_ratio"),
-    (dict(projector_lr_ratio=1.0, projector_learning_rate=0.1), "not both"),
-    (dict(projector_weight_decay=-0.1), "projector_weight_decay"),
-    (dict(projector_b2=1.0), "projector_b2"),
-    (dict(projector_eps=0.0), "projector_eps"),
-    (dict(orth_penalty=-1.0), "orth_penalty"),
-    (dict(update_proj_gap=0), "update_proj_gap"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(projector_learning_rate=-1.0), "projector_learning_rate"),
+        (dict(projector_lr_ratio=-1.0), "projector_lr_ratio"),
+        (dict(projector_lr_ratio=1.0, projector_learning_rate=0.1), "not both"),
+        (dict(projector_weight_decay=-0.1), "projector_weight_decay"),
+        (dict(projector_b2=1.0), "projector_b2"),
+        (dict(projector_eps=0.0), "projector_eps"),
+        (dict(orth_penalty=-1.0), "orth_penalty"),
+        (dict(update_proj_gap=0), "update_proj_gap"),
+    ],
+)
 def test_bad_projector_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         online_subspace_descent(1e-2, 2, **bad)

@@ -1,6 +1,6 @@
 """Tests of optzoo.symmetric: float64 numpy re-derivations of every map, the equivariance
-identities of ALGORITHMS.md §1.5 through the public aliases (multi-step, momentum, weight
-decay) with negative controls, the rare-token drift bound, bad input, and the optax battery.
+identities of docs/math/symmetry.md#identities through the public aliases (multi-step, momentum,
+weight decay) with negative controls, the rare-token drift bound, bad input, and the optax battery.
 
 Tolerances: the maps run in float32. Row normalization and centering are O(1)-conditioned, so
 float32 agrees with float64 to ~1e-6 relative; we allow 1e-5. The spectral maps invert a Gram
@@ -13,6 +13,8 @@ from zero parameters (so the error measures the updates alone) and must exceed 0
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,25 +23,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import optzoo
 from optzoo import symmetric, testing
-from optzoo.symmetric import (
-    hybrid,
-    left_spectral,
-    one_sided_spectral,
-    rownorm,
-    scale_by_hybrid,
-    scale_by_left_spectral,
-    scale_by_one_sided_spectral,
-    scale_by_rownorm,
-)
 
 BETA = 0.9
 STEPS = 4
-ROW_TOL = 1e-5   # float32 row maps vs float64 (see module docstring)
+ROW_TOL = 1e-5  # float32 row maps vs float64 (see module docstring)
 SPEC_TOL = 2e-4  # float32 Gram inverse square roots vs float64
-EQ_TOL = 2e-5    # equivariance of float32 trajectories, row maps
+EQ_TOL = 2e-5  # equivariance of float32 trajectories, row maps
 EQ_SPEC_TOL = 2e-4
-CONTROL = 0.05   # a broken symmetry must give at least this relative error
+CONTROL = 0.05  # a broken symmetry must give at least this relative error
 
 
 # --------------------------------------------------------------------------- helpers
@@ -74,7 +67,8 @@ def run_directions(tx, gs):
     return out
 
 
-# numpy float64 re-derivations (units as rows; written from ALGORITHMS.md §0.2, §1.4)
+# numpy float64 re-derivations (units as rows; written from docs/math/conventions.md#primitives,
+# docs/math/symmetry.md#maps)
 def np_ema(gs, beta=BETA):
     m = np.zeros_like(np.asarray(gs[0], np.float64))
     out = []
@@ -146,7 +140,7 @@ def test_rownorm_alias_matches_numpy_trajectory(center):
     shape, lr, wd = (5, 9), 0.05, (0.0 if center else 0.1)
     gs = grads(shape)
     w0 = params_like(shape)
-    tx = rownorm(lr, unit_axis=-1, beta=BETA, center=center, weight_decay=wd)
+    tx = symmetric.rownorm(lr, unit_axis=-1, beta=BETA, center=center, weight_decay=wd)
     state, w = tx.init(w0), w0
     update = jax.jit(tx.update)
     w_np = np.asarray(w0, np.float64).T  # units as rows
@@ -162,7 +156,7 @@ def test_rownorm_alias_matches_numpy_trajectory(center):
 def test_one_sided_matches_numpy(center, alpha):
     shape = (12, 4)  # tall Embed-like (V, d), units on axis 0
     gs = grads(shape, seed=1)
-    tx = scale_by_one_sided_spectral(BETA, unit_axis=0, center=center, alpha=alpha)
+    tx = symmetric.scale_by_one_sided_spectral(BETA, unit_axis=0, center=center, alpha=alpha)
     for d, m in zip(run_directions(tx, gs), np_ema(gs), strict=True):
         assert rel_err(d, np_one_sided(m, center, alpha)) < SPEC_TOL
 
@@ -170,7 +164,7 @@ def test_one_sided_matches_numpy(center, alpha):
 def test_one_sided_newton_schulz_gram_matches_eigh():
     # The matmul-only coupled iteration (20 steps) on a well-conditioned Gram.
     gs = grads((16, 4), steps=2, seed=2)
-    tx = scale_by_one_sided_spectral(BETA, unit_axis=0, gram_method="newton_schulz")
+    tx = symmetric.scale_by_one_sided_spectral(BETA, unit_axis=0, gram_method="newton_schulz")
     for d, m in zip(run_directions(tx, gs), np_ema(gs), strict=True):
         assert rel_err(d, np_one_sided(m)) < 1e-3  # 20 NS steps: ~1e-4 on cond(C) ~ 10
 
@@ -179,7 +173,7 @@ def test_one_sided_newton_schulz_gram_matches_eigh():
 def test_left_spectral_matches_numpy(center):
     shape = (10, 4)  # Flax router kernel (d, E): experts on axis -1
     gs = grads(shape, seed=3)
-    tx = scale_by_left_spectral(BETA, unit_axis=-1, center=center)
+    tx = symmetric.scale_by_left_spectral(BETA, unit_axis=-1, center=center)
     for d, m in zip(run_directions(tx, gs), np_ema([g.T for g in gs]), strict=True):
         assert rel_err(d.T, np_left(m, center)) < SPEC_TOL
 
@@ -189,7 +183,7 @@ def test_left_spectral_matches_numpy(center):
 def test_hybrid_matches_numpy(order, shape, unit_axis):
     # (12, 5) units rows -> tall, right Gram; (9, 3) with units on -1 -> (3, 9) wide, left Gram.
     gs = grads(shape, seed=4)
-    tx = scale_by_hybrid(BETA, unit_axis=unit_axis, order=order, alpha=0.7)
+    tx = symmetric.scale_by_hybrid(BETA, unit_axis=unit_axis, order=order, alpha=0.7)
     to_rows = (lambda x: x) if unit_axis == 0 else (lambda x: x.T)
     for d, m in zip(run_directions(tx, gs), np_ema([to_rows(g) for g in gs]), strict=True):
         assert rel_err(to_rows(d), np_hybrid(m, order, alpha=0.7)) < SPEC_TOL
@@ -198,7 +192,7 @@ def test_hybrid_matches_numpy(order, shape, unit_axis):
 def test_hybrid_centered_and_leaf_scope_match_numpy():
     # Stacked experts (E, U, F): nu summed over the whole leaf (the reference's choice).
     gs = grads((3, 6, 4), seed=5)
-    tx = scale_by_hybrid(BETA, unit_axis=-2, center=True, nu_scope="leaf")
+    tx = symmetric.scale_by_hybrid(BETA, unit_axis=-2, center=True, nu_scope="leaf")
     for d, m in zip(run_directions(tx, gs), np_ema(gs), strict=True):
         per = [np_hybrid(m[e], "row_then_polar", alpha=0.0, center=True) for e in range(3)]
         zs = [np_center(np_rownorm(np_center(m[e]))) for e in range(3)]
@@ -208,7 +202,7 @@ def test_hybrid_centered_and_leaf_scope_match_numpy():
 
 def test_hybrid_polar_method_svd_matches_exact_polar():
     gs = grads((8, 5), steps=2, seed=6)
-    tx = scale_by_hybrid(BETA, unit_axis=0, alpha=0.0, polar_method="svd")
+    tx = symmetric.scale_by_hybrid(BETA, unit_axis=0, alpha=0.0, polar_method="svd")
     for d, m in zip(run_directions(tx, gs), np_ema(gs), strict=True):
         assert rel_err(d, testing.polar_reference(np_rownorm(m))) < 1e-5
 
@@ -217,7 +211,7 @@ def test_hybrid_polar_method_svd_matches_exact_polar():
 def test_gate_up_pair_normalizes_pairs_jointly(pair):
     d, f = 4, 3
     g = grads((d, 2 * f), steps=1, seed=7)[0]  # fused Flax kernel (d, 2f), units on -1
-    tx = scale_by_rownorm(0.0, unit_axis=-1, gate_up_pair=pair)
+    tx = symmetric.scale_by_rownorm(0.0, unit_axis=-1, gate_up_pair=pair)
     (u,) = run_directions(tx, [g])
     gn = np.asarray(g, np.float64)
     for j in range(f):
@@ -228,11 +222,11 @@ def test_gate_up_pair_normalizes_pairs_jointly(pair):
         np.testing.assert_allclose(got, want, rtol=ROW_TOL, atol=ROW_TOL)
 
 
-# ------------------------------------------------- §1.5 identities (aliases, T steps)
+# ---------------------------------------------- docs/math/symmetry.md#identities (aliases, T steps)
 def test_identity2_right_one_sided_is_scaled_polar_factor():
     # Tall full-rank G: f(G) = ν^α polar(G) with ν = ‖G‖_* (β = 0: one gradient).
     g = grads((20, 6), steps=1, seed=8)[0]
-    (u,) = run_directions(scale_by_one_sided_spectral(0.0, unit_axis=0, alpha=1.0), [g])
+    (u,) = run_directions(symmetric.scale_by_one_sided_spectral(0.0, unit_axis=0, alpha=1.0), [g])
     gn = np.asarray(g, np.float64)
     nuc = np.linalg.svd(gn, compute_uv=False).sum()
     assert rel_err(u, nuc * testing.polar_reference(gn)) < SPEC_TOL
@@ -241,35 +235,38 @@ def test_identity2_right_one_sided_is_scaled_polar_factor():
 def test_identity1_2_one_sided_bi_orthogonal_and_adam_control():
     shape = (12, 4)
     gs, w0 = grads(shape, seed=9), params_like(shape)
-    tx = one_sided_spectral(1e-2, unit_axis=0, beta=BETA, weight_decay=0.1)
+    tx = symmetric.one_sided_spectral(1e-2, unit_axis=0, beta=BETA, weight_decay=0.1)
     # exact arithmetic: U·Vᵀ for any orthogonal U (float32: to rounding of the Gram root)
     testing.check_equivariance(tx, w0, gs, testing.bi_orthogonal(shape, 1), rtol=EQ_SPEC_TOL)
     act = compose(testing.permutation(shape, 0, 2), testing.right_orthogonal(shape, 3))
     testing.check_equivariance(tx, w0, gs, act, rtol=EQ_SPEC_TOL)
-    assert testing.equivariance_error(optax.adamw(1e-2), 0 * w0, gs,
-                                      testing.bi_orthogonal(shape, 1)) > CONTROL
+    assert (
+        testing.equivariance_error(optax.adamw(1e-2), 0 * w0, gs, testing.bi_orthogonal(shape, 1))
+        > CONTROL
+    )
 
 
 def test_identity3_rownorm_permutation_rotation_scaling_and_controls():
     shape = (7, 5)  # Embed (V, d)
     gs, w0 = grads(shape, seed=10), params_like(shape)
-    tx = rownorm(0.1, unit_axis=0, beta=BETA, weight_decay=0.1)
+    tx = symmetric.rownorm(0.1, unit_axis=0, beta=BETA, weight_decay=0.1)
     act = compose(testing.permutation(shape, 0, 1), testing.right_orthogonal(shape, 2))
     testing.check_equivariance(tx, w0, gs, act, rtol=EQ_TOL)
     # f(D G) = f(G): invariance, parameters untouched by D
     diag = testing.positive_diagonal_scaling(shape, 0, 3)
-    testing.check_equivariance(tx, w0, gs, diag, param_action=None, output_action=None,
-                               rtol=EQ_TOL)
+    testing.check_equivariance(tx, w0, gs, diag, param_action=None, output_action=None, rtol=EQ_TOL)
     # negative controls: a left rotation mixes units; Adam under a right rotation
     assert testing.equivariance_error(tx, 0 * w0, gs, testing.left_orthogonal(shape, 4)) > CONTROL
-    assert testing.equivariance_error(optax.adam(0.1), 0 * w0, gs,
-                                      testing.right_orthogonal(shape, 5)) > CONTROL
+    assert (
+        testing.equivariance_error(optax.adam(0.1), 0 * w0, gs, testing.right_orthogonal(shape, 5))
+        > CONTROL
+    )
 
 
 def test_identity3_unit_norm_rows_and_zero_rows_stay_zero():
     g = grads((6, 5), steps=3, seed=11)
     g = [x.at[2].set(0.0).at[5].set(0.0) for x in g]  # tokens never seen
-    for d in run_directions(scale_by_rownorm(BETA, unit_axis=0), g):
+    for d in run_directions(symmetric.scale_by_rownorm(BETA, unit_axis=0), g):
         norms = np.linalg.norm(d, axis=1)
         np.testing.assert_allclose(norms[[0, 1, 3, 4]], 1.0, rtol=1e-6)  # ρ/(ρ+1e-8), ρ ~ 1
         assert np.all(d[[2, 5]] == 0.0)
@@ -278,13 +275,14 @@ def test_identity3_unit_norm_rows_and_zero_rows_stay_zero():
 def test_identity4_hybrid_row_then_polar_and_polar_then_row_control():
     shape = (9, 4)
     gs, w0 = grads(shape, seed=12), params_like(shape)
-    tx = hybrid(1e-2, unit_axis=0, beta=BETA, weight_decay=0.1)
+    tx = symmetric.hybrid(1e-2, unit_axis=0, beta=BETA, weight_decay=0.1)
     perm, rot = testing.permutation(shape, 0, 1), testing.right_orthogonal(shape, 2)
     diag = testing.positive_diagonal_scaling(shape, 0, 3)
     # f(P D G Qᵀ) = P f(G) Qᵀ: gradients get P·D·Qᵀ, parameters and outputs P·Qᵀ
-    testing.check_equivariance(tx, w0, gs, compose(perm, diag, rot),
-                               param_action=compose(perm, rot), rtol=EQ_SPEC_TOL)
-    other = hybrid(1e-2, unit_axis=0, beta=BETA, order="polar_then_row", weight_decay=0.1)
+    testing.check_equivariance(
+        tx, w0, gs, compose(perm, diag, rot), param_action=compose(perm, rot), rtol=EQ_SPEC_TOL
+    )
+    other = symmetric.hybrid(1e-2, unit_axis=0, beta=BETA, order="polar_then_row", weight_decay=0.1)
     testing.check_equivariance(other, w0, gs, compose(perm, rot), rtol=EQ_SPEC_TOL)
     assert testing.equivariance_error(other, 0 * w0, gs, diag, None, None) > CONTROL
     assert testing.equivariance_error(tx, 0 * w0, gs, testing.left_orthogonal(shape, 4)) > CONTROL
@@ -295,16 +293,17 @@ def test_identity5_centered_maps_shift_invariant_horizontal_equivariant(alias):
     shape = (10, 4)  # Flax router kernel (d, E): experts on axis -1
     gs, w0 = grads(shape, seed=13), params_like(shape)
     make = {
-        "rownorm": lambda c: rownorm(1e-2, unit_axis=-1, beta=BETA, center=c),
-        "left": lambda c: left_spectral(1e-2, unit_axis=-1, beta=BETA, center=c),
-        "hybrid": lambda c: hybrid(1e-2, unit_axis=-1, beta=BETA, center=c, side="left"),
-        "one_sided": lambda c: one_sided_spectral(1e-2, unit_axis=0, beta=BETA, center=c),
+        "rownorm": lambda c: symmetric.rownorm(1e-2, unit_axis=-1, beta=BETA, center=c),
+        "left": lambda c: symmetric.left_spectral(1e-2, unit_axis=-1, beta=BETA, center=c),
+        "hybrid": lambda c: symmetric.hybrid(1e-2, unit_axis=-1, beta=BETA, center=c, side="left"),
+        "one_sided": lambda c: symmetric.one_sided_spectral(1e-2, unit_axis=0, beta=BETA, center=c),
     }[alias]
     unit = 0 if alias == "one_sided" else -1
     tx = make(True)
     shift = testing.shift(shape, unit_axis=unit, seed=14)
-    testing.check_equivariance(tx, w0, gs, shift, param_action=None, output_action=None,
-                               rtol=EQ_SPEC_TOL)
+    testing.check_equivariance(
+        tx, w0, gs, shift, param_action=None, output_action=None, rtol=EQ_SPEC_TOL
+    )
     # 1ᵀΔ = 0 at every step (the update never moves along the shift orbit)
     state, w = tx.init(w0), w0
     for g in gs:
@@ -313,9 +312,10 @@ def test_identity5_centered_maps_shift_invariant_horizontal_equivariant(alias):
         scale = float(jnp.max(jnp.abs(u)))
         assert float(jnp.max(jnp.abs(jnp.sum(u, axis=unit)))) < 1e-5 * scale * shape[unit]
     other = 1 - unit if unit >= 0 else 0
-    act = compose(testing.permutation(shape, unit, 15),
-                  (testing.left_orthogonal if other == 0 else testing.right_orthogonal)(shape,
-                                                                                        16))
+    act = compose(
+        testing.permutation(shape, unit, 15),
+        (testing.left_orthogonal if other == 0 else testing.right_orthogonal)(shape, 16),
+    )
     testing.check_equivariance(tx, w0, gs, act, rtol=EQ_SPEC_TOL)
     # negative control: the uncentered map is not shift invariant
     assert testing.equivariance_error(make(False), 0 * w0, gs, shift, None, None) > CONTROL
@@ -324,7 +324,7 @@ def test_identity5_centered_maps_shift_invariant_horizontal_equivariant(alias):
 @pytest.mark.parametrize("alias", ["rownorm", "hybrid"])
 def test_identity6_swiglu_orientations(alias):
     d, f = 4, 9
-    make = {"rownorm": rownorm, "hybrid": hybrid}[alias]
+    make = {"rownorm": symmetric.rownorm, "hybrid": symmetric.hybrid}[alias]
     down = (f, d)  # Flax down kernel: neurons on axis 0 (column-aware in PyTorch terms)
     gs, w0 = grads(down, seed=17), params_like(down)
     tx = make(1e-2, unit_axis=0, beta=BETA, weight_decay=0.1)
@@ -343,12 +343,13 @@ def test_identity6_fused_pair_needs_the_same_permutation_on_both_halves():
     d, f = 4, 5
     shape = (d, 2 * f)  # concat: gate | up
     gs, w0 = grads(shape, seed=23), params_like(shape)
-    tx = rownorm(1e-2, unit_axis=-1, beta=BETA, gate_up_pair="concat", weight_decay=0.1)
+    tx = symmetric.rownorm(1e-2, unit_axis=-1, beta=BETA, gate_up_pair="concat", weight_decay=0.1)
     perm = np.random.default_rng(24).permutation(f)
     joint = testing.Action(lambda x, t: jnp.concatenate([x[:, perm], x[:, f + perm]], 1), "P|P")
     gate_only = testing.Action(lambda x, t: jnp.concatenate([x[:, perm], x[:, f:]], 1), "P|I")
-    testing.check_equivariance(tx, w0, gs, compose(joint, testing.left_orthogonal(shape, 25)),
-                               rtol=EQ_TOL)
+    testing.check_equivariance(
+        tx, w0, gs, compose(joint, testing.left_orthogonal(shape, 25)), rtol=EQ_TOL
+    )
     assert testing.equivariance_error(tx, 0 * w0, gs, gate_only) > CONTROL
 
 
@@ -359,11 +360,13 @@ def test_rare_token_drift_is_exposed_and_bounded():
     rng = np.random.default_rng(26)
     g_rare = np.array([0.0, 0.6, 0.8])  # ‖g‖ = 1, seen once at step 0
     active = [rng.standard_normal((3, 3)) for _ in range(steps)]
-    seq = [jnp.asarray(np.vstack([g_rare if t == 0 else np.zeros(3), active[t]]), jnp.float32)
-           for t in range(steps)]
+    seq = [
+        jnp.asarray(np.vstack([g_rare if t == 0 else np.zeros(3), active[t]]), jnp.float32)
+        for t in range(steps)
+    ]
 
     def drift(threshold):
-        tx = rownorm(lr, unit_axis=0, beta=beta, eps=eps, threshold=threshold)
+        tx = symmetric.rownorm(lr, unit_axis=0, beta=beta, eps=eps, threshold=threshold)
         w = jnp.zeros(shape)
         state, update = tx.init(w), jax.jit(tx.update)
         for g in seq:
@@ -377,8 +380,8 @@ def test_rare_token_drift_is_exposed_and_bounded():
     k_star = np.log(eps / (1 - beta)) / np.log(beta)  # ≈ 153 steps at which ρ_k = ε
     got = drift(0.0)
     assert abs(got - want) < 1e-4 * want
-    assert got > 0.9 * lr * k_star                       # exposed: keeps moving ~150 steps
-    assert got < lr * (k_star + 1 / (1 - beta) + 1)      # bounded by the documented ε bound
+    assert got > 0.9 * lr * k_star  # exposed: keeps moving ~150 steps
+    assert got < lr * (k_star + 1 / (1 - beta) + 1)  # bounded by the documented ε bound
     # relative threshold: stops once ρ_k <= τ·max row norm (active rows' momentum >= 0.1)
     k_tau = np.log(tau * 0.1 / (1 - beta)) / np.log(beta)
     assert drift(tau) < lr * (k_tau + 2) < 0.5 * got
@@ -386,20 +389,25 @@ def test_rare_token_drift_is_exposed_and_bounded():
 
 # ------------------------------------------------------------------ property tests
 _BLOCKS = {
-    "rownorm": lambda: scale_by_rownorm(0.0, unit_axis=0),
-    "rownorm_centered": lambda: scale_by_rownorm(0.0, unit_axis=-1, center=True),
-    "one_sided": lambda: scale_by_one_sided_spectral(0.0, unit_axis=0),
-    "left": lambda: scale_by_left_spectral(0.0, unit_axis=-1),
-    "hybrid": lambda: scale_by_hybrid(0.0, unit_axis=0, order="polar_then_row"),
+    "rownorm": lambda: symmetric.scale_by_rownorm(0.0, unit_axis=0),
+    "rownorm_centered": lambda: symmetric.scale_by_rownorm(0.0, unit_axis=-1, center=True),
+    "one_sided": lambda: symmetric.scale_by_one_sided_spectral(0.0, unit_axis=0),
+    "left": lambda: symmetric.scale_by_left_spectral(0.0, unit_axis=-1),
+    "hybrid": lambda: symmetric.scale_by_hybrid(0.0, unit_axis=0, order="polar_then_row"),
 }
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(kind=st.sampled_from(sorted(_BLOCKS)), m=st.integers(2, 6), n=st.integers(2, 6),
-       log_scale=st.floats(-6, 6), bf16=st.booleans())
+@given(
+    kind=st.sampled_from(sorted(_BLOCKS)),
+    m=st.integers(2, 6),
+    n=st.integers(2, 6),
+    log_scale=st.floats(-6, 6),
+    bf16=st.booleans(),
+)
 def test_finite_in_finite_out_over_shapes_scales_dtypes(kind, m, n, log_scale, bf16):
     dtype = jnp.bfloat16 if bf16 else jnp.float32
-    g = (10.0 ** log_scale * grads((m, n), steps=1, seed=m * 7 + n)[0]).astype(dtype)
+    g = (10.0**log_scale * grads((m, n), steps=1, seed=m * 7 + n)[0]).astype(dtype)
     tx = _BLOCKS[kind]()
     u, _ = tx.update(g, tx.init(g))
     assert u.dtype == dtype and bool(jnp.all(jnp.isfinite(u)))
@@ -413,50 +421,111 @@ def test_finite_in_finite_out_over_shapes_scales_dtypes(kind, m, n, log_scale, b
 def test_bad_unit_axis_and_leaves_raise_naming_the_path():
     params = {"embed": {"embedding": jnp.zeros((6, 4))}}
     with pytest.raises(ValueError, match=r"unit_axis 2 is out of range.*embed/embedding"):
-        rownorm(0.1, unit_axis=2).init(params)
+        symmetric.rownorm(0.1, unit_axis=2).init(params)
     with pytest.raises(ValueError, match="embed/embedding.*needs a unit axis"):
-        scale_by_rownorm(unit_axis=None).init(params)
+        symmetric.scale_by_rownorm(unit_axis=None).init(params)
     with pytest.raises(TypeError, match="static_args"):
-        scale_by_rownorm(unit_axis=jnp.asarray(0))
+        symmetric.scale_by_rownorm(unit_axis=jnp.asarray(0))
     stacked = {"experts": jnp.zeros((3, 4, 5))}
     with pytest.raises(ValueError, match="experts.*batch axis"):
-        scale_by_rownorm(unit_axis=0).init(stacked)
+        symmetric.scale_by_rownorm(unit_axis=0).init(stacked)
     with pytest.raises(ValueError, match="'norm/scale'.*no matrix layout"):
-        scale_by_hybrid(unit_axis=0).init({"norm": {"scale": jnp.ones(4)}})
+        symmetric.scale_by_hybrid(unit_axis=0).init({"norm": {"scale": jnp.ones(4)}})
     with pytest.raises(TypeError, match="'ids'"):
-        scale_by_rownorm(unit_axis=0).init({"ids": jnp.zeros((3, 3), jnp.int32)})
+        symmetric.scale_by_rownorm(unit_axis=0).init({"ids": jnp.zeros((3, 3), jnp.int32)})
     with pytest.raises(ValueError, match="gate_up_pair.*even.*'w'"):
-        scale_by_rownorm(unit_axis=-1, gate_up_pair="concat").init({"w": jnp.zeros((3, 5))})
+        symmetric.scale_by_rownorm(unit_axis=-1, gate_up_pair="concat").init(
+            {"w": jnp.zeros((3, 5))}
+        )
     with pytest.raises(ValueError, match="weight_decay=0"):
-        rownorm(0.1, unit_axis=0, center=True, weight_decay=0.1)
+        symmetric.rownorm(0.1, unit_axis=0, center=True, weight_decay=0.1)
     with pytest.raises(ValueError, match="order"):
-        hybrid(0.1, unit_axis=0, order="sideways")
+        symmetric.hybrid(0.1, unit_axis=0, order="sideways")
     with pytest.raises(ValueError, match="beta"):
-        rownorm(0.1, unit_axis=0, beta=1.5)
+        symmetric.rownorm(0.1, unit_axis=0, beta=1.5)
 
 
 def test_alias_sends_vectors_to_the_documented_fallback():
     params = {"w": params_like((6, 4)), "b": jnp.ones(4)}
     g = {"w": grads((6, 4), steps=1)[0], "b": jnp.full(4, 3.0)}
-    tx = rownorm(0.5, unit_axis=0)  # default fallback: AdamW(3e-4, 0.9, 0.95)
+    tx = symmetric.rownorm(0.5, unit_axis=0)  # default fallback: AdamW(3e-4, 0.9, 0.95)
     u, _ = tx.update(g, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(u["b"]), -3e-4, rtol=1e-5)  # Adam's first step
     # matrix leaf: every row moves by exactly lr (ρ/(ρ + ε) with ρ = ‖(1-β) g_i‖ ~ 0.05)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(u["w"]), axis=1), 0.5, rtol=1e-5)
 
 
+def test_alias_fallback_is_an_adamw_or_a_transformation_used_as_configured():
+    params = {"w": params_like((6, 4)), "b": jnp.ones(4)}
+    gs = [{"w": g, "b": jnp.full(4, 3.0 * (k + 1))} for k, g in enumerate(grads((6, 4), steps=2))]
+    spec = optzoo.fallback.AdamW(learning_rate=1e-2, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)
+    adamw = optax.adamw(1e-2, b1=0.8, b2=0.99, eps=1e-6, weight_decay=0.1)
+    for fallback, alone in ((spec, adamw), (optax.sgd(0.1), optax.sgd(0.1))):
+        tx = symmetric.rownorm(0.5, unit_axis=0, fallback=fallback)
+        state, p, alone_state, b = tx.init(params), params, alone.init(params["b"]), params["b"]
+        for g in gs:  # the vector leaf moves exactly as under the fallback run alone
+            u, state = tx.update(g, state, p)
+            want, alone_state = alone.update(g["b"], alone_state, b)
+            np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(want))
+            p, b = optax.apply_updates(p, u), optax.apply_updates(b, want)
+    with pytest.raises(TypeError, match="rownorm: fallback must be"):
+        symmetric.rownorm(0.5, unit_axis=0, fallback="adamw")
+    with pytest.raises(TypeError, match="adam_learning_rate"):  # removed: fallback=AdamW(...)
+        symmetric.rownorm(0.5, unit_axis=0, adam_learning_rate=1e-3)
+
+
+@pytest.mark.parametrize("name", ["rownorm", "one_sided_spectral", "left_spectral", "hybrid"])
+def test_alias_signature_is_learning_rate_its_block_and_the_alias_arguments(name):
+    alias, block = getattr(symmetric, name), getattr(symmetric, f"scale_by_{name}")
+    params = inspect.signature(alias).parameters
+    block_params = inspect.signature(block).parameters
+    assert alias.__name__ == name
+    assert list(params) == [
+        "learning_rate",
+        *block_params,
+        "weight_decay",
+        "weight_decay_mask",
+        "fallback",
+    ]
+    for arg, p in block_params.items():
+        assert params[arg].default == p.default
+        assert params[arg].kind is inspect.Parameter.KEYWORD_ONLY
+    for fn in (alias, block):  # every argument is documented, once
+        for arg in inspect.signature(fn).parameters:
+            assert fn.__doc__.count(f"\n      {arg}: ") == 1, (fn.__name__, arg)
+        assert "{args}" not in fn.__doc__
+    with pytest.raises(TypeError):
+        alias(0.1, 0.9, unit_axis=0)  # only learning_rate is positional
+    state = alias(0.1, unit_axis=0).init({"w": jnp.ones((4, 3)), "b": jnp.ones(3)})
+    assert set(state.inner_states) == {"matrix", "fallback"}  # the partition's labels
+
+
 # ------------------------------------------------------------------- optax battery
 _BATTERY_PARAMS = {"w": jnp.ones((2, 6, 5)), "b": jnp.zeros(5)}  # stacked matrix + fallback
 
 
-@pytest.mark.parametrize("factory,kwargs,static", [
-    (rownorm, dict(learning_rate=0.1, unit_axis=-1, center=True), ("unit_axis",)),
-    (one_sided_spectral, dict(learning_rate=0.01, unit_axis=-2, weight_decay=0.01),
-     ("unit_axis", "gram_steps")),
-    (hybrid, dict(learning_rate=0.01, unit_axis=-1, weight_decay=0.01),
-     ("unit_axis", "gram_steps")),
-    (left_spectral, dict(learning_rate=0.01, unit_axis=-1), ("unit_axis", "gram_steps")),
-], ids=["rownorm", "one_sided_spectral", "hybrid", "left_spectral"])
+@pytest.mark.parametrize(
+    "factory,kwargs,static",
+    [
+        (symmetric.rownorm, dict(learning_rate=0.1, unit_axis=-1, center=True), ("unit_axis",)),
+        (
+            symmetric.one_sided_spectral,
+            dict(learning_rate=0.01, unit_axis=-2, weight_decay=0.01),
+            ("unit_axis", "gram_steps"),
+        ),
+        (
+            symmetric.hybrid,
+            dict(learning_rate=0.01, unit_axis=-1, weight_decay=0.01),
+            ("unit_axis", "gram_steps"),
+        ),
+        (
+            symmetric.left_spectral,
+            dict(learning_rate=0.01, unit_axis=-1),
+            ("unit_axis", "gram_steps"),
+        ),
+    ],
+    ids=["rownorm", "one_sided_spectral", "hybrid", "left_spectral"],
+)
 def test_optax_compatibility(factory, kwargs, static):
     testing.check_optax_compatibility(factory, kwargs, _BATTERY_PARAMS, static_args=static)
 

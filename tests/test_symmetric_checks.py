@@ -12,14 +12,17 @@ import pytest
 import optzoo
 
 
-@pytest.mark.parametrize("build,match", [
-    (lambda: optzoo.rownorm(0.02, unit_axis=-1, threshold=1.0), "threshold"),
-    (lambda: optzoo.rownorm(0.02, unit_axis=-1, threshold=-0.1), "threshold"),
-    (lambda: optzoo.rownorm(0.02, unit_axis=-1, eps=-1.0), "eps"),
-    (lambda: optzoo.hybrid(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
-    (lambda: optzoo.one_sided_spectral(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
-    (lambda: optzoo.left_spectral(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
-])
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: optzoo.rownorm(0.02, unit_axis=-1, threshold=1.0), "threshold"),
+        (lambda: optzoo.rownorm(0.02, unit_axis=-1, threshold=-0.1), "threshold"),
+        (lambda: optzoo.rownorm(0.02, unit_axis=-1, eps=-1.0), "eps"),
+        (lambda: optzoo.hybrid(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
+        (lambda: optzoo.one_sided_spectral(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
+        (lambda: optzoo.left_spectral(0.02, unit_axis=-1, gram_steps=0), "gram_steps"),
+    ],
+)
 def test_bad_arguments_are_refused_at_construction(build, match):
     with pytest.raises(ValueError, match=match):
         build()

@@ -28,46 +28,58 @@ from optzoo.symmetric_stack import symmetry_compatible
 
 BLOCKS = {
     "rownorm": lambda num, eps=1e-8: scale_by_rownorm(0.95, unit_axis=0, eps=eps),
-    "rownorm_centered": lambda num, eps=1e-8: scale_by_rownorm(0.95, unit_axis=-1,
-                                                               center=True, eps=eps),
-    "one_sided": lambda num, eps=1e-8: scale_by_one_sided_spectral(0.95, unit_axis=0,
-                                                                   numerics=num),
+    "rownorm_centered": lambda num, eps=1e-8: scale_by_rownorm(
+        0.95, unit_axis=-1, center=True, eps=eps
+    ),
+    "one_sided": lambda num, eps=1e-8: scale_by_one_sided_spectral(0.95, unit_axis=0, numerics=num),
     "one_sided_centered": lambda num, eps=1e-8: scale_by_one_sided_spectral(
-        0.95, unit_axis=0, center=True, numerics=num),
+        0.95, unit_axis=0, center=True, numerics=num
+    ),
     "left": lambda num, eps=1e-8: scale_by_left_spectral(0.95, unit_axis=-1, numerics=num),
     "hybrid": lambda num, eps=1e-8: scale_by_hybrid(0.95, unit_axis=0, numerics=num, eps=eps),
     "hybrid_centered_left": lambda num, eps=1e-8: scale_by_hybrid(
-        0.95, unit_axis=-1, center=True, side="left", numerics=num, eps=eps),
+        0.95, unit_axis=-1, center=True, side="left", numerics=num, eps=eps
+    ),
     "hybrid_polar_then_row": lambda num, eps=1e-8: scale_by_hybrid(
-        0.95, unit_axis=0, order="polar_then_row", numerics=num, eps=eps),
+        0.95, unit_axis=0, order="polar_then_row", numerics=num, eps=eps
+    ),
 }
-ROW_BASED = ("rownorm", "rownorm_centered", "hybrid", "hybrid_centered_left",
-             "hybrid_polar_then_row")
+ROW_BASED = (
+    "rownorm",
+    "rownorm_centered",
+    "hybrid",
+    "hybrid_centered_left",
+    "hybrid_polar_then_row",
+)
 SHAPE = (10, 4)
 
 
 def _g(seed=0, shape=SHAPE, scale=1.0, dtype=jnp.float32):
-    return (scale * jnp.asarray(np.random.default_rng(seed).standard_normal(shape),
-                                jnp.float32)).astype(dtype)
+    return (
+        scale * jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+    ).astype(dtype)
 
 
 def _stop_run(tx, g, live=5, dead=2000):
     """``live`` real gradients, then ``dead`` zero ones (lax.scan): all updates and a flag."""
+
     def body(state, gt):
         u, state = tx.update(gt, state)
         return state, (jnp.all(jnp.isfinite(u)), jnp.max(jnp.abs(u)))
 
-    seq = jnp.concatenate([jnp.broadcast_to(g, (live,) + g.shape),
-                           jnp.zeros((dead,) + g.shape, g.dtype)])
+    seq = jnp.concatenate(
+        [jnp.broadcast_to(g, (live,) + g.shape), jnp.zeros((dead,) + g.shape, g.dtype)]
+    )
     _, (finite, peak) = jax.jit(lambda s, x: jax.lax.scan(body, s, x))(tx.init(g), seq)
     return np.asarray(finite), np.asarray(peak)
 
 
 _DEFAULT_REF = ("left", "hybrid_centered_left")  # the released router / head numerics
 CASES = [(k, "exact") for k in sorted(BLOCKS)] + [
-    (k, "reference") if k in _DEFAULT_REF else
-    pytest.param(k, "reference", marks=pytest.mark.slow)
-    for k in sorted(BLOCKS) if not k.startswith("rownorm")]
+    (k, "reference") if k in _DEFAULT_REF else pytest.param(k, "reference", marks=pytest.mark.slow)
+    for k in sorted(BLOCKS)
+    if not k.startswith("rownorm")
+]
 
 
 @pytest.mark.parametrize("kind,num", CASES)
@@ -89,12 +101,16 @@ def test_symmetry_compatible_collapsed_expert_stays_finite():
     gradient. Before: NaN from step ~1187 on (and ``skip_nonfinite`` saw nothing, the
     gradients being finite)."""
     e, d, f = 3, 6, 4
-    tree = {"moe": {"router": {"kernel": jnp.zeros((d, e))},
-                    "experts": {"gate_proj": jnp.zeros((e, d, f)),
-                                "down_proj": jnp.zeros((e, f, d))}}}
+    tree = {
+        "moe": {
+            "router": {"kernel": jnp.zeros((d, e))},
+            "experts": {"gate_proj": jnp.zeros((e, d, f)), "down_proj": jnp.zeros((e, f, d))},
+        }
+    }
     tx = symmetry_compatible(1e-2, experts="hybrid", router="left", preset="olmoe_left")
-    g0 = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(2).standard_normal(x.shape),
-                                            jnp.float32), tree)
+    g0 = jax.tree.map(
+        lambda x: jnp.asarray(np.random.default_rng(2).standard_normal(x.shape), jnp.float32), tree
+    )
     dead = jax.tree.map(lambda x: x.at[0].set(0.0) if x.ndim == 3 else x, g0)
 
     def body(carry, t):
@@ -105,7 +121,8 @@ def test_symmetry_compatible_collapsed_expert_stays_finite():
         return (state, optax.apply_updates(params, u)), ok
 
     (_, params), ok = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(2000)))(
-        (tx.init(tree), tree))
+        (tx.init(tree), tree)
+    )
     assert np.asarray(ok).all(), int(np.argmin(np.asarray(ok)))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
 
@@ -142,9 +159,14 @@ def test_directions_at_1e30_and_1e_30_equal_the_scale_1_direction(kind):
         assert np.linalg.norm(got - want) < 1e-4, (scale, np.linalg.norm(got - want))
 
 
-@pytest.mark.parametrize("kind", [
-    k if k in _DEFAULT_REF else pytest.param(k, marks=pytest.mark.slow)
-    for k in sorted(BLOCKS) if not k.startswith("rownorm")])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        k if k in _DEFAULT_REF else pytest.param(k, marks=pytest.mark.slow)
+        for k in sorted(BLOCKS)
+        if not k.startswith("rownorm")
+    ],
+)
 def test_reference_numerics_finite_over_the_range_and_scale_free_when_large(kind):
     """The reference's iterations keep its absolute epsilons (``ns_epsilon`` 1e-7 on
     ``‖M‖_F``, damping ``eps·I`` of the Gram): tiny momenta give a (finite) vanishing step,
@@ -172,8 +194,9 @@ def test_inject_hyperparams_reproduces_the_plain_optimizer(shape):
     Now both paths compute with float32 arrays of the hyperparameters."""
     kw = dict(learning_rate=0.01, unit_axis=-2, weight_decay=0.01)
     plain = one_sided_spectral(**kw)
-    inj = optax.inject_hyperparams(one_sided_spectral,
-                                   static_args=("unit_axis", "gram_steps"))(**kw)
+    inj = optax.inject_hyperparams(one_sided_spectral, static_args=("unit_axis", "gram_steps"))(
+        **kw
+    )
     p = _g(7, shape)
     sa, sb, pa, pb, worst = plain.init(p), inj.init(p), p, p, 0.0
     for t in range(10):

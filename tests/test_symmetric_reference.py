@@ -32,17 +32,9 @@ import numpy as np
 import optax
 import pytest
 
-from optzoo import routing
+from optzoo import routing, symmetric
+from optzoo._symmetric_core import PE_UNSCALED
 from optzoo.layout import MatrixLayout
-from optzoo.symmetric import (
-    hybrid,
-    left_spectral,
-    one_sided_spectral,
-    rownorm,
-    scale_by_hybrid,
-    scale_by_left_spectral,
-    scale_by_one_sided_spectral,
-)
 from optzoo.symmetric_stack import PRESETS, symmetry_compatible, symmetry_compatible_numerics
 
 BETA, LR, WD, STEPS = 0.9, 1e-2, 0.1, 4
@@ -51,20 +43,13 @@ ROW_TOL = {"float64": 1e-10, "float32": 1e-5}
 F16_TOL = 2e-2
 
 # ------------------------------------------------------------------ reference ports
-# Polar Express quintics (Amsel et al.), in the reference's invsqrt.py / hybrid.py tables and
-# gram_newton_schulz.coefficients: all but the last row divided by the safety factor 1.05
-# in the sense p(x/1.05); rows past the table repeat its last row.
-_PE_RAW = [
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
-]
-_PE_TABLE = [(a / 1.05, b / 1.05 ** 3, c / 1.05 ** 5) for a, b, c in _PE_RAW[:-1]] + [_PE_RAW[-1]]
+# Polar Express quintics (Amsel et al.) of the reference's invsqrt.py / hybrid.py tables and
+# gram_newton_schulz.coefficients, before the safety factor: the published numbers are data
+# that optzoo keeps once (PE_UNSCALED, pinned by test_the_polar_express_table_is_the_published
+# _one); the port applies the reference's factor itself: every row but the last divided by
+# 1.05 in the sense p(x/1.05); rows past the table repeat its last row.
+_PE_RAW = list(PE_UNSCALED)
+_PE_TABLE = [(a / 1.05, b / 1.05**3, c / 1.05**5) for a, b, c in _PE_RAW[:-1]] + [_PE_RAW[-1]]
 # Muon's Polar Express (polar_express.py: 5 steps, safety 2e-2, cushion 2)
 _MUON_PE = [
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
@@ -214,8 +199,9 @@ def ref_left_dir(m, center=True, alpha=1.0, eps=1e-8):
     return ref_center(u) if center else u
 
 
-def ref_hybrid_dir(m, order, center=False, alpha=1.0, eps=1e-8, impl="gramns", left=False,
-                   dtype=np.float16):
+def ref_hybrid_dir(
+    m, order, center=False, alpha=1.0, eps=1e-8, impl="gramns", left=False, dtype=np.float16
+):
     """HybridPolarGradM (impl 'standard': PE inverse root, right Gram unless ``left``) and
     HybridPolarGradM_GramNS (impl 'gramns'); impl 'exact' uses the SVD polar factor. nu is the
     sum over all entries (of the whole, possibly stacked, tensor)."""
@@ -277,8 +263,10 @@ def gaussian(shape, seed, dtype):
 
 
 def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-                 / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30))
+    return float(
+        np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30)
+    )
 
 
 def run_alias(tx, w0, gs):
@@ -327,74 +315,155 @@ def _name(dt):
 
 
 # ------------------------------------------------------------------------ the maps
+def test_the_polar_express_table_is_the_published_one():
+    """The table optzoo and the ports share: 8 rows, the first as published in
+    gram_newton_schulz/coefficients.py, the last Newton–Schulz's limit quintic
+    ``p(x) = (15x − 10x³ + 3x⁵)/8`` (``p(1) = 1``, ``p'(1) = 0``)."""
+    assert len(PE_UNSCALED) == 8
+    assert PE_UNSCALED[0] == (8.28721201814563, -23.595886519098837, 17.300387312530933)
+    assert PE_UNSCALED[-1] == (15 / 8, -10 / 8, 3 / 8)
+
+
 @pytest.mark.parametrize("center", [False, True])
 def test_rownorm_parity(dtype, center):
     wd = 0.0 if center else WD
-    tx = rownorm(LR, unit_axis=-1, beta=BETA, center=center, weight_decay=wd)
-    compare(tx, lambda m: ref_rownorm_dir(m, center), (9, 5), dtype, ROW_TOL[_name(dtype)],
-            flax_t=True, wd=wd)
+    tx = symmetric.rownorm(LR, unit_axis=-1, beta=BETA, center=center, weight_decay=wd)
+    compare(
+        tx,
+        lambda m: ref_rownorm_dir(m, center),
+        (9, 5),
+        dtype,
+        ROW_TOL[_name(dtype)],
+        flax_t=True,
+        wd=wd,
+    )
 
 
-@pytest.mark.parametrize("center,dtype", [
-    (True, "float32"), (False, "float32"), (False, "float64"),
-    pytest.param(True, "float64", marks=pytest.mark.slow)], indirect=["dtype"])
+@pytest.mark.parametrize(
+    "center,dtype",
+    [
+        (True, "float32"),
+        (False, "float32"),
+        (False, "float64"),
+        pytest.param(True, "float64", marks=pytest.mark.slow),
+    ],
+    indirect=["dtype"],
+)
 def test_right_one_sided_parity_pe_invsqrt(dtype, center):
     # LM-head / embedding orientation (V, d) = (12, 4), units on axis 0.
     wd = 0.0 if center else WD
-    tx = one_sided_spectral(LR, unit_axis=0, beta=BETA, center=center, weight_decay=wd,
-                            numerics="pe_invsqrt", numerics_dtype=dtype)
+    tx = symmetric.one_sided_spectral(
+        LR,
+        unit_axis=0,
+        beta=BETA,
+        center=center,
+        weight_decay=wd,
+        numerics="pe_invsqrt",
+        numerics_dtype=dtype,
+    )
     compare(tx, lambda m: ref_right_dir(m, center), (12, 4), dtype, TOL[_name(dtype)], wd=wd)
 
 
 @pytest.mark.parametrize("dtype", SLOW64, indirect=True)
 def test_right_one_sided_parity_gram_ns(dtype):
-    tx = one_sided_spectral(LR, unit_axis=0, beta=BETA, weight_decay=WD, numerics="gram_ns",
-                            numerics_dtype=dtype)
-    compare(tx, lambda m: ref_right_dir(m, impl="gramns", dtype=dtype), (12, 4), dtype,
-            TOL[_name(dtype)], wd=WD)
+    tx = symmetric.one_sided_spectral(
+        LR, unit_axis=0, beta=BETA, weight_decay=WD, numerics="gram_ns", numerics_dtype=dtype
+    )
+    compare(
+        tx,
+        lambda m: ref_right_dir(m, impl="gramns", dtype=dtype),
+        (12, 4),
+        dtype,
+        TOL[_name(dtype)],
+        wd=WD,
+    )
 
 
-@pytest.mark.parametrize("center,dtype", [
-    (True, "float32"), (False, "float32"), (True, "float64"),
-    pytest.param(False, "float64", marks=pytest.mark.slow)], indirect=["dtype"])
+@pytest.mark.parametrize(
+    "center,dtype",
+    [
+        (True, "float32"),
+        (False, "float32"),
+        (True, "float64"),
+        pytest.param(False, "float64", marks=pytest.mark.slow),
+    ],
+    indirect=["dtype"],
+)
 def test_left_spectral_parity(dtype, center):
     # router: PyTorch (E, d) = Flax kernel (d, E) transposed; the released numerics
     wd = 0.0 if center else WD
-    tx = left_spectral(LR, unit_axis=-1, beta=BETA, center=center, weight_decay=wd,
-                       numerics="reference")
+    tx = symmetric.left_spectral(
+        LR, unit_axis=-1, beta=BETA, center=center, weight_decay=wd, numerics="reference"
+    )
     if dtype == np.float64:
-        tx = left_spectral(LR, unit_axis=-1, beta=BETA, center=center, weight_decay=wd,
-                           numerics="pe_invsqrt", numerics_dtype=np.float64)
-    compare(tx, lambda m: ref_left_dir(m, center), (4, 10), dtype, TOL[_name(dtype)],
-            flax_t=True, wd=wd)
+        tx = symmetric.left_spectral(
+            LR,
+            unit_axis=-1,
+            beta=BETA,
+            center=center,
+            weight_decay=wd,
+            numerics="pe_invsqrt",
+            numerics_dtype=np.float64,
+        )
+    compare(
+        tx, lambda m: ref_left_dir(m, center), (4, 10), dtype, TOL[_name(dtype)], flax_t=True, wd=wd
+    )
 
 
-@pytest.mark.parametrize("order,center,dtype", [
-    ("row_then_polar", True, "float32"), ("polar_then_row", False, "float32"),
-    ("row_then_polar", False, "float64"),
-    pytest.param("row_then_polar", False, "float32", marks=pytest.mark.slow),
-    pytest.param("polar_then_row", True, "float32", marks=pytest.mark.slow),
-    pytest.param("row_then_polar", True, "float64", marks=pytest.mark.slow),
-    pytest.param("polar_then_row", False, "float64", marks=pytest.mark.slow),
-    pytest.param("polar_then_row", True, "float64", marks=pytest.mark.slow),
-], indirect=["dtype"])
+@pytest.mark.parametrize(
+    "order,center,dtype",
+    [
+        ("row_then_polar", True, "float32"),
+        ("polar_then_row", False, "float32"),
+        ("row_then_polar", False, "float64"),
+        pytest.param("row_then_polar", False, "float32", marks=pytest.mark.slow),
+        pytest.param("polar_then_row", True, "float32", marks=pytest.mark.slow),
+        pytest.param("row_then_polar", True, "float64", marks=pytest.mark.slow),
+        pytest.param("polar_then_row", False, "float64", marks=pytest.mark.slow),
+        pytest.param("polar_then_row", True, "float64", marks=pytest.mark.slow),
+    ],
+    indirect=["dtype"],
+)
 def test_hybrid_parity_gram_ns(dtype, order, center):
     # embedding-like (V, d) = (10, 4) and, centered, an LM head (Flax (d, V) kernel)
     wd = 0.0 if center else WD
-    tx = hybrid(LR, unit_axis=-1 if center else 0, beta=BETA, order=order, center=center,
-                weight_decay=wd, numerics="gram_ns", numerics_dtype=dtype)
-    compare(tx, lambda m: ref_hybrid_dir(m, order, center, dtype=dtype), (10, 4), dtype,
-            TOL[_name(dtype)], flax_t=center, wd=wd)
+    tx = symmetric.hybrid(
+        LR,
+        unit_axis=-1 if center else 0,
+        beta=BETA,
+        order=order,
+        center=center,
+        weight_decay=wd,
+        numerics="gram_ns",
+        numerics_dtype=dtype,
+    )
+    compare(
+        tx,
+        lambda m: ref_hybrid_dir(m, order, center, dtype=dtype),
+        (10, 4),
+        dtype,
+        TOL[_name(dtype)],
+        flax_t=center,
+        wd=wd,
+    )
 
 
-@pytest.mark.parametrize("order", ["row_then_polar",
-                                   pytest.param("polar_then_row", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "order", ["row_then_polar", pytest.param("polar_then_row", marks=pytest.mark.slow)]
+)
 def test_hybrid_router_parity_pe_invsqrt(order):
     # HybridPolarGradM (standard class) with left=True on a centered router (E, d) = (4, 10)
-    tx = hybrid(LR, unit_axis=-1, beta=BETA, order=order, center=True, side="left",
-                numerics="pe_invsqrt")
-    compare(tx, lambda m: ref_hybrid_dir(m, order, True, impl="standard", left=True),
-            (4, 10), np.float32, TOL["float32"], flax_t=True)
+    tx = symmetric.hybrid(
+        LR, unit_axis=-1, beta=BETA, order=order, center=True, side="left", numerics="pe_invsqrt"
+    )
+    compare(
+        tx,
+        lambda m: ref_hybrid_dir(m, order, True, impl="standard", left=True),
+        (4, 10),
+        np.float32,
+        TOL["float32"],
+        flax_t=True,
+    )
 
 
 def test_centered_hybrid_recenters_rows_before_the_polar_factor():
@@ -406,10 +475,12 @@ def test_centered_hybrid_recenters_rows_before_the_polar_factor():
     ``scale_by_hybrid(0.9, unit_axis=0, center=True)`` vs ``ref_hybrid_dir(m,
     'row_then_polar', True, impl='exact')``. After: <= 2.7e-6 (float32 eigh vs float64 SVD).
     """
-    gs = [gaussian((16, 6), t, np.float32) + 3.0 * gaussian((1, 6), 99, np.float32)
-          for t in range(STEPS)]  # a shared mean row, as LM-head gradients have
+    gs = [
+        gaussian((16, 6), t, np.float32) + 3.0 * gaussian((1, 6), 99, np.float32)
+        for t in range(STEPS)
+    ]  # a shared mean row, as LM-head gradients have
     w0 = np.zeros((16, 6), np.float32)
-    tx = scale_by_hybrid(BETA, unit_axis=0, center=True)
+    tx = symmetric.scale_by_hybrid(BETA, unit_axis=0, center=True)
     state, worst, update = tx.init(jnp.asarray(w0)), 0.0, jax.jit(tx.update)
     ref = RefState(w0.astype(np.float64))
     for g in gs:
@@ -422,9 +493,15 @@ def test_centered_hybrid_recenters_rows_before_the_polar_factor():
 
 def test_gram_ns_float16_released_numerics_parity():
     """The released compute dtype: both round every GEMM to float16 (see module docstring)."""
-    tx = hybrid(LR, unit_axis=0, beta=BETA, weight_decay=WD, numerics="reference")
-    err = compare(tx, lambda m: ref_hybrid_dir(m, "row_then_polar", dtype=np.float16),
-                  (24, 8), np.float32, F16_TOL, wd=WD)
+    tx = symmetric.hybrid(LR, unit_axis=0, beta=BETA, weight_decay=WD, numerics="reference")
+    err = compare(
+        tx,
+        lambda m: ref_hybrid_dir(m, "row_then_polar", dtype=np.float16),
+        (24, 8),
+        np.float32,
+        F16_TOL,
+        wd=WD,
+    )
     assert err < F16_TOL
 
 
@@ -434,8 +511,14 @@ def test_stacked_experts_hybrid_sums_nu_over_the_leaf():
     # all entries of the tensor (optzoo: nu_scope='leaf').
     e, r, d = 3, 6, 4
     gs = [gaussian((e, r, d), 10 + t, np.float32) for t in range(STEPS)]
-    tx = scale_by_hybrid(BETA, unit_axis=-2, nu_scope="leaf", numerics="gram_ns",
-                         numerics_dtype=np.float32, layout=MatrixLayout())
+    tx = symmetric.scale_by_hybrid(
+        BETA,
+        unit_axis=-2,
+        nu_scope="leaf",
+        numerics="gram_ns",
+        numerics_dtype=np.float32,
+        layout=MatrixLayout(),
+    )
     state, worst, update = tx.init(jnp.asarray(gs[0])), 0.0, jax.jit(tx.update)
     m = np.zeros((e, r, d), np.float32)
     for g in gs:
@@ -452,21 +535,34 @@ def test_headwise_and_whole_matrix_muon_parity():
     max(1, dh/d) = 1 for q and max(1, d/dh) for o's (d, dh) head blocks (so o's head blocks get
     sqrt(d/dh) = 2 here, the reference's own choice; a whole o matrix gets 1)."""
     d, h, dh = 8, 4, 2
-    tree = {"attn": {"q_proj": {"kernel": jnp.zeros((d, h * dh))},
-                     "o_proj": {"kernel": jnp.zeros((h * dh, d))}}}
+    tree = {
+        "attn": {
+            "q_proj": {"kernel": jnp.zeros((d, h * dh))},
+            "o_proj": {"kernel": jnp.zeros((h * dh, d))},
+        }
+    }
     tx = symmetry_compatible(LR, head_dim=dh, ortho_dtype=jnp.float32, weight_decay=WD)
     wq = RefMuon(np.zeros((h * dh, d)), lambda x: heads_qkv(x, h, dh), 1.0)
     wo = RefMuon(np.zeros((d, h * dh)), lambda x: heads_o(x, h, dh), np.sqrt(d / dh))
     state, params, worst, update = tx.init(tree), tree, 0.0, jax.jit(tx.update)
     for t in range(STEPS):
-        gq, go = gaussian((h * dh, d), 20 + t, np.float32), gaussian((d, h * dh), 30 + t,
-                                                                       np.float32)
-        g = {"attn": {"q_proj": {"kernel": jnp.asarray(gq.T)},
-                      "o_proj": {"kernel": jnp.asarray(go.T)}}}
+        gq, go = (
+            gaussian((h * dh, d), 20 + t, np.float32),
+            gaussian((d, h * dh), 30 + t, np.float32),
+        )
+        g = {
+            "attn": {
+                "q_proj": {"kernel": jnp.asarray(gq.T)},
+                "o_proj": {"kernel": jnp.asarray(go.T)},
+            }
+        }
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
-        worst = max(worst, rel(params["attn"]["q_proj"]["kernel"].T, wq.step(gq, wd=WD)),
-                    rel(params["attn"]["o_proj"]["kernel"].T, wo.step(go, wd=WD)))
+        worst = max(
+            worst,
+            rel(params["attn"]["q_proj"]["kernel"].T, wq.step(gq, wd=WD)),
+            rel(params["attn"]["o_proj"]["kernel"].T, wo.step(go, wd=WD)),
+        )
     assert worst < 2e-4, worst
 
 
@@ -486,16 +582,24 @@ def test_expert_muon_parity(family):
     rng = np.random.default_rng(40)
     pe = ref_polar_express_muon
     if family == "olmoe":
-        tree = {"experts": {"gate_proj": jnp.zeros((e, d, f)), "up_proj": jnp.zeros((e, d, f)),
-                            "down_proj": jnp.zeros((e, f, d))}}
+        tree = {
+            "experts": {
+                "gate_proj": jnp.zeros((e, d, f)),
+                "up_proj": jnp.zeros((e, d, f)),
+                "down_proj": jnp.zeros((e, f, d)),
+            }
+        }
         ref_gu = RefMuon(np.zeros((e, 2 * f, d)), pe, np.sqrt(max(1, 2 * f / d)))
-        ref_dn = RefMuon(np.zeros((e, d, f)),
-                         lambda x: np.swapaxes(pe(np.swapaxes(x, -1, -2)), -1, -2),
-                         np.sqrt(max(1, f / d)))
+        ref_dn = RefMuon(
+            np.zeros((e, d, f)),
+            lambda x: np.swapaxes(pe(np.swapaxes(x, -1, -2)), -1, -2),
+            np.sqrt(max(1, f / d)),
+        )
         preset = "olmoe_row"
     else:
-        tree = {"experts": {"gate_up_proj": jnp.zeros((e, d, 2 * f)),
-                            "down_proj": jnp.zeros((e, f, d))}}
+        tree = {
+            "experts": {"gate_up_proj": jnp.zeros((e, d, 2 * f)), "down_proj": jnp.zeros((e, f, d))}
+        }
 
         def split(x):
             out = np.empty_like(x)
@@ -505,36 +609,56 @@ def test_expert_muon_parity(family):
         ref_gu = RefMuon(np.zeros((e, d, 2 * f)), split, np.sqrt(max(1, d / f)))
         ref_dn = RefMuon(np.zeros((e, f, d)), pe, np.sqrt(max(1, f / d)))
         preset = "gptoss_row"
-    tx = symmetry_compatible(LR, preset=preset, ortho_dtype=jnp.float32, weight_decay=WD,
-                             lr_multipliers={"experts": 1.0})
+    tx = symmetry_compatible(
+        LR, preset=preset, ortho_dtype=jnp.float32, weight_decay=WD, lr_multipliers={"experts": 1.0}
+    )
     state, params, worst, update = tx.init(tree), tree, 0.0, jax.jit(tx.update)
     for _ in range(STEPS):
-        g = {"experts": {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
-                         for k, v in tree["experts"].items()}}
+        g = {
+            "experts": {
+                k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
+                for k, v in tree["experts"].items()
+            }
+        }
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
         ge = {k: np.asarray(v, np.float64) for k, v in g["experts"].items()}
         pe_ = {k: np.asarray(v, np.float64) for k, v in params["experts"].items()}
         if family == "olmoe":  # torch gate_up = [gate^T; up^T] (E, 2f, d); down^T (E, d, f)
-            gu = np.concatenate([np.swapaxes(ge["gate_proj"], 1, 2),
-                                 np.swapaxes(ge["up_proj"], 1, 2)], axis=1)
+            gu = np.concatenate(
+                [np.swapaxes(ge["gate_proj"], 1, 2), np.swapaxes(ge["up_proj"], 1, 2)], axis=1
+            )
             want = ref_gu.step(gu, wd=WD)
-            got = np.concatenate([np.swapaxes(pe_["gate_proj"], 1, 2),
-                                  np.swapaxes(pe_["up_proj"], 1, 2)], axis=1)
+            got = np.concatenate(
+                [np.swapaxes(pe_["gate_proj"], 1, 2), np.swapaxes(pe_["up_proj"], 1, 2)], axis=1
+            )
             worst = max(worst, rel(got, want))
-            worst = max(worst, rel(np.swapaxes(pe_["down_proj"], 1, 2),
-                                   ref_dn.step(np.swapaxes(ge["down_proj"], 1, 2), wd=WD)))
+            worst = max(
+                worst,
+                rel(
+                    np.swapaxes(pe_["down_proj"], 1, 2),
+                    ref_dn.step(np.swapaxes(ge["down_proj"], 1, 2), wd=WD),
+                ),
+            )
         else:  # gpt-oss stores (in, out) like Flax
-            worst = max(worst, rel(pe_["gate_up_proj"], ref_gu.step(ge["gate_up_proj"],
-                                                                    wd=WD)))
+            worst = max(worst, rel(pe_["gate_up_proj"], ref_gu.step(ge["gate_up_proj"], wd=WD)))
             worst = max(worst, rel(pe_["down_proj"], ref_dn.step(ge["down_proj"], wd=WD)))
     assert worst < 2e-4, worst
     # negative control: the split variant with Jordan's factors is a different update
-    other = symmetry_compatible(LR, preset=preset, ortho_dtype=jnp.float32, weight_decay=WD,
-                                experts_gate_up="split" if family == "olmoe" else "joint",
-                                expert_shape_factor="jordan")
-    g = {"experts": {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
-                     for k, v in tree["experts"].items()}}
+    other = symmetry_compatible(
+        LR,
+        preset=preset,
+        ortho_dtype=jnp.float32,
+        weight_decay=WD,
+        experts_gate_up="split" if family == "olmoe" else "joint",
+        expert_shape_factor="jordan",
+    )
+    g = {
+        "experts": {
+            k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32)
+            for k, v in tree["experts"].items()
+        }
+    }
     u1, _ = update(g, tx.init(tree), tree)
     u2, _ = jax.jit(other.update)(g, other.init(tree), tree)
     assert rel(jax.tree.leaves(u2)[0], jax.tree.leaves(u1)[0]) > 0.05
@@ -589,8 +713,10 @@ def test_released_presets_match_the_readme():
 def test_manifest_descriptions_name_the_numerics():
     d = symmetry_compatible_numerics(preset="qwen3_swiglu_hybrid")
     assert d["mlp"] == "hybrid(row_then_polar) [numerics gram_ns(5 steps, float16)]"
-    assert "exact" in symmetry_compatible_numerics(preset="qwen3_hybrid",
-                                                   numerics="exact")["embedding"]
+    assert (
+        "exact"
+        in symmetry_compatible_numerics(preset="qwen3_hybrid", numerics="exact")["embedding"]
+    )
     d = symmetry_compatible_numerics(preset="olmoe_left", numerics={"left": "exact"})
     assert d["router"].endswith("[numerics exact]")
     assert "gate|up joint, reference shape factors" in d["experts"]
@@ -599,33 +725,55 @@ def test_manifest_descriptions_name_the_numerics():
 # --------------------------------------------------- the whole stack on two model trees
 def _qwen3_tree(v=12, d=8, h=2, dh=4, f=16):
     z = np.zeros
-    return {"embed": {"embedding": z((v, d))},
-            "layers": {"0": {"attn": {"q_proj": {"kernel": z((d, h * dh))},
-                                      "k_proj": {"kernel": z((d, dh))},
-                                      "v_proj": {"kernel": z((d, dh))},
-                                      "o_proj": {"kernel": z((h * dh, d))}},
-                             "mlp": {"gate_proj": {"kernel": z((d, f))},
-                                     "up_proj": {"kernel": z((d, f))},
-                                     "down_proj": {"kernel": z((f, d))}},
-                             "input_norm": {"scale": np.ones(d)}}},
-            "final_norm": {"scale": np.ones(d)},
-            "lm_head": {"kernel": z((d, v))}}
+    return {
+        "embed": {"embedding": z((v, d))},
+        "layers": {
+            "0": {
+                "attn": {
+                    "q_proj": {"kernel": z((d, h * dh))},
+                    "k_proj": {"kernel": z((d, dh))},
+                    "v_proj": {"kernel": z((d, dh))},
+                    "o_proj": {"kernel": z((h * dh, d))},
+                },
+                "mlp": {
+                    "gate_proj": {"kernel": z((d, f))},
+                    "up_proj": {"kernel": z((d, f))},
+                    "down_proj": {"kernel": z((f, d))},
+                },
+                "input_norm": {"scale": np.ones(d)},
+            }
+        },
+        "final_norm": {"scale": np.ones(d)},
+        "lm_head": {"kernel": z((d, v))},
+    }
 
 
 def _olmoe_tree(v=12, d=8, h=2, dh=4, e=3, f=4):
     z = np.zeros
-    return {"embed": {"embedding": z((v, d))},
-            "layers": {"0": {"attn": {"q_proj": {"kernel": z((d, h * dh))},
-                                      "k_proj": {"kernel": z((d, h * dh))},
-                                      "v_proj": {"kernel": z((d, h * dh))},
-                                      "o_proj": {"kernel": z((h * dh, d))}},
-                             "moe": {"router": {"kernel": z((d, e))},
-                                     "experts": {"gate_proj": z((e, d, f)),
-                                                 "up_proj": z((e, d, f)),
-                                                 "down_proj": z((e, f, d))}},
-                             "input_norm": {"scale": np.ones(d)}}},
-            "final_norm": {"scale": np.ones(d)},
-            "lm_head": {"kernel": z((d, v))}}
+    return {
+        "embed": {"embedding": z((v, d))},
+        "layers": {
+            "0": {
+                "attn": {
+                    "q_proj": {"kernel": z((d, h * dh))},
+                    "k_proj": {"kernel": z((d, h * dh))},
+                    "v_proj": {"kernel": z((d, h * dh))},
+                    "o_proj": {"kernel": z((h * dh, d))},
+                },
+                "moe": {
+                    "router": {"kernel": z((d, e))},
+                    "experts": {
+                        "gate_proj": z((e, d, f)),
+                        "up_proj": z((e, d, f)),
+                        "down_proj": z((e, f, d)),
+                    },
+                },
+                "input_norm": {"scale": np.ones(d)},
+            }
+        },
+        "final_norm": {"scale": np.ones(d)},
+        "lm_head": {"kernel": z((d, v))},
+    }
 
 
 class RefAdamW:
@@ -638,7 +786,7 @@ class RefAdamW:
         self.t += 1
         self.m = 0.9 * self.m + 0.1 * g
         self.v = 0.95 * self.v + 0.05 * g * g
-        mh, vh = self.m / (1 - 0.9 ** self.t), self.v / (1 - 0.95 ** self.t)
+        mh, vh = self.m / (1 - 0.9**self.t), self.v / (1 - 0.95**self.t)
         self.w = self.w * (1 - lr * wd) - lr * mh / (np.sqrt(vh) + 1e-8)
         return self.w
 
@@ -657,13 +805,16 @@ def _ref_stack(preset, tree, h, dh):
         if w.ndim == 1:
             opt[name] = ("adamw", RefAdamW(w), lr["vectors"], 1e-3, None)
         elif name.startswith("embed"):
-            fn = {"row": lambda m: ref_rownorm_dir(m),
-                  "hybrid": lambda m: ref_hybrid_dir(m, "row_then_polar", dtype=np.float32)}
+            fn = {
+                "row": lambda m: ref_rownorm_dir(m),
+                "hybrid": lambda m: ref_hybrid_dir(m, "row_then_polar", dtype=np.float32),
+            }
             opt[name] = ("map", RefState(w), lr["embedding"], 0.0, fn[c["embedding"]])
         elif name.startswith("lm_head"):
-            fn = {"row": lambda m: ref_rownorm_dir(m, center=True),
-                  "hybrid": lambda m: ref_hybrid_dir(m, "row_then_polar", True,
-                                                     dtype=np.float32)}
+            fn = {
+                "row": lambda m: ref_rownorm_dir(m, center=True),
+                "hybrid": lambda m: ref_hybrid_dir(m, "row_then_polar", True, dtype=np.float32),
+            }
             opt[name] = ("map_t", RefState(w.T), lr["lm_head"], 0.0, fn[c["lm_head"]])
         elif "router" in name:
             fn = {"left": lambda m: ref_left_dir(m), "row": lambda m: ref_rownorm_dir(m, True)}
@@ -675,24 +826,39 @@ def _ref_stack(preset, tree, h, dh):
             opt[name] = (kind, RefState(w if kind == "map" else w.T), lr["mlp"], 1e-3, fn)
         elif "q_proj" in name or "k_proj" in name or "v_proj" in name:
             nh = w.shape[1] // dh
-            opt[name] = ("muon_t", RefMuon(w.T, lambda x, nh=nh: heads_qkv(x, nh, dh), 1.0),
-                         lr["attention"], 1e-3, None)
+            opt[name] = (
+                "muon_t",
+                RefMuon(w.T, lambda x, nh=nh: heads_qkv(x, nh, dh), 1.0),
+                lr["attention"],
+                1e-3,
+                None,
+            )
         elif "o_proj" in name:
             d = w.shape[1]
-            opt[name] = ("muon_t", RefMuon(w.T, lambda x: heads_o(x, h, dh), np.sqrt(d / dh)),
-                         lr["attention"], 1e-3, None)
+            opt[name] = (
+                "muon_t",
+                RefMuon(w.T, lambda x: heads_o(x, h, dh), np.sqrt(d / dh)),
+                lr["attention"],
+                1e-3,
+                None,
+            )
         elif "experts" in name:
             opt[name] = ("expert", None, lr["experts"], 1e-3, None)
         else:  # dense mlp Muon: whole (out, in) matrix, factor max(1, out/in)
             wt = w.T
-            opt[name] = ("muon_t", RefMuon(wt, ref_polar_express_muon,
-                                           np.sqrt(max(1, wt.shape[0] / wt.shape[1]))),
-                         lr["mlp"], 1e-3, None)
+            opt[name] = (
+                "muon_t",
+                RefMuon(wt, ref_polar_express_muon, np.sqrt(max(1, wt.shape[0] / wt.shape[1]))),
+                lr["mlp"],
+                1e-3,
+                None,
+            )
     return opt
 
 
-@pytest.mark.parametrize("preset", [pytest.param("qwen3_swiglu_hybrid", marks=pytest.mark.slow),
-                                    "olmoe_left"])
+@pytest.mark.parametrize(
+    "preset", [pytest.param("qwen3_swiglu_hybrid", marks=pytest.mark.slow), "olmoe_left"]
+)
 def test_symmetry_compatible_matches_reference_port_over_5_steps(preset):
     """The whole stack with reference numerics (float32 compute for the Gram Newton-Schulz
     and Muon so that float32 tolerance applies) equals the numpy port of the reference's
@@ -700,22 +866,30 @@ def test_symmetry_compatible_matches_reference_port_over_5_steps(preset):
     h, dh = 2, 4
     tree = _qwen3_tree() if preset.startswith("qwen3") else _olmoe_tree()
     tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-    tx = symmetry_compatible(PRESETS[preset]["learning_rate"], preset=preset, head_dim=dh,
-                             numerics_dtype=jnp.float32, ortho_dtype=jnp.float32)
+    tx = symmetry_compatible(
+        PRESETS[preset]["learning_rate"],
+        preset=preset,
+        head_dim=dh,
+        numerics_dtype=jnp.float32,
+        ortho_dtype=jnp.float32,
+    )
     ref = _ref_stack(preset, tree, h, dh)
     e_ref = None
     rng = np.random.default_rng(50)
     state, params, worst = tx.init(tree), tree, {}
     update = jax.jit(tx.update)
     for _ in range(5):
-        g = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32),
-                         tree)
+        g = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), tree)
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
-        flat_g = {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x, np.float64)
-                  for p, x in jax.tree_util.tree_flatten_with_path(g)[0]}
-        flat_p = {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x, np.float64)
-                  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+        flat_g = {
+            "/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x, np.float64)
+            for p, x in jax.tree_util.tree_flatten_with_path(g)[0]
+        }
+        flat_p = {
+            "/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x, np.float64)
+            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
         for name, (kind, o, lr, wd, fn) in ref.items():
             gx = flat_g[name]
             if kind == "adamw":
@@ -733,19 +907,39 @@ def test_symmetry_compatible_matches_reference_port_over_5_steps(preset):
             pre = "layers/0/moe/experts/"
             if e_ref is None:
                 lr_e = ref[pre + "gate_proj"][2]
-                e_ref = (RefMuon(np.zeros((3, 8, 8)), ref_polar_express_muon, 1.0), lr_e,
-                         RefMuon(np.zeros((3, 8, 4)),
-                                 lambda x: np.swapaxes(ref_polar_express_muon(
-                                     np.swapaxes(x, 1, 2)), 1, 2), 1.0))
-            gu = np.concatenate([np.swapaxes(flat_g[pre + "gate_proj"], 1, 2),
-                                 np.swapaxes(flat_g[pre + "up_proj"], 1, 2)], axis=1)
-            got = np.concatenate([np.swapaxes(flat_p[pre + "gate_proj"], 1, 2),
-                                  np.swapaxes(flat_p[pre + "up_proj"], 1, 2)], axis=1)
-            worst["experts/gate_up"] = max(worst.get("experts/gate_up", 0.0),
-                                           rel(got, e_ref[0].step(gu, e_ref[1], 1e-3)))
-            worst["experts/down"] = max(worst.get("experts/down", 0.0), rel(
-                np.swapaxes(flat_p[pre + "down_proj"], 1, 2),
-                e_ref[2].step(np.swapaxes(flat_g[pre + "down_proj"], 1, 2), e_ref[1], 1e-3)))
+                e_ref = (
+                    RefMuon(np.zeros((3, 8, 8)), ref_polar_express_muon, 1.0),
+                    lr_e,
+                    RefMuon(
+                        np.zeros((3, 8, 4)),
+                        lambda x: np.swapaxes(ref_polar_express_muon(np.swapaxes(x, 1, 2)), 1, 2),
+                        1.0,
+                    ),
+                )
+            gu = np.concatenate(
+                [
+                    np.swapaxes(flat_g[pre + "gate_proj"], 1, 2),
+                    np.swapaxes(flat_g[pre + "up_proj"], 1, 2),
+                ],
+                axis=1,
+            )
+            got = np.concatenate(
+                [
+                    np.swapaxes(flat_p[pre + "gate_proj"], 1, 2),
+                    np.swapaxes(flat_p[pre + "up_proj"], 1, 2),
+                ],
+                axis=1,
+            )
+            worst["experts/gate_up"] = max(
+                worst.get("experts/gate_up", 0.0), rel(got, e_ref[0].step(gu, e_ref[1], 1e-3))
+            )
+            worst["experts/down"] = max(
+                worst.get("experts/down", 0.0),
+                rel(
+                    np.swapaxes(flat_p[pre + "down_proj"], 1, 2),
+                    e_ref[2].step(np.swapaxes(flat_g[pre + "down_proj"], 1, 2), e_ref[1], 1e-3),
+                ),
+            )
     bad = {k: v for k, v in worst.items() if v > 2e-4}
     assert not bad, bad
     n_experts = sum(kind == "expert" for kind, *_ in ref.values())  # 3 leaves -> 2 checks
@@ -753,8 +947,14 @@ def test_symmetry_compatible_matches_reference_port_over_5_steps(preset):
 
 
 # --------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("factory", [scale_by_hybrid, scale_by_one_sided_spectral,
-                                     scale_by_left_spectral])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        symmetric.scale_by_hybrid,
+        symmetric.scale_by_one_sided_spectral,
+        symmetric.scale_by_left_spectral,
+    ],
+)
 def test_bad_numerics_refused_at_construction_naming_the_argument(factory):
     with pytest.raises(ValueError, match="numerics 'newton'"):
         factory(unit_axis=0, numerics="newton")
@@ -782,4 +982,4 @@ def test_stack_bad_numerics_and_expert_options():
     with pytest.raises(ValueError, match="expert_shape_factor"):
         symmetry_compatible(1e-2, expert_shape_factor="rms")
     with pytest.raises(ValueError, match="polar_method"):
-        hybrid(1e-2, unit_axis=0, numerics="gram_ns", polar_method="svd")
+        symmetric.hybrid(1e-2, unit_axis=0, numerics="gram_ns", polar_method="svd")

@@ -17,35 +17,45 @@ def _params():
 
 
 def _grads(n=4):
-    return [{"w": jnp.asarray(np.random.default_rng(10 + t).standard_normal(SHAPE), jnp.float32)}
-            for t in range(n)]
+    return [
+        {"w": jnp.asarray(np.random.default_rng(10 + t).standard_normal(SHAPE), jnp.float32)}
+        for t in range(n)
+    ]
 
 
 def _map(fn):
     """A stateless transform applying `fn` to every leaf."""
+
     def update(updates, state, params=None):
         return jax.tree.map(fn, updates), state
+
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
 
 
 def test_actions_are_group_elements():
     u = testing.orthogonal_matrix(7, seed=1, batch=(2,))
-    np.testing.assert_allclose(np.swapaxes(u, -1, -2) @ u, np.broadcast_to(np.eye(7), u.shape),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        np.swapaxes(u, -1, -2) @ u, np.broadcast_to(np.eye(7), u.shape), atol=1e-12
+    )
     x = jnp.asarray(np.random.default_rng(2).standard_normal(SHAPE), jnp.float32)
-    for act in (testing.bi_orthogonal(SHAPE), testing.left_orthogonal(SHAPE),
-                testing.right_orthogonal(SHAPE), testing.signed_permutation(SHAPE),
-                testing.permutation(SHAPE, 0)):
+    for act in (
+        testing.bi_orthogonal(SHAPE),
+        testing.left_orthogonal(SHAPE),
+        testing.right_orthogonal(SHAPE),
+        testing.signed_permutation(SHAPE),
+        testing.permutation(SHAPE, 0),
+    ):
         # isometries of the Frobenius norm
-        np.testing.assert_allclose(float(jnp.linalg.norm(act(x))), float(jnp.linalg.norm(x)),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            float(jnp.linalg.norm(act(x))), float(jnp.linalg.norm(x)), rtol=1e-5
+        )
     perm = testing.permutation(SHAPE, axis=1, seed=3)(x)
-    np.testing.assert_array_equal(np.sort(np.asarray(perm), axis=1),
-                                  np.sort(np.asarray(x), axis=1))
+    np.testing.assert_array_equal(np.sort(np.asarray(perm), axis=1), np.sort(np.asarray(x), axis=1))
     shifted = testing.shift(SHAPE, unit_axis=0, seed=4)
     d0, d1 = shifted(x, 0) - x, shifted(x, 1) - x
-    np.testing.assert_allclose(np.asarray(d0), np.broadcast_to(np.asarray(d0[:1]), SHAPE),
-                               atol=1e-6)  # x + c - x in float32
+    np.testing.assert_allclose(
+        np.asarray(d0), np.broadcast_to(np.asarray(d0[:1]), SHAPE), atol=1e-6
+    )  # x + c - x in float32
     assert not np.allclose(np.asarray(d0), np.asarray(d1))  # a fresh c_t per step
 
 
@@ -60,18 +70,21 @@ def test_check_equivariance_passes_and_fails():
         testing.check_equivariance(optax.adam(0.1), _params(), _grads(), act)
     assert testing.equivariance_error(optax.adam(0.1), _params(), _grads(), act) > 0.05
     # ... but not signed permutations
-    testing.check_equivariance(optax.adam(0.1), _params(), _grads(),
-                               testing.signed_permutation(SHAPE))
+    testing.check_equivariance(
+        optax.adam(0.1), _params(), _grads(), testing.signed_permutation(SHAPE)
+    )
 
 
 def test_shift_invariance_mode():
     act = testing.shift(SHAPE, unit_axis=0, seed=6)
     centered = optax.chain(_map(lambda g: linalg.center(g)), optax.sgd(0.1))
-    testing.check_equivariance(centered, _params(), _grads(), act, param_action=None,
-                               output_action=None)
+    testing.check_equivariance(
+        centered, _params(), _grads(), act, param_action=None, output_action=None
+    )
     with pytest.raises(AssertionError):
-        testing.check_equivariance(optax.sgd(0.1), _params(), _grads(), act,
-                                   param_action=None, output_action=None)
+        testing.check_equivariance(
+            optax.sgd(0.1), _params(), _grads(), act, param_action=None, output_action=None
+        )
 
 
 def test_per_leaf_actions():

@@ -33,8 +33,11 @@ def test_mismatched_update_shape_names_the_path(name):
     params = {"w": jnp.ones((4, 6)), "b": jnp.ones(6)}
     tx = FACTORIES[name]()
     state = tx.init(params)
-    with pytest.raises(ValueError, match=r"update of 'w' has shape \(6, 4\) but the parameter "
-                                         r"has shape \(4, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"update of 'w' has shape \(6, 4\) but the parameter "
+        r"has shape \(4, 6\)",
+    ):
         tx.update({"w": jnp.ones((6, 4)), "b": jnp.ones(6)}, state, params)
     u, _ = tx.update({"w": jnp.ones((4, 6)), "b": jnp.ones(6)}, state, params)  # control
     assert u["w"].shape == (4, 6)
@@ -45,4 +48,3 @@ def test_mismatched_structure_is_refused():
     tx = optzoo.muon(0.02)
     with pytest.raises(ValueError, match="tree structure does not match"):
         tx.update({"w": jnp.ones((4, 6))}, tx.init(params), params)
-

@@ -19,7 +19,7 @@ owner-computes              vocab-length row norms when the table is sharded alo
 ==========================  ==============================  =================================
 
 ``F(m, n)`` is :func:`optzoo.linalg.orthogonalizer_flops` (NS5: ``5(4r²c + 2r³)``, ``r, c`` =
-min, max), groups are the same-shape stacks of :func:`optzoo.layout.map_matrices` (``b``
+min, max), groups are the same-shape stacks of Muon's batched matrix map (``b``
 matrices of ``m×n``; owner-computes pads ``b`` to a multiple of ``N`` with zero matrices, whose
 bytes and FLOPs the model counts), ``c ≈ 10`` FLOPs per parameter for AdamW's elementwise
 update. FSDP places every leaf like :func:`fsdp_axis`: sharded along its largest axis
@@ -51,11 +51,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from experiments.bench import write_result
 
 __all__ = [
     "GPT2_SIZES",
@@ -101,8 +102,15 @@ class Matrix:
         return math.prod(self.shape)
 
 
-def gpt2_leaves(d_model: int, n_layers: int, optimizer: str, *, vocab: int = 50257,
-                context: int = 1024, head_dim: int = 64) -> list[Matrix]:
+def gpt2_leaves(
+    d_model: int,
+    n_layers: int,
+    optimizer: str,
+    *,
+    vocab: int = 50257,
+    context: int = 1024,
+    head_dim: int = 64,
+) -> list[Matrix]:
     """The leaves of a GPT-2-shaped model (separate q/k/v, tied embedding) as ``optimizer``
     treats them: AdamW everything elementwise; Muon the block matrices spectrally, the rest
     by its AdamW fallback; the symmetry stack (``'paper'`` preset) the embedding by row norms,
@@ -114,8 +122,7 @@ def gpt2_leaves(d_model: int, n_layers: int, optimizer: str, *, vocab: int = 502
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"gpt2_leaves: optimizer={optimizer!r}; expected one of {OPTIMIZERS}")
     if d_model % head_dim:
-        raise ValueError(f"gpt2_leaves: d_model={d_model} is not a multiple of "
-                         f"head_dim={head_dim}")
+        raise ValueError(f"gpt2_leaves: d_model={d_model} is not a multiple of head_dim={head_dim}")
     d, f, h = d_model, 4 * d_model, d_model // head_dim
     out = [Matrix("pos_embed/embedding", (context, d), "elementwise")]
     if optimizer == "symmetric":
@@ -123,9 +130,14 @@ def gpt2_leaves(d_model: int, n_layers: int, optimizer: str, *, vocab: int = 502
     else:
         out.append(Matrix("embed/embedding", (vocab, d), "elementwise"))
     for i in range(n_layers):
-        for name, shape in (("attn/q_proj", (d, d)), ("attn/k_proj", (d, d)),
-                            ("attn/v_proj", (d, d)), ("attn/o_proj", (d, d)),
-                            ("mlp/fc", (d, f)), ("mlp/proj", (f, d))):
+        for name, shape in (
+            ("attn/q_proj", (d, d)),
+            ("attn/k_proj", (d, d)),
+            ("attn/v_proj", (d, d)),
+            ("attn/o_proj", (d, d)),
+            ("mlp/fc", (d, f)),
+            ("mlp/proj", (f, d)),
+        ):
             path = f"layers/{i}/{name}/kernel"
             if optimizer == "adamw":
                 out.append(Matrix(path, shape, "elementwise"))
@@ -157,8 +169,15 @@ def _ortho_flops(view: tuple[int, int, int], method: str, steps: int) -> int:
     return linalg.orthogonalizer_flops(view, method, steps)
 
 
-def model_step(leaves: Iterable[Matrix], strategy: str, n: int, *, bytes_per: int = 4,
-               method: str = "newton_schulz", steps: int = 5) -> dict[str, float]:
+def model_step(
+    leaves: Iterable[Matrix],
+    strategy: str,
+    n: int,
+    *,
+    bytes_per: int = 4,
+    method: str = "newton_schulz",
+    steps: int = 5,
+) -> dict[str, float]:
     """Bytes moved and FLOPs per device of one optimizer step (see the module docstring).
 
     Returns:
@@ -217,22 +236,40 @@ def grad_sync_bytes(n_params: int, strategy: str, n: int, bytes_per: int = 4) ->
 _COLLECTIVE = re.compile(
     r"=\s*(?P<shape>\([^)]*\)|[a-z0-9]+\[[^\]]*\](?:\{[^}]*\})?)\s*"
     r"(?P<op>all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-    r"(?P<start>-start)?\(")
+    r"(?P<start>-start)?\("
+)
 _ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
-_ITEMSIZE = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
-             "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
+_ITEMSIZE = {
+    "f64": 8,
+    "f32": 4,
+    "bf16": 2,
+    "f16": 2,
+    "s32": 4,
+    "u32": 4,
+    "s64": 8,
+    "u64": 8,
+    "s8": 1,
+    "u8": 1,
+    "pred": 1,
+    "s16": 2,
+    "u16": 2,
+}
 
 
 def _shape_bytes(text: str) -> list[int]:
-    return [math.prod(int(x) for x in dims.split(",") if x) * _ITEMSIZE[dt]
-            for dt, dims in _ARRAY.findall(text) if dt in _ITEMSIZE]
+    return [
+        math.prod(int(x) for x in dims.split(",") if x) * _ITEMSIZE[dt]
+        for dt, dims in _ARRAY.findall(text)
+        if dt in _ITEMSIZE
+    ]
 
 
 def _group_size(line: str, n_devices: int) -> int:
     m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
     if m:
-        sizes = dict((k.strip("'"), int(v)) for k, v in
-                     (kv.split("=") for kv in m.group(1).split(",")))
+        sizes = dict(
+            (k.strip("'"), int(v)) for k, v in (kv.split("=") for kv in m.group(1).split(","))
+        )
         return math.prod(sizes[a.strip().strip("'")] for a in m.group(2).split(","))
     m = re.search(r"replica_groups=\[([0-9,]+)\]<=", line)
     if m:
@@ -259,19 +296,29 @@ def hlo_collectives(hlo_text: str, n_devices: int) -> list[dict[str, Any]]:
             continue
         op, sizes = m.group("op"), _shape_bytes(m.group("shape"))
         if m.group("start") and op in ("all-gather", "collective-permute") and len(sizes) > 1:
-            sizes = sizes[len(sizes) // 2:]  # (operands, results) tuple: the results
+            sizes = sizes[len(sizes) // 2 :]  # (operands, results) tuple: the results
         s = sum(sizes)
         g = _group_size(line, n_devices)
         frac = (g - 1) / g
-        moved = {"all-reduce": 2 * frac * s, "all-gather": frac * s, "reduce-scatter": (g - 1) * s,
-                 "all-to-all": frac * s, "collective-permute": s}[op]
+        moved = {
+            "all-reduce": 2 * frac * s,
+            "all-gather": frac * s,
+            "reduce-scatter": (g - 1) * s,
+            "all-to-all": frac * s,
+            "collective-permute": s,
+        }[op]
         out.append({"op": op, "group": g, "result_bytes": s, "bytes": moved})
     return out
 
 
 def _summed(colls: list[dict[str, Any]]) -> dict[str, float]:
-    out = {"all_gather": 0.0, "all_to_all": 0.0, "all_reduce": 0.0, "reduce_scatter": 0.0,
-           "collective_permute": 0.0}
+    out = {
+        "all_gather": 0.0,
+        "all_to_all": 0.0,
+        "all_reduce": 0.0,
+        "reduce_scatter": 0.0,
+        "collective_permute": 0.0,
+    }
     for c in colls:
         out[c["op"].replace("-", "_")] += c["bytes"]
     out["bytes"] = sum(out.values())
@@ -279,8 +326,13 @@ def _summed(colls: list[dict[str, Any]]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- table
-def model_table(sizes: Iterable[str] = tuple(GPT2_SIZES), devices: Iterable[int] = (8, 64, 256),
-                *, method: str = "newton_schulz", steps: int = 5) -> list[dict[str, Any]]:
+def model_table(
+    sizes: Iterable[str] = tuple(GPT2_SIZES),
+    devices: Iterable[int] = (8, 64, 256),
+    *,
+    method: str = "newton_schulz",
+    steps: int = 5,
+) -> list[dict[str, Any]]:
     """One row per (model size, device count): parameters, gradient-sync bytes, and bytes /
     FLOPs per device of AdamW (FSDP), Muon (DP, FSDP+gather, FSDP+owner) and the symmetry stack
     (FSDP+owner)."""
@@ -290,10 +342,19 @@ def model_table(sizes: Iterable[str] = tuple(GPT2_SIZES), devices: Iterable[int]
         trees = {o: gpt2_leaves(d, layers, o) for o in OPTIMIZERS}
         n_params = sum(leaf.size for leaf in trees["adamw"])
         for n in devices:
-            row = {"model": f"gpt2-{size}", "params": n_params, "devices": n,
-                   "grad_sync_fsdp_bytes": grad_sync_bytes(n_params, "fsdp", n)}
-            for opt, strat in (("adamw", "fsdp_gather"), ("muon", "dp"), ("muon", "fsdp_gather"),
-                               ("muon", "fsdp_owner"), ("symmetric", "fsdp_owner")):
+            row = {
+                "model": f"gpt2-{size}",
+                "params": n_params,
+                "devices": n,
+                "grad_sync_fsdp_bytes": grad_sync_bytes(n_params, "fsdp", n),
+            }
+            for opt, strat in (
+                ("adamw", "fsdp_gather"),
+                ("muon", "dp"),
+                ("muon", "fsdp_gather"),
+                ("muon", "fsdp_owner"),
+                ("symmetric", "fsdp_owner"),
+            ):
                 r = model_step(trees[opt], strat, n, method=method, steps=steps)
                 key = "adamw_fsdp" if opt == "adamw" else f"{opt}_{strat}"
                 row[f"{key}_bytes"], row[f"{key}_flops"] = r["bytes"], r["flops"]
@@ -303,18 +364,22 @@ def model_table(sizes: Iterable[str] = tuple(GPT2_SIZES), devices: Iterable[int]
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: GiB/MiB moved and GFLOP per device per optimizer step."""
-    head = ("| model | params | N | grad sync (FSDP) | AdamW FSDP | Muon DP | Muon FSDP+gather "
-            "| Muon FSDP+owner | symmetric FSDP+owner |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| model | params | N | grad sync (FSDP) | AdamW FSDP | Muon DP | Muon FSDP+gather "
+        "| Muon FSDP+owner | symmetric FSDP+owner |\n|---|---|---|---|---|---|---|---|---|"
+    )
 
     def cell(r, key):
         return f"{r[key + '_bytes'] / 2**20:,.1f} MiB / {r[key + '_flops'] / 1e9:,.1f} GF"
 
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:,.0f} M | {r['devices']} "
-                     f"| {r['grad_sync_fsdp_bytes'] / 2**20:,.0f} MiB | {cell(r, 'adamw_fsdp')} "
-                     f"| {cell(r, 'muon_dp')} | {cell(r, 'muon_fsdp_gather')} "
-                     f"| {cell(r, 'muon_fsdp_owner')} | {cell(r, 'symmetric_fsdp_owner')} |")
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:,.0f} M | {r['devices']} "
+            f"| {r['grad_sync_fsdp_bytes'] / 2**20:,.0f} MiB | {cell(r, 'adamw_fsdp')} "
+            f"| {cell(r, 'muon_dp')} | {cell(r, 'muon_fsdp_gather')} "
+            f"| {cell(r, 'muon_fsdp_owner')} | {cell(r, 'symmetric_fsdp_owner')} |"
+        )
     return "\n".join(lines)
 
 
@@ -343,14 +408,17 @@ def _optimizer(name: str, mesh: Any, owner: bool, head_dim: int) -> Any:
     if name == "adamw":
         return optax.adamw(1e-3)
     if name == "muon":  # hidden matrices only, as gpt2_leaves models it
-        return optzoo.muon(0.02, ortho_method="newton_schulz", owner_computes=oc,
-                           layout=hidden_layout)
-    return optzoo.symmetry_compatible(0.02, head_dim=head_dim, ortho_method="newton_schulz",
-                                      owner_computes=oc)
+        return optzoo.muon(
+            0.02, ortho_method="newton_schulz", owner_computes=oc, layout=hidden_layout
+        )
+    return optzoo.symmetry_compatible(
+        0.02, head_dim=head_dim, ortho_method="newton_schulz", owner_computes=oc
+    )
 
 
-def measure(optimizer: str, leaves: list[Matrix], mesh: Any, *, owner: bool,
-            head_dim: int = 64) -> dict[str, Any]:
+def measure(
+    optimizer: str, leaves: list[Matrix], mesh: Any, *, owner: bool, head_dim: int = 64
+) -> dict[str, Any]:
     """Compiles one FSDP-sharded optimizer step (``tx.update`` + ``apply_updates``; parameters,
     gradients and state sharded like :func:`fsdp_axis`) on ``mesh`` (1-D, axis ``'fsdp'``) and
     returns its collectives summed by kind and XLA's per-device FLOP estimate."""
@@ -378,13 +446,19 @@ def measure(optimizer: str, leaves: list[Matrix], mesh: Any, *, owner: bool,
         updates, opt_state = tx.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state
 
-    compiled = jax.jit(step, in_shardings=(p_sh, s_sh, p_sh),
-                       out_shardings=(p_sh, s_sh)).lower(params, state, params).compile()
+    compiled = (
+        jax.jit(step, in_shardings=(p_sh, s_sh, p_sh), out_shardings=(p_sh, s_sh))
+        .lower(params, state, params)
+        .compile()
+    )
     colls = hlo_collectives(compiled.as_text(), n)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return {**_summed(colls), "flops": float(cost.get("flops", float("nan"))) if cost else None,
-            "collectives": len(colls)}
+    return {
+        **_summed(colls),
+        "flops": float(cost.get("flops", float("nan"))) if cost else None,
+        "collectives": len(colls),
+    }
 
 
 def check(d_model: int = 256, n_layers: int = 2, vocab: int = 1000) -> list[dict[str, Any]]:
@@ -398,8 +472,12 @@ def check(d_model: int = 256, n_layers: int = 2, vocab: int = 1000) -> list[dict
     mesh = Mesh(np.asarray(jax.devices()), ("fsdp",))
     n = mesh.devices.size
     rows = []
-    for opt, owner, strat in (("adamw", False, "fsdp_gather"), ("muon", True, "fsdp_owner"),
-                              ("muon", False, None), ("symmetric", True, "fsdp_owner")):
+    for opt, owner, strat in (
+        ("adamw", False, "fsdp_gather"),
+        ("muon", True, "fsdp_owner"),
+        ("muon", False, None),
+        ("symmetric", True, "fsdp_owner"),
+    ):
         leaves = gpt2_leaves(d_model, n_layers, opt, vocab=vocab, context=128)
         got = measure(opt, leaves, mesh, owner=owner)
         want = model_step(leaves, strat, n) if strat else None
@@ -410,8 +488,11 @@ def check(d_model: int = 256, n_layers: int = 2, vocab: int = 1000) -> list[dict
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--check", action="store_true",
-                   help="compile sharded steps on this process's devices and compare")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compile sharded steps on this process's devices and compare",
+    )
     p.add_argument("--out", default=None, help="write the JSON result here")
     args = p.parse_args(argv)
     result: dict[str, Any] = {"table": model_table()}
@@ -422,12 +503,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             m, w = r["measured"], r["model"]
             mb = f"{m['bytes'] / 2**20:.3f} MiB ({m['collectives']} collectives)"
             wb = "not modelled" if w is None else f"{w['bytes'] / 2**20:.3f} MiB"
-            print(f"{r['case']:>20} N={r['devices']}: measured {mb}, model {wb}; "
-                  f"XLA flops {m['flops']:.3g}" + ("" if w is None else
-                                                 f", model flops {w['flops']:.3g}"))
+            print(
+                f"{r['case']:>20} N={r['devices']}: measured {mb}, model {wb}; "
+                f"XLA flops {m['flops']:.3g}"
+                + ("" if w is None else f", model flops {w['flops']:.3g}")
+            )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_result(args.out, result)
     return result
 
 

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench import write_result
 from optzoo import linalg
 
 BASELINE = "optax_ns5"
@@ -103,8 +104,14 @@ def _polar64(x: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def run(d: int, dtypes: list[str], min_total: float, max_reps: int,
-        skip: tuple[str, ...] = (), peak_d: int | None = None) -> dict[str, Any]:
+def run(
+    d: int,
+    dtypes: list[str],
+    min_total: float,
+    max_reps: int,
+    skip: tuple[str, ...] = (),
+    peak_d: int | None = None,
+) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     table = methods()
     rows = []
@@ -115,8 +122,10 @@ def run(d: int, dtypes: list[str], min_total: float, max_reps: int,
             peak_d = 8192 if jax.default_backend() == "gpu" else max(d, 1024)
         peaks[dname] = _matmul_rate(peak_d, dtype, min_total, max_reps)
         print(f"\n== {dname}: square {peak_d}x{peak_d} matmul {peaks[dname]:.1f} GFLOP/s ==")
-        print(f"{'shape':>12} {'method':>20} {'err':>7} {'sv_min':>7} {'sv_max':>7} "
-              f"{'ms':>9} {'GFLOP/s':>8} {'eff':>5} {'vs_optax':>8}")
+        print(
+            f"{'shape':>12} {'method':>20} {'err':>7} {'sv_min':>7} {'sv_max':>7} "
+            f"{'ms':>9} {'GFLOP/s':>8} {'eff':>5} {'vs_optax':>8}"
+        )
         for label, shape in shapes(d):
             x = jnp.asarray(rng.standard_normal(shape), jnp.float32).astype(dtype)
             ref = _polar64(np.asarray(x.astype(jnp.float32)))
@@ -133,18 +142,36 @@ def run(d: int, dtypes: list[str], min_total: float, max_reps: int,
                 gflops = flops / secs / 1e9 if flops else float("nan")
                 if name == BASELINE:
                     base_ms = secs * 1e3
-                row = dict(dtype=dname, shape=list(shape), label=label, method=name,
-                           err=err, sv_min=float(sv.min()), sv_max=float(sv.max()),
-                           ms=secs * 1e3, gflops=gflops, eff=gflops / peaks[dname],
-                           vs_optax=(secs * 1e3 / base_ms) if base_ms else float("nan"))
+                row = dict(
+                    dtype=dname,
+                    shape=list(shape),
+                    label=label,
+                    method=name,
+                    err=err,
+                    sv_min=float(sv.min()),
+                    sv_max=float(sv.max()),
+                    ms=secs * 1e3,
+                    gflops=gflops,
+                    eff=gflops / peaks[dname],
+                    vs_optax=(secs * 1e3 / base_ms) if base_ms else float("nan"),
+                )
                 rows.append(row)
-                print(f"{label:>12} {name:>20} {err:7.3f} {row['sv_min']:7.3f} "
-                      f"{row['sv_max']:7.3f} {row['ms']:9.2f} {gflops:8.1f} {row['eff']:5.2f} "
-                      f"{row['vs_optax']:8.2f}")
+                print(
+                    f"{label:>12} {name:>20} {err:7.3f} {row['sv_min']:7.3f} "
+                    f"{row['sv_max']:7.3f} {row['ms']:9.2f} {gflops:8.1f} {row['eff']:5.2f} "
+                    f"{row['vs_optax']:8.2f}"
+                )
     return dict(
-        device=str(jax.devices()[0]), device_kind=jax.devices()[0].device_kind,
-        platform=jax.default_backend(), cpu_count=os.cpu_count(), machine=platform.machine(),
-        jax=jax.__version__, d=d, peak_d=peak_d, matmul_gflops=peaks, rows=rows,
+        device=str(jax.devices()[0]),
+        device_kind=jax.devices()[0].device_kind,
+        platform=jax.default_backend(),
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        jax=jax.__version__,
+        d=d,
+        peak_d=peak_d,
+        matmul_gflops=peaks,
+        rows=rows,
         date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )
 
@@ -153,12 +180,18 @@ def markdown(result: dict[str, Any]) -> str:
     """A compact markdown table of a result: per shape and dtype, error and time ratio."""
     cols = [BASELINE, "auto (default)", "gram_newton_schulz", "polar_express", "svd"]
     by = {(r["dtype"], r["label"], r["method"]): r for r in result["rows"]}
-    head = ("| dtype | shape | optax NS5 err / ms / eff | auto err / × | Gram-NS5 err / × | "
-            "PE5 err / × | SVD × |")
-    lines = [f"{result['device_kind']} ({result['platform']}, jax {result['jax']}, "
-             f"{result['date']}); eff = achieved FLOP rate / {result['peak_d']}² matmul rate "
-             f"({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in result['matmul_gflops'].items())})",
-             "", head, "|" + "---|" * 7]
+    head = (
+        "| dtype | shape | optax NS5 err / ms / eff | auto err / × | Gram-NS5 err / × | "
+        "PE5 err / × | SVD × |"
+    )
+    lines = [
+        f"{result['device_kind']} ({result['platform']}, jax {result['jax']}, "
+        f"{result['date']}); eff = achieved FLOP rate / {result['peak_d']}² matmul rate "
+        f"({', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in result['matmul_gflops'].items())})",
+        "",
+        head,
+        "|" + "---|" * 7,
+    ]
     labels = dict.fromkeys(r["label"] for r in result["rows"])
     for dname in result["matmul_gflops"]:
         for label in labels:
@@ -171,9 +204,11 @@ def markdown(result: dict[str, Any]) -> str:
             def cell(r):
                 return "–" if r is None else f"{r['err']:.3f} / {r['vs_optax']:.2f}×"
 
-            lines.append(f"| {dname} | {label} {shape} | {b['err']:.3f} / {b['ms']:.2f} / "
-                         f"{b['eff']:.2f} | {cell(a)} | {cell(g)} | {cell(p)} | "
-                         f"{'–' if sv is None else format(sv['vs_optax'], '.1f')}× |")
+            lines.append(
+                f"| {dname} | {label} {shape} | {b['err']:.3f} / {b['ms']:.2f} / "
+                f"{b['eff']:.2f} | {cell(a)} | {cell(g)} | {cell(p)} | "
+                f"{'–' if sv is None else format(sv['vs_optax'], '.1f')}× |"
+            )
     return "\n".join(lines)
 
 
@@ -186,8 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="d=64, short timings (smoke test)")
     p.add_argument("--skip", default="", help="comma-separated methods to leave out")
     p.add_argument("--peak-d", type=int, default=None, help="side of the reference matmul")
-    p.add_argument("--render", default=None, metavar="JSON",
-                   help="print the markdown table of a saved result and exit")
+    p.add_argument(
+        "--render",
+        default=None,
+        metavar="JSON",
+        help="print the markdown table of a saved result and exit",
+    )
     p.add_argument("--out", default=None, help="JSON path (default results/bench/...)")
     args = p.parse_args(argv)
     if args.render:
@@ -199,13 +238,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         d, min_total, max_reps = 64, 0.0, 3
     peak_d = 64 if args.quick else args.peak_d
-    result = run(d, [s for s in args.dtypes.split(",") if s], min_total, max_reps,
-                 tuple(s for s in args.skip.split(",") if s), peak_d)
-    out = args.out or os.path.join("results", "bench",
-                                   f"orthogonalize-{result['platform']}-d{d}.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    result = run(
+        d,
+        [s for s in args.dtypes.split(",") if s],
+        min_total,
+        max_reps,
+        tuple(s for s in args.skip.split(",") if s),
+        peak_d,
+    )
+    out = args.out or os.path.join(
+        "results", "bench", f"orthogonalize-{result['platform']}-d{d}.json"
+    )
+    write_result(out, result)
     print(f"\nwrote {out}\n")
     print(markdown(result))
     return result

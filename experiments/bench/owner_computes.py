@@ -68,8 +68,9 @@ def fsdp_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
-def time_variant(tx: optax.GradientTransformation, params: Any, grads: Any, shardings: Any,
-                 reps: int) -> list[float]:
+def time_variant(
+    tx: optax.GradientTransformation, params: Any, grads: Any, shardings: Any, reps: int
+) -> list[float]:
     """Wall times of ``reps`` jitted steps (after one warm-up/compile step)."""
     params = jax.device_put(jax.tree.map(jnp.copy, params), shardings)
     grads = jax.device_put(grads, shardings)
@@ -108,16 +109,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shardings = fsdp_shardings(params, mesh)
     layout = hidden_layout(params)
     result: dict[str, Any] = {
-        "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-        "platform": platform.platform(), "layers": args.layers or 12, "reps": args.reps,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "layers": args.layers or 12,
+        "reps": args.reps,
         "plan": [g._asdict() for g in optzoo.OwnerComputes(mesh).plan(params, layout)],
     }
     for name, oc in (("sharded_spmd", None), ("owner_computes", optzoo.OwnerComputes(mesh))):
-        times = time_variant(optzoo.muon(0.02, layout=layout, owner_computes=oc), params, grads,
-                             shardings, args.reps)
+        times = time_variant(
+            optzoo.muon(0.02, layout=layout, owner_computes=oc), params, grads, shardings, args.reps
+        )
         result[name] = {"median_s": statistics.median(times), "min_s": min(times)}
-    result["ratio_owner_over_spmd"] = (result["owner_computes"]["median_s"]
-                                       / result["sharded_spmd"]["median_s"])
+    result["ratio_owner_over_spmd"] = (
+        result["owner_computes"]["median_s"] / result["sharded_spmd"]["median_s"]
+    )
     print(json.dumps(result, indent=1))
     return result
 

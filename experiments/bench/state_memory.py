@@ -24,9 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments.bench import write_result
 from experiments.bench.trees import gpt2_small_like_tree
 from optzoo.galore import galore
 from optzoo.layout import MatrixLayout
@@ -47,8 +46,7 @@ __all__ = ["state_bytes", "blocks_only_layout", "measure", "format_table", "main
 def state_bytes(tx: optax.GradientTransformation, params: Any) -> int:
     """Bytes of ``tx.init(params)``'s leaves, from shapes only (``jax.eval_shape``)."""
     shapes = jax.eval_shape(tx.init, params)
-    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(shapes))
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
 
 
 def blocks_only_layout(params: Any) -> Any:
@@ -71,12 +69,21 @@ def _optimizers(rank: int, history: int) -> list[tuple[str, str, Callable[[], An
     for scope, lay in (("all", MatrixLayout()), ("blocks", blocks_only_layout)):
         rows += [
             ("galore[std]", scope, lambda lay=lay: galore(lr, rank, layout=lay)),
-            ("galore[optax-like]", scope,
-             lambda lay=lay: galore(lr, rank, side="optax-like", layout=lay)),
-            (f"natural_galore[s={history}]", scope,
-             lambda lay=lay: natural_galore(lr, rank, history=history, layout=lay)),
-            ("online_subspace_descent", scope,
-             lambda lay=lay: online_subspace_descent(lr, rank, layout=lay)),
+            (
+                "galore[optax-like]",
+                scope,
+                lambda lay=lay: galore(lr, rank, side="optax-like", layout=lay),
+            ),
+            (
+                f"natural_galore[s={history}]",
+                scope,
+                lambda lay=lay: natural_galore(lr, rank, history=history, layout=lay),
+            ),
+            (
+                "online_subspace_descent",
+                scope,
+                lambda lay=lay: online_subspace_descent(lr, rank, layout=lay),
+            ),
         ]
     return rows
 
@@ -88,8 +95,9 @@ def measure(params: Any, rank: int = 128, history: int = 20) -> list[dict[str, A
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rank clipping of small matrices is expected
         for name, scope, make in _optimizers(rank, history):
-            rows.append({"optimizer": name, "scope": scope,
-                         "state_bytes": state_bytes(make(), params)})
+            rows.append(
+                {"optimizer": name, "scope": scope, "state_bytes": state_bytes(make(), params)}
+            )
     base = rows[0]["state_bytes"]
     for r in rows:
         r["bytes_per_param"] = r["state_bytes"] / n_params
@@ -101,8 +109,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'optimizer':<26} {'scope':<7} {'state MiB':>10} {'B/param':>8} {'vs AdamW':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['optimizer']:<26} {r['scope']:<7} {r['state_bytes'] / 2**20:>10.1f} "
-                     f"{r['bytes_per_param']:>8.3f} {r['ratio_vs_adamw']:>9.3f}")
+        lines.append(
+            f"{r['optimizer']:<26} {r['scope']:<7} {r['state_bytes'] / 2**20:>10.1f} "
+            f"{r['bytes_per_param']:>8.3f} {r['ratio_vs_adamw']:>9.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -116,20 +126,32 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
-    params = gpt2_small_like_tree(jnp.dtype(args.dtype), fused_qkv=not args.separate_qkv,
-                                  stacked=args.stacked)
+    params = gpt2_small_like_tree(
+        jnp.dtype(args.dtype), fused_qkv=not args.separate_qkv, stacked=args.stacked
+    )
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     rows = measure(params, rank=args.rank, history=args.history)
-    print(f"GPT-2-small-like tree: {n_params:,} parameters ({args.dtype}, "
-          f"{'stacked' if args.stacked else 'per-layer'}, "
-          f"{'separate q/k/v' if args.separate_qkv else 'fused qkv'}), rank {args.rank}")
+    print(
+        f"GPT-2-small-like tree: {n_params:,} parameters ({args.dtype}, "
+        f"{'stacked' if args.stacked else 'per-layer'}, "
+        f"{'separate q/k/v' if args.separate_qkv else 'fused qkv'}), rank {args.rank}"
+    )
     print(format_table(rows))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"tree": "gpt2_small_like", "params": n_params, "dtype": args.dtype,
-                       "stacked": args.stacked, "fused_qkv": not args.separate_qkv,
-                       "rank": args.rank, "history": args.history, "rows": rows}, f, indent=2)
+        write_result(
+            args.out,
+            {
+                "tree": "gpt2_small_like",
+                "params": n_params,
+                "dtype": args.dtype,
+                "stacked": args.stacked,
+                "fused_qkv": not args.separate_qkv,
+                "rank": args.rank,
+                "history": args.history,
+                "rows": rows,
+            },
+            indent=2,
+        )
     return rows
 
 

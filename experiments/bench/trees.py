@@ -60,8 +60,9 @@ def gpt2_small_like_tree(
     Returns:
       A nested dict of ``jax.ShapeDtypeStruct`` (or arrays).
     """
-    v, ctx, d, n_layers, ff = (GPT2_SMALL[k] for k in
-                               ("vocab", "context", "d_model", "n_layers", "d_ff"))
+    v, ctx, d, n_layers, ff = (
+        GPT2_SMALL[k] for k in ("vocab", "context", "d_model", "n_layers", "d_ff")
+    )
 
     def leaf(*shape, per_layer=True):
         if per_layer and stacked:
@@ -82,8 +83,12 @@ def gpt2_small_like_tree(
         else:
             attn = {name: dense(d, d) for name in ("q_proj", "k_proj", "v_proj")}
         attn["o_proj"] = dense(d, d)
-        return {"ln_1": norm(), "attn": attn, "ln_2": norm(),
-                "mlp": {"fc": dense(d, ff), "proj": dense(ff, d)}}
+        return {
+            "ln_1": norm(),
+            "attn": attn,
+            "ln_2": norm(),
+            "mlp": {"fc": dense(d, ff), "proj": dense(ff, d)},
+        }
 
     layers = block() if stacked else {str(i): block() for i in range(n_layers)}
     tree = {
@@ -110,4 +115,5 @@ def hidden_layout(params: Any) -> Any:
     from optzoo.layout import MatrixLayout
 
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: MatrixLayout() if is_hidden_kernel(p, x) else None, params)
+        lambda p, x: MatrixLayout() if is_hidden_kernel(p, x) else None, params
+    )

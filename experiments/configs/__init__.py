@@ -65,6 +65,7 @@ import dataclasses
 from experiments.configs.base import (
     CORPORA,
     HASH_EXCLUDED,
+    OPTIMIZER_NAMES,
     SCHEDULES,
     DataConfig,
     OptimizerConfig,
@@ -80,6 +81,7 @@ from experiments.configs.base import (
 __all__ = [
     "CORPORA",
     "HASH_EXCLUDED",
+    "OPTIMIZER_NAMES",
     "PRESETS",
     "SCHEDULES",
     "DataConfig",
@@ -104,9 +106,17 @@ __all__ = [
 _TINY = TrainConfig(
     name="tiny",
     model="tiny",
-    optimizer=OptimizerConfig(name="adamw", learning_rate=3e-3, weight_decay=0.1, b1=0.9,
-                              b2=0.95, schedule="wsd", warmup_steps=30, cooldown_fraction=0.2,
-                              grad_clip=1.0),
+    optimizer=OptimizerConfig(
+        name="adamw",
+        learning_rate=3e-3,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        schedule="wsd",
+        warmup_steps=30,
+        cooldown_fraction=0.2,
+        grad_clip=1.0,
+    ),
     data=DataConfig(corpus="stdlib", batch_size=16, seq_len=128, val_tokens=256 * 2**10),
     steps=600,
     eval_every=100,
@@ -116,12 +126,18 @@ _TINY = TrainConfig(
 )
 
 # Muon on the hidden matrices (Jordan's lr 0.02, momentum 0.95), AdamW at 3e-3 elsewhere.
-_MUON = dataclasses.replace(_TINY.optimizer, name="muon", learning_rate=2e-2, adam_lr=3e-3,
-                            weight_decay=0.0)
+_MUON = dataclasses.replace(
+    _TINY.optimizer, name="muon", learning_rate=2e-2, adam_lr=3e-3, weight_decay=0.0
+)
 # The seed paper's 'paper' preset (row-norm embedding, centered row-norm head, Muon hidden,
 # AdamW vectors); the learning rate is the hidden-matrix one, other groups are multiples.
-_SYMMETRIC = dataclasses.replace(_TINY.optimizer, name="symmetric", learning_rate=2e-2,
-                                 weight_decay=1e-3, options=(("preset", "paper"),))
+_SYMMETRIC = dataclasses.replace(
+    _TINY.optimizer,
+    name="symmetric",
+    learning_rate=2e-2,
+    weight_decay=1e-3,
+    options=(("preset", "paper"),),
+)
 
 PRESETS: dict[str, TrainConfig] = {
     "tiny": _TINY,
@@ -133,59 +149,101 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny_gptoss": dataclasses.replace(_TINY, name="tiny_gptoss", model="tiny_gptoss"),
 }
 
+
 # ---------------------------------------------------------------------------- GPU presets
+def _shards_run(
+    name: str,
+    optimizer: OptimizerConfig,
+    *,
+    batch_size: int,
+    grad_accum: int,
+    steps: int,
+    eval_every: int,
+    eval_batches: int,
+    **fields,
+) -> TrainConfig:
+    """A run of the model preset ``name`` on the token shards ``data/<name>/train_*.bin`` /
+    ``val_*.bin``, read in order as 1024-token sequences; logged every 10 steps, checkpointed
+    every 1000."""
+    data = DataConfig(
+        corpus="shards",
+        shards=f"data/{name}/train_*.bin",
+        val_shards=f"data/{name}/val_*.bin",
+        batch_size=batch_size,
+        seq_len=1024,
+        shuffle=False,
+    )
+    return TrainConfig(
+        name=name,
+        model=name,
+        optimizer=optimizer,
+        data=data,
+        steps=steps,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        log_every=10,
+        checkpoint_every=1000,
+        grad_accum=grad_accum,
+        **fields,
+    )
+
+
 # nanoGPT's GPT-2 small recipe: ~0.5M tokens per step (16 x 32 x 1024), AdamW 6e-4,
 # wd 0.1, b2 0.95, 700 warmup steps, cosine to 10%, 19,073 steps (10B tokens).
-PRESETS["gpt2_small"] = TrainConfig(
-    name="gpt2_small",
-    model="gpt2_small",
-    optimizer=OptimizerConfig(name="adamw", learning_rate=6e-4, weight_decay=0.1, b1=0.9,
-                              b2=0.95, schedule="cosine", warmup_steps=700, grad_clip=1.0),
-    data=DataConfig(corpus="shards", shards="data/gpt2_small/train_*.bin",
-                    val_shards="data/gpt2_small/val_*.bin", batch_size=32, seq_len=1024,
-                    shuffle=False),
+PRESETS["gpt2_small"] = _shards_run(
+    "gpt2_small",
+    OptimizerConfig(
+        name="adamw",
+        learning_rate=6e-4,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        schedule="cosine",
+        warmup_steps=700,
+        grad_clip=1.0,
+    ),
+    batch_size=32,
+    grad_accum=16,
     steps=19_073,
     eval_every=250,
     eval_batches=20,
-    log_every=10,
-    checkpoint_every=1000,
-    grad_accum=16,
     compute_dtype="bfloat16",
 )
 
-# Seed paper (Lau & Su 2026, ALGORITHMS.md §1.9): constant lr then a linear cooldown over the
-# last 40% of the steps; Muon 2e-2 (hidden), 'paper' ratios for the other groups; 224 x 1024
+# Seed paper (Lau & Su 2026, docs/math/symmetry.md#setup): constant lr then a linear cooldown over
+# the last 40% of the steps; Muon 2e-2 (hidden), 'paper' ratios for the other groups; 224 x 1024
 # tokens per step (here 14 x 16 micro-batches), 30k steps.
-PRESETS["qwen3_seed"] = TrainConfig(
-    name="qwen3_seed",
-    model="qwen3_seed",
-    optimizer=OptimizerConfig(name="symmetric", learning_rate=2e-2, weight_decay=1e-3,
-                              schedule="wsd", warmup_steps=0, cooldown_fraction=0.4,
-                              grad_clip=1.0, options=(("preset", "qwen3_row"),)),
-    data=DataConfig(corpus="shards", shards="data/qwen3_seed/train_*.bin",
-                    val_shards="data/qwen3_seed/val_*.bin", batch_size=16, seq_len=1024,
-                    shuffle=False),
+_SEED = OptimizerConfig(
+    name="symmetric",
+    learning_rate=2e-2,
+    weight_decay=1e-3,
+    schedule="wsd",
+    warmup_steps=0,
+    cooldown_fraction=0.4,
+    grad_clip=1.0,
+    options=(("preset", "qwen3_row"),),
+)
+PRESETS["qwen3_seed"] = _shards_run(
+    "qwen3_seed",
+    _SEED,
+    batch_size=16,
+    grad_accum=14,
     steps=30_000,
     eval_every=500,
     eval_batches=64,
-    log_every=10,
-    checkpoint_every=1000,
-    grad_accum=14,
     compute_dtype="bfloat16",
 )
-
 # OLMoE-style: Muon 5e-3 on hidden matrices and per-expert, centered row-norm router;
 # 160 x 1024 tokens per step (10 x 16).
-PRESETS["olmoe_seed"] = dataclasses.replace(
-    PRESETS["qwen3_seed"],
-    name="olmoe_seed",
-    model="olmoe_seed",
-    optimizer=dataclasses.replace(PRESETS["qwen3_seed"].optimizer, learning_rate=5e-3,
-                                  options=(("preset", "olmoe_row"),)),
-    data=dataclasses.replace(PRESETS["qwen3_seed"].data,
-                             shards="data/olmoe_seed/train_*.bin",
-                             val_shards="data/olmoe_seed/val_*.bin"),
+PRESETS["olmoe_seed"] = _shards_run(
+    "olmoe_seed",
+    dataclasses.replace(_SEED, learning_rate=5e-3, options=(("preset", "olmoe_row"),)),
+    batch_size=16,
     grad_accum=10,
+    steps=30_000,
+    eval_every=500,
+    eval_batches=64,
+    compute_dtype="bfloat16",
 )
 
 # ---------------------------------------------------------------------------- paper presets
@@ -193,33 +251,37 @@ PRESETS["olmoe_seed"] = dataclasses.replace(
 # family: (optzoo preset, --lr_muon, micro-batches per step of 16 x 1024 tokens,
 #          --train_steps, --val_tokens); literal values of the README commands.
 _PAPER_RUNS = {
-    "qwen3": ("qwen3_row", 2e-2, 14, 30_000, 10_551_296),    # 8 GPUs x 28 sequences
-    "gemma3": ("gemma3_row", 2e-2, 9, 50_000, 10_469_376),   # 8 x 18
-    "olmoe": ("olmoe_row", 5e-3, 10, 30_000, 10_485_760),    # 8 x 20
-    "gptoss": ("gptoss_row", 1e-3, 4, 60_000, 10_485_760),   # 8 x 8
+    "qwen3": ("qwen3_row", 2e-2, 14, 30_000, 10_551_296),  # 8 GPUs x 28 sequences
+    "gemma3": ("gemma3_row", 2e-2, 9, 50_000, 10_469_376),  # 8 x 18
+    "olmoe": ("olmoe_row", 5e-3, 10, 30_000, 10_485_760),  # 8 x 20
+    "gptoss": ("gptoss_row", 1e-3, 4, 60_000, 10_485_760),  # 8 x 8
 }
 PAPER_PRESETS = tuple(f"{f}_paper" for f in _PAPER_RUNS) + ("gptoss_paper_aux",)
-_PAPER_BATCH, _PAPER_SEQ = 16, 1024
+_PAPER_TOKENS = 16 * 1024  # per micro-batch: 16 sequences of 1024 tokens
 
 for _family, (_preset, _lr, _accum, _steps, _val_tokens) in _PAPER_RUNS.items():
-    assert _val_tokens % (_PAPER_BATCH * _PAPER_SEQ) == 0, _family
-    PRESETS[f"{_family}_paper"] = TrainConfig(
-        name=f"{_family}_paper",
-        model=f"{_family}_paper",
-        optimizer=OptimizerConfig(
-            name="symmetric", learning_rate=_lr,
-            weight_decay=1e-3, b1=0.9, b2=0.95, eps=1e-8, schedule="wsd", warmup_steps=0,
-            cooldown_fraction=0.4, grad_clip=None, options=(("preset", _preset),),
-            group_schedules=(("vectors", "cosine_zero", 100),)),
-        data=DataConfig(corpus="shards", shards=f"data/{_family}_paper/train_*.bin",
-                        val_shards=f"data/{_family}_paper/val_*.bin", batch_size=_PAPER_BATCH,
-                        seq_len=_PAPER_SEQ, shuffle=False),
+    assert _val_tokens % _PAPER_TOKENS == 0, _family
+    PRESETS[f"{_family}_paper"] = _shards_run(
+        f"{_family}_paper",
+        OptimizerConfig(
+            name="symmetric",
+            learning_rate=_lr,
+            weight_decay=1e-3,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            schedule="wsd",
+            warmup_steps=0,
+            cooldown_fraction=0.4,
+            grad_clip=None,
+            options=(("preset", _preset),),
+            group_schedules=(("vectors", "cosine_zero", 100),),
+        ),
+        batch_size=16,
+        grad_accum=_accum,
         steps=_steps,
         eval_every=500,
-        eval_batches=_val_tokens // (_PAPER_BATCH * _PAPER_SEQ),
-        log_every=10,
-        checkpoint_every=1000,
-        grad_accum=_accum,
+        eval_batches=_val_tokens // _PAPER_TOKENS,
         seed=42,
         compute_dtype="float32",
         matmul_precision="tensorfloat32",
@@ -227,8 +289,10 @@ for _family, (_preset, _lr, _accum, _steps, _val_tokens) in _PAPER_RUNS.items():
 # gpt-oss with the auxiliary losses of train_gpt-oss_router_metrics.py (README, "With auxiliary
 # load-balancing losses and router z-losses").
 PRESETS["gptoss_paper_aux"] = dataclasses.replace(
-    PRESETS["gptoss_paper"], name="gptoss_paper_aux",
-    moe_overrides=(("lb_loss_coef", 1e-2), ("z_loss_coef", 1e-3)))
+    PRESETS["gptoss_paper"],
+    name="gptoss_paper_aux",
+    moe_overrides=(("lb_loss_coef", 1e-2), ("z_loss_coef", 1e-3)),
+)
 del _family, _preset, _lr, _accum, _steps, _val_tokens
 
 
@@ -238,18 +302,28 @@ def tiny_shapes(cfg: TrainConfig) -> TrainConfig:
     ``moe_overrides``; every other setting of the model (norms, QK-norm, sinks, clamped
     SwiGLU, biases, initialization, routing style, auxiliary losses) and of the run stays."""
     mcfg = cfg.model_config()
-    shape = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4,
-                 n_kv_heads=1 if mcfg.n_kv_heads == 1 else 2, head_dim=16, d_ff=128,
-                 max_seq_len=256)
+    shape = dict(
+        vocab_size=256,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=1 if mcfg.n_kv_heads == 1 else 2,
+        head_dim=16,
+        d_ff=128,
+        max_seq_len=256,
+    )
     if mcfg.sliding_window is not None:
         shape.update(sliding_window=8, global_every=2 if mcfg.global_every else 0)
     overrides = {**dict(cfg.model_overrides), **shape}
     moe = dict(cfg.moe_overrides)
     if mcfg.moe is not None:
         moe.update(n_experts=4, top_k=2, d_expert=64)
-    return dataclasses.replace(cfg, name=cfg.name + "_tiny",
-                               model_overrides=tuple(overrides.items()),
-                               moe_overrides=tuple(moe.items()))
+    return dataclasses.replace(
+        cfg,
+        name=cfg.name + "_tiny",
+        model_overrides=tuple(overrides.items()),
+        moe_overrides=tuple(moe.items()),
+    )
 
 
 # Smoke settings: a few steps of a small batch on the embedded corpus, eval and checkpoint
@@ -267,11 +341,19 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         cfg,
         name=cfg.name + "_smoke",
-        optimizer=dataclasses.replace(opt, warmup_steps=min(opt.warmup_steps, 1),
-                                      group_schedules=groups),
-        data=dataclasses.replace(cfg.data, corpus="stdlib", shards=None, val_shards=None,
-                                 corpus_bytes=256 * 2**10, batch_size=8, seq_len=32,
-                                 val_tokens=8 * 2**10),
+        optimizer=dataclasses.replace(
+            opt, warmup_steps=min(opt.warmup_steps, 1), group_schedules=groups
+        ),
+        data=dataclasses.replace(
+            cfg.data,
+            corpus="stdlib",
+            shards=None,
+            val_shards=None,
+            corpus_bytes=256 * 2**10,
+            batch_size=8,
+            seq_len=32,
+            val_tokens=8 * 2**10,
+        ),
         steps=SMOKE_STEPS,
         eval_every=2,
         eval_batches=1,

@@ -19,11 +19,17 @@ import dataclasses
 import glob
 import hashlib
 import json
-import math
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
+
+from experiments.configs.checks import (
+    check_fields,
+    check_finite,
+    check_int,
+    check_pairs,
+    check_rules,
+)
+from optzoo.routing import GROUPS
 
 __all__ = [
     "Scalar",
@@ -31,6 +37,7 @@ __all__ = [
     "DataConfig",
     "ShardingConfig",
     "TrainConfig",
+    "OPTIMIZER_NAMES",
     "SCHEDULES",
     "GROUP_SCHEDULES",
     "MATMUL_PRECISIONS",
@@ -45,6 +52,17 @@ __all__ = [
 #: Values allowed in ``(key, value)`` option tuples.
 Scalar = int | float | str | bool | None
 
+#: The optimizers of the harness (``OptimizerConfig.name``): the keys of
+#: :data:`experiments.optimizers.OPTIMIZERS`, which builds them.
+OPTIMIZER_NAMES = (
+    "adamw",
+    "lion",
+    "galore",
+    "natural_galore",
+    "online_subspace_descent",
+    "muon",
+    "symmetric",
+)
 SCHEDULES = ("wsd", "d2z", "cosine", "constant")
 #: Schedules a parameter group may get of its own (:attr:`OptimizerConfig.group_schedules`):
 #: the main ones plus ``'cosine_zero'``, linear warmup then a half cosine to zero (Hugging Face
@@ -62,8 +80,14 @@ CORPORA = ("stdlib", "shakespeare", "shards")
 #: same math up to float reduction order), so resuming a run on another mesh (an elastic
 #: restart: fewer hosts, another fsdp/tp split) is allowed; orbax restores the checkpoint
 #: into the new shardings. Bitwise-equal resumption holds on the same mesh.
-HASH_EXCLUDED = ("progress", "tensorboard", "plots", "checkpoint_every", "keep_checkpoints",
-                 "sharding")
+HASH_EXCLUDED = (
+    "progress",
+    "tensorboard",
+    "plots",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sharding",
+)
 #: Fields added after runs were made: left out of :func:`config_hash` while they hold their
 #: default (the old behaviour), so that earlier runs keep their hash and stay resumable.
 HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
@@ -73,130 +97,19 @@ HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
 }
 
 
-# ----------------------------------------------------------------------------- checking
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is type(None):
-        return "None"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"tuple[{_type_name(args[0])}, ...]"
-        return "tuple[" + ", ".join(_type_name(a) for a in args) + "]"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _conform(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (ints widened to float for float
-    fields, lists accepted for tuples); raises ``TypeError`` naming ``where``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-    elif origin is Literal:
-        if value in typing.get_args(tp) and not isinstance(value, bool) or (
-                isinstance(value, bool) and any(a is value for a in typing.get_args(tp))):
-            return value
-        raise ValueError(f"{where}={value!r}; expected {_type_name(tp)}")
-    elif origin in (Union, types.UnionType):
-        errors = []
-        # exact-type members first, so that 1 stays an int in int | float
-        args = sorted(typing.get_args(tp), key=lambda a: 0 if a is type(value) else 1)
-        for arg in args:
-            try:
-                return _conform(value, arg, where)
-            except (TypeError, ValueError) as e:
-                errors.append(e)
-    elif origin is tuple:
-        if isinstance(value, (tuple, list)):
-            args = typing.get_args(tp)
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_conform(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-            if len(args) == len(value):
-                return tuple(_conform(v, a, f"{where}[{i}]")
-                             for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-    else:  # pragma: no cover - only the annotations above are used
-        raise TypeError(f"{where}: unsupported annotation {tp!r}")
-    raise TypeError(f"{where}={value!r} has type {type(value).__name__}; expected "
-                    f"{_type_name(tp)}")
-
-
-def _check_fields(obj: Any) -> None:
-    """Type-checks (and canonicalizes) every field of a frozen dataclass instance."""
-    hints = typing.get_type_hints(type(obj))
-    owner = type(obj).__name__
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        new = _conform(value, hints[f.name], f"{owner}.{f.name}")
-        if new is not value:
-            object.__setattr__(obj, f.name, new)
-
-
-def _check_pairs(pairs: tuple, where: str) -> None:
-    keys = [k for k, _ in pairs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ValueError(f"{where}: duplicate keys {dup}")
-    for k, v in pairs:
-        if not k.isidentifier():
-            raise ValueError(f"{where}: key {k!r} is not a valid identifier")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{where}: value of {k!r} is {v}; expected a finite number")
-
-
-def _positive_int(owner: str, name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ValueError(f"{owner}.{name}={value}; expected an int >= {minimum}")
-
-
-def _finite(owner: str, name: str, value: float, lo: float | None = None,
-            hi: float | None = None, lo_open: bool = False) -> None:
-    ok = math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value <= hi
-    if not ok:
-        lo_s = "-inf" if lo is None else lo
-        rng = f"{'(' if lo_open else '['}{lo_s}, {'inf' if hi is None else hi}]"
-        raise ValueError(f"{owner}.{name}={value}; expected a finite number in {rng}")
-
-
 # ----------------------------------------------------------------------------- configs
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """Which optimizer, its learning-rate schedule and the wrappers around it.
 
     Attributes:
-      name: a key of :data:`experiments.optimizers.OPTIMIZERS` (``'adamw'``, ``'lion'``,
-        ``'galore'``, ``'natural_galore'``, ``'online_subspace_descent'``, ``'muon'``,
-        ``'symmetric'``).
+      name: one of :data:`OPTIMIZER_NAMES` (``'adamw'``, ``'lion'``, ``'galore'``,
+        ``'natural_galore'``, ``'online_subspace_descent'``, ``'muon'``, ``'symmetric'``).
       learning_rate: peak learning rate of the optimizer's main parameter group (for Muon and
         the symmetric stack: the hidden-matrix learning rate).
-      adam_lr: peak learning rate of the AdamW fallback of matrix methods (Muon: embeddings,
-        LM head, positions, norms, biases, router); ``None`` uses the optimizer's documented
-        default. Follows the same schedule.
+      adam_lr: peak learning rate of Muon's AdamW fallback (embeddings, LM head, positions,
+        norms, biases, router); ``None``: Muon's default, ``optzoo.fallback.LR_RATIO`` (0.015)
+        times ``learning_rate``. Follows the same schedule.
       weight_decay: decoupled weight decay (matrices only for AdamW/Lion; see
         :mod:`experiments.optimizers`).
       b1, b2, eps: AdamW moments, wherever Adam(W) runs (also the AdamW fallback groups of
@@ -222,9 +135,9 @@ class OptimizerConfig:
         ``schedule`` / ``warmup_steps``; its peak is unchanged. The released runs give the
         1-D AdamW group (``vectors``) ``('vectors', 'cosine_zero', 100)`` and every other
         group WSD without warmup, 40% linear cooldown. ``()`` (default): one schedule for all.
-        Implemented by :func:`experiments.train.build_tx` (the optimizer at a constant unit
-        schedule, each group's update then scaled by its own unit schedule: exact, since every
-        optimizer's update is linear in its learning rate).
+        Implemented by :func:`experiments.optimizers.build_optimizer` (the optimizer at a
+        constant unit schedule, each group's update then scaled by its own unit schedule:
+        exact, since every optimizer's update is linear in its learning rate).
     """
 
     name: str = "adamw"
@@ -244,44 +157,47 @@ class OptimizerConfig:
     group_schedules: tuple[tuple[str, str, int], ...] = ()
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         o = "OptimizerConfig"
-        from experiments.optimizers import GROUPS, OPTIMIZERS  # lazy: avoids an import cycle
-
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"{o}.name={self.name!r} is not a known optimizer; expected one "
-                             f"of {sorted(OPTIMIZERS)}")
-        _finite(o, "learning_rate", self.learning_rate, 0.0)
+        if self.name not in OPTIMIZER_NAMES:
+            raise ValueError(
+                f"{o}.name={self.name!r} is not a known optimizer; expected one "
+                f"of {sorted(OPTIMIZER_NAMES)}"
+            )
+        check_finite(o, "learning_rate", self.learning_rate, 0.0)
         if self.adam_lr is not None:
-            _finite(o, "adam_lr", self.adam_lr, 0.0)
-        _finite(o, "weight_decay", self.weight_decay, 0.0)
-        _finite(o, "b1", self.b1, 0.0, 1.0)
-        _finite(o, "b2", self.b2, 0.0, 1.0)
-        _finite(o, "eps", self.eps, 0.0)
-        _positive_int(o, "warmup_steps", self.warmup_steps, 0)
-        _finite(o, "cooldown_fraction", self.cooldown_fraction, 0.0, 1.0)
+            check_finite(o, "adam_lr", self.adam_lr, 0.0)
+        check_finite(o, "weight_decay", self.weight_decay, 0.0)
+        check_finite(o, "b1", self.b1, 0.0, 1.0)
+        check_finite(o, "b2", self.b2, 0.0, 1.0)
+        check_finite(o, "eps", self.eps, 0.0)
+        check_int(o, "warmup_steps", self.warmup_steps, 0)
+        check_finite(o, "cooldown_fraction", self.cooldown_fraction, 0.0, 1.0)
         if self.grad_clip is not None:
-            _finite(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
-        _check_pairs(self.lr_multipliers, f"{o}.lr_multipliers")
-        _check_pairs(self.options, f"{o}.options")
+            check_finite(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_pairs(self.lr_multipliers, f"{o}.lr_multipliers")
+        check_pairs(self.options, f"{o}.options")
         for group, factor in self.lr_multipliers:
             if group not in GROUPS:
-                raise ValueError(f"{o}.lr_multipliers: unknown group {group!r}; expected one "
-                                 f"of {list(GROUPS)}")
-            _finite(o, f"lr_multipliers[{group!r}]", factor, 0.0)
+                raise ValueError(
+                    f"{o}.lr_multipliers: unknown group {group!r}; expected one of {list(GROUPS)}"
+                )
+            check_finite(o, f"lr_multipliers[{group!r}]", factor, 0.0)
         seen = set()
         for group, schedule, warmup in self.group_schedules:
             where = f"{o}.group_schedules[{group!r}]"
             if group not in GROUPS:
-                raise ValueError(f"{o}.group_schedules: unknown group {group!r}; expected one "
-                                 f"of {list(GROUPS)}")
+                raise ValueError(
+                    f"{o}.group_schedules: unknown group {group!r}; expected one of {list(GROUPS)}"
+                )
             if group in seen:
                 raise ValueError(f"{o}.group_schedules: duplicate group {group!r}")
             seen.add(group)
             if schedule not in GROUP_SCHEDULES:
-                raise ValueError(f"{where}: schedule {schedule!r}; expected one of "
-                                 f"{list(GROUP_SCHEDULES)}")
-            _positive_int(where, "warmup_steps", warmup, 0)
+                raise ValueError(
+                    f"{where}: schedule {schedule!r}; expected one of {list(GROUP_SCHEDULES)}"
+                )
+            check_int(where, "warmup_steps", warmup, 0)
 
     def group_schedule(self, group: str) -> tuple[str, int]:
         """``(schedule, warmup_steps)`` of ``group`` (the main ones unless overridden)."""
@@ -329,16 +245,18 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         o = "DataConfig"
         for name in ("corpus_bytes", "batch_size", "seq_len", "val_tokens"):
-            _positive_int(o, name, getattr(self, name))
-        _positive_int(o, "seed", self.seed, 0)
+            check_int(o, name, getattr(self, name))
+        check_int(o, "seed", self.seed, 0)
         if self.corpus == "shards" and not self.shards:
             raise ValueError(f"{o}.shards must name the training shards when corpus='shards'")
         if self.corpus != "shards" and (self.shards or self.val_shards):
-            raise ValueError(f"{o}.shards / val_shards are only read with corpus='shards' "
-                             f"(corpus={self.corpus!r})")
+            raise ValueError(
+                f"{o}.shards / val_shards are only read with corpus='shards' "
+                f"(corpus={self.corpus!r})"
+            )
 
     def check_paths(self) -> None:
         """Raises ``FileNotFoundError`` naming the field if a shard path matches nothing."""
@@ -390,20 +308,21 @@ class ShardingConfig:
     rules: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         o = "ShardingConfig"
         if self.dp != -1:
-            _positive_int(o, "dp", self.dp)
-        _positive_int(o, "fsdp", self.fsdp)
-        _positive_int(o, "tp", self.tp)
-        from experiments.sharding import check_rules  # lazy: sharding imports jax
-
+            check_int(o, "dp", self.dp)
+        check_int(o, "fsdp", self.fsdp)
+        check_int(o, "tp", self.tp)
         check_rules(self.rules)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run.
+
+    The fields from ``checkpoint_every`` on do not change the metrics stream and are left out
+    of the config hash (:data:`HASH_EXCLUDED`).
 
     Attributes:
       name: run name (informational).
@@ -417,15 +336,7 @@ class TrainConfig:
         runs or ``(('n_experts', 4),)``.
       optimizer: :class:`OptimizerConfig`.
       data: :class:`DataConfig`.
-      sharding: :class:`ShardingConfig` (mesh axes, FSDP / TP sizes, partition rules); not part
-        of the config hash (see :data:`HASH_EXCLUDED`).
       steps: optimizer steps.
-      eval_every: validation loss every this many steps (and always at the end).
-      eval_batches: validation batches (of ``data.batch_size`` sequences) in the fixed
-        validation set.
-      log_every: training metrics (and the optimizer-time measurement) every this many steps.
-      checkpoint_every: orbax checkpoint every this many steps (and always at the end).
-      keep_checkpoints: how many checkpoints to keep.
       grad_accum: micro-batches accumulated per optimizer step.
       seed: model initialization seed (and the run's RNG key).
       compute_dtype: activations/matmul dtype (``'float32'`` or ``'bfloat16'``); parameters
@@ -433,7 +344,16 @@ class TrainConfig:
       matmul_precision: ``jax.default_matmul_precision`` for the run's jitted steps (one of
         :data:`MATMUL_PRECISIONS`, or ``None``: jax's default). ``'tensorfloat32'`` is the
         released runs' ``torch.set_float32_matmul_precision("high")``.
-      progress: show a tqdm progress bar (only on a terminal).
+      eval_every: validation loss every this many steps (and always at the end).
+      eval_batches: validation batches (of ``data.batch_size`` sequences) in the fixed
+        validation set.
+      log_every: training metrics (and the optimizer-time measurement) every this many steps.
+      checkpoint_every: orbax checkpoint every this many steps (and always at the end).
+      keep_checkpoints: how many checkpoints to keep.
+      sharding: :class:`ShardingConfig` (mesh axes, FSDP / TP sizes, partition rules).
+      progress: show the run's progress (:mod:`experiments.progress`): a tqdm bar when
+        standard output is a terminal, else about 20 plain-text lines (step, loss, tokens/s,
+        elapsed time, ETA), as in a piped run or a Slurm ``.out`` file.
       tensorboard: also write TensorBoard events (``tb/``) next to ``metrics.jsonl``.
       plots: write ``plots/curves.png`` (loss vs steps, tokens, time) at the end of the run.
     """
@@ -444,96 +364,138 @@ class TrainConfig:
     moe_overrides: tuple[tuple[str, Scalar], ...] = ()
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
-    sharding: ShardingConfig = ShardingConfig()
     steps: int = 1000
-    eval_every: int = 100
-    eval_batches: int = 16
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
     grad_accum: int = 1
     seed: int = 0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     matmul_precision: Literal["default", "tensorfloat32", "float32"] | None = None
+    eval_every: int = 100
+    eval_batches: int = 16
+    log_every: int = 10
+    # not hashed (HASH_EXCLUDED)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sharding: ShardingConfig = ShardingConfig()
     progress: bool = True
     tensorboard: bool = True
     plots: bool = True
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         o = "TrainConfig"
-        for name in ("steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "grad_accum"):
-            _positive_int(o, name, getattr(self, name))
-        _positive_int(o, "seed", self.seed, 0)
-        _check_pairs(self.model_overrides, f"{o}.model_overrides")
-        _check_pairs(self.moe_overrides, f"{o}.moe_overrides")
+        for name in (
+            "steps",
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "grad_accum",
+        ):
+            check_int(o, name, getattr(self, name))
+        check_int(o, "seed", self.seed, 0)
+        check_pairs(self.model_overrides, f"{o}.model_overrides")
+        check_pairs(self.moe_overrides, f"{o}.moe_overrides")
         mcfg = self.model_config()  # validates the preset name and the overrides
         if self.data.corpus in ("stdlib", "shakespeare") and mcfg.vocab_size < 256:
-            raise ValueError(f"{o}: model {self.model!r} has vocab_size {mcfg.vocab_size}, "
-                             f"too small for the byte corpus {self.data.corpus!r} (256 ids)")
+            raise ValueError(
+                f"{o}: model {self.model!r} has vocab_size {mcfg.vocab_size}, "
+                f"too small for the byte corpus {self.data.corpus!r} (256 ids)"
+            )
         if mcfg.positions == "learned" and self.data.seq_len > mcfg.max_seq_len:
-            raise ValueError(f"{o}: data.seq_len={self.data.seq_len} exceeds the model's "
-                             f"learned-position table (max_seq_len={mcfg.max_seq_len})")
-        opt = self.optimizer
-        if opt.schedule == "wsd":
-            cooldown = int(round(opt.cooldown_fraction * self.steps))
-            if opt.warmup_steps + cooldown > self.steps:
-                raise ValueError(f"{o}: optimizer.warmup_steps={opt.warmup_steps} plus the WSD "
-                                 f"cooldown ({cooldown} steps) exceed steps={self.steps}")
-        elif opt.warmup_steps >= self.steps and opt.schedule != "constant":
-            raise ValueError(f"{o}: optimizer.warmup_steps={opt.warmup_steps} must be smaller "
-                             f"than steps={self.steps} for schedule {opt.schedule!r}")
+            raise ValueError(
+                f"{o}: data.seq_len={self.data.seq_len} exceeds the model's "
+                f"learned-position table (max_seq_len={mcfg.max_seq_len})"
+            )
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """Refuses warmups and cooldowns longer than the run; the messages name the fields
+        and the command-line flags that set them (``experiments.train`` and
+        ``experiments.ablate`` both take ``--steps`` and ``--warmup-steps``)."""
+        o, opt = "TrainConfig", self.optimizer
+        cooldown = int(round(opt.cooldown_fraction * self.steps))
+        if opt.schedule == "wsd" and opt.warmup_steps + cooldown > self.steps:
+            raise ValueError(
+                f"{o}: optimizer.warmup_steps={opt.warmup_steps} plus the WSD cooldown "
+                f"({cooldown} steps: optimizer.cooldown_fraction={opt.cooldown_fraction:g} of "
+                f"steps={self.steps}) exceed steps={self.steps}; on the command line: "
+                f"--warmup-steps {opt.warmup_steps} + --optimizer.cooldown-fraction "
+                f"{opt.cooldown_fraction:g} do not fit in --steps {self.steps} (lower the "
+                "warmup or the cooldown fraction, or raise the steps)"
+            )
+        if opt.schedule not in ("wsd", "constant") and opt.warmup_steps >= self.steps:
+            raise ValueError(
+                f"{o}: optimizer.warmup_steps={opt.warmup_steps} must be smaller than "
+                f"steps={self.steps} for schedule {opt.schedule!r}; on the command line: "
+                f"--warmup-steps {opt.warmup_steps} must be below --steps {self.steps}"
+            )
         for group, schedule, warmup in opt.group_schedules:
-            if schedule == "wsd":
-                cooldown = int(round(opt.cooldown_fraction * self.steps))
-                if warmup + cooldown > self.steps:
-                    raise ValueError(f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
-                                     f"plus the WSD cooldown ({cooldown} steps) exceed "
-                                     f"steps={self.steps}")
-            elif schedule != "constant" and warmup >= self.steps:
-                raise ValueError(f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
-                                 f"must be smaller than steps={self.steps} for schedule "
-                                 f"{schedule!r}")
+            if schedule == "wsd" and warmup + cooldown > self.steps:
+                raise ValueError(
+                    f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
+                    f"plus the WSD cooldown ({cooldown} steps) exceed "
+                    f"steps={self.steps} (--steps)"
+                )
+            if schedule not in ("wsd", "constant") and warmup >= self.steps:
+                raise ValueError(
+                    f"{o}: optimizer.group_schedules[{group!r}] warmup {warmup} "
+                    f"must be smaller than steps={self.steps} (--steps) for "
+                    f"schedule {schedule!r}"
+                )
 
     def model_config(self):
         """The resolved :class:`experiments.models.ModelConfig` (preset + overrides + dtype)."""
         from experiments import models
 
         if self.model not in models.PRESETS:
-            raise ValueError(f"TrainConfig.model={self.model!r} is not a model preset; "
-                             f"expected one of {sorted(models.PRESETS)}")
+            raise ValueError(
+                f"TrainConfig.model={self.model!r} is not a model preset; "
+                f"expected one of {sorted(models.PRESETS)}"
+            )
         overrides = dict(self.model_overrides)
         known = {f.name for f in dataclasses.fields(models.ModelConfig)}
         for key in overrides:
             if key not in known:
-                raise ValueError(f"TrainConfig.model_overrides: {key!r} is not a ModelConfig "
-                                 f"field; expected one of {sorted(known - {'moe'})}")
+                raise ValueError(
+                    f"TrainConfig.model_overrides: {key!r} is not a ModelConfig "
+                    f"field; expected one of {sorted(known - {'moe'})}"
+                )
             if key in ("dtype", "moe"):
-                raise ValueError(f"TrainConfig.model_overrides: {key!r} cannot be overridden "
-                                 "here (use TrainConfig.compute_dtype for the dtype and "
-                                 "TrainConfig.moe_overrides for the MoE settings)")
+                raise ValueError(
+                    f"TrainConfig.model_overrides: {key!r} cannot be overridden "
+                    "here (use TrainConfig.compute_dtype for the dtype and "
+                    "TrainConfig.moe_overrides for the MoE settings)"
+                )
         overrides["dtype"] = self.compute_dtype
         if self.moe_overrides:
             base = models.PRESETS[self.model].moe
             if base is None:
-                raise ValueError(f"TrainConfig.moe_overrides {self.moe_overrides!r}: model "
-                                 f"{self.model!r} has no MoE layer")
+                raise ValueError(
+                    f"TrainConfig.moe_overrides {self.moe_overrides!r}: model "
+                    f"{self.model!r} has no MoE layer"
+                )
             moe_known = {f.name for f in dataclasses.fields(models.MoEConfig)}
             for key, _ in self.moe_overrides:
                 if key not in moe_known:
-                    raise ValueError(f"TrainConfig.moe_overrides: {key!r} is not a MoEConfig "
-                                     f"field; expected one of {sorted(moe_known)}")
+                    raise ValueError(
+                        f"TrainConfig.moe_overrides: {key!r} is not a MoEConfig "
+                        f"field; expected one of {sorted(moe_known)}"
+                    )
             try:
                 overrides["moe"] = dataclasses.replace(base, **dict(self.moe_overrides))
             except (TypeError, ValueError) as e:
-                raise ValueError(f"TrainConfig.moe_overrides {self.moe_overrides!r} are invalid "
-                                 f"for model {self.model!r}: {e}") from e
+                raise ValueError(
+                    f"TrainConfig.moe_overrides {self.moe_overrides!r} are invalid "
+                    f"for model {self.model!r}: {e}"
+                ) from e
         try:
             return models.get_preset(self.model, **overrides)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"TrainConfig.model_overrides {self.model_overrides!r} are invalid "
-                             f"for model {self.model!r}: {e}") from e
+            raise ValueError(
+                f"TrainConfig.model_overrides {self.model_overrides!r} are invalid "
+                f"for model {self.model!r}: {e}"
+            ) from e
 
     @property
     def tokens_per_step(self) -> int:

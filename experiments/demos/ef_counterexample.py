@@ -66,17 +66,23 @@ def run(tx: optax.GradientTransformation, c: float, steps: int) -> dict:
 
     w = jnp.asarray(W0, jnp.float32)
     t0 = time.perf_counter()
-    (w, _), (fs, sums) = jax.jit(
-        lambda w: jax.lax.scan(body, (w, tx.init(w)), None, length=steps))(w)
+    (w, _), (fs, sums) = jax.jit(lambda w: jax.lax.scan(body, (w, tx.init(w)), None, length=steps))(
+        w
+    )
     fs, sums = np.asarray(fs, np.float64), np.asarray(sums, np.float64)
     grid = np.unique(np.geomspace(1, steps, 60).astype(int)) - 1
-    return {"f0": float(objective(jnp.asarray(W0), c)), "final_f": float(fs[-1]),
-            "tail_mean_f": float(fs[-max(1, steps // 10):].mean()),
-            "tail_max_f": float(fs[-max(1, steps // 10):].max()),
-            "min_f": float(fs.min()), "final_sum": float(sums[-1]),
-            "sum_range": [float(sums.min()), float(sums.max())],
-            "steps": [int(i) + 1 for i in grid], "f": [float(fs[i]) for i in grid],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "f0": float(objective(jnp.asarray(W0), c)),
+        "final_f": float(fs[-1]),
+        "tail_mean_f": float(fs[-max(1, steps // 10) :].mean()),
+        "tail_max_f": float(fs[-max(1, steps // 10) :].max()),
+        "min_f": float(fs.min()),
+        "final_sum": float(sums[-1]),
+        "sum_range": [float(sums.min()), float(sums.max())],
+        "steps": [int(i) + 1 for i in grid],
+        "f": [float(fs[i]) for i in grid],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 SCHEDULES = {
@@ -94,21 +100,28 @@ def cases(steps: int) -> dict:
         runs = {}
         for name, sched in SCHEDULES.items():
             runs[f"muon[svd, {name}]"] = run(
-                optzoo.muon(sched, beta=beta, nesterov=True, ortho_method="svd"), c, steps)
+                optzoo.muon(sched, beta=beta, nesterov=True, ortho_method="svd"), c, steps
+            )
         runs["muon[auto, 1/(t+1)]"] = run(
-            optzoo.muon(SCHEDULES["1/(t+1)"], beta=beta, nesterov=True), c, steps)
+            optzoo.muon(SCHEDULES["1/(t+1)"], beta=beta, nesterov=True), c, steps
+        )
         for method in ("svd", "auto"):
             runs[f"ef_muon[{method}, 1/sqrt(T)]"] = run(
-                optzoo.ef_muon(gamma, beta, ortho_method=method), c, steps)
+                optzoo.ef_muon(gamma, beta, ortho_method=method), c, steps
+            )
         runs["ef_muon[sign, 1/sqrt(T)]"] = run(
-            optzoo.ef_muon(gamma, beta, compressor="sign"), c, steps)
+            optzoo.ef_muon(gamma, beta, compressor="sign"), c, steps
+        )
         floor = c * abs(W0[0, 0] + W0[1, 1])
         out[case] = {"c": c, "beta": beta, "steps": steps, "muon_floor": floor, "runs": runs}
         for name, r in runs.items():
-            print(f"{case:14s} {name:28s} f_T={r['final_f']:.4g} "
-                  f"last-10%: mean {r['tail_mean_f']:.4g} max {r['tail_max_f']:.4g} "
-                  f"min={r['min_f']:.4g} "
-                  f"sum={r['final_sum']:.4f} (floor {floor:g})", flush=True)
+            print(
+                f"{case:14s} {name:28s} f_T={r['final_f']:.4g} "
+                f"last-10%: mean {r['tail_mean_f']:.4g} max {r['tail_max_f']:.4g} "
+                f"min={r['min_f']:.4g} "
+                f"sum={r['final_sum']:.4f} (floor {floor:g})",
+                flush=True,
+            )
     return out
 
 
@@ -143,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     results = cases(args.steps)
     plot(results, os.path.join(args.out, "ef_counterexample.png"))
-    out = {"command": "python -m experiments.demos.ef_counterexample", "W0": W0.tolist(),
-           "results": results}
+    out = {
+        "command": "python -m experiments.demos.ef_counterexample",
+        "W0": W0.tolist(),
+        "results": results,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out

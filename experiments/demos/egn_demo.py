@@ -99,8 +99,14 @@ def _split(x, y, n_val, n_test, seed):
     perm = np.random.default_rng(seed).permutation(len(x))
     x, y = x[perm], y[perm]
     n_train = len(x) - n_val - n_test
-    return (x[:n_train], y[:n_train], x[n_train:n_train + n_val], y[n_train:n_train + n_val],
-            x[n_train + n_val:], y[n_train + n_val:])
+    return (
+        x[:n_train],
+        y[:n_train],
+        x[n_train : n_train + n_val],
+        y[n_train : n_train + n_val],
+        x[n_train + n_val :],
+        y[n_train + n_val :],
+    )
 
 
 def regression_task(seed: int = 0, n: int = 1792) -> Task:
@@ -109,8 +115,12 @@ def regression_task(seed: int = 0, n: int = 1792) -> Task:
     x = rng.standard_normal((n, 4)).astype(np.float32)
     a, b = rng.standard_normal(4), rng.standard_normal(4)
     y = np.sin(x @ a) + 0.5 * np.cos(x @ b) + 0.05 * rng.standard_normal(n)
-    return Task("regression", "mse", (4, 32, 32, 1),
-                *_split(x, y[:, None].astype(np.float32), n // 7, 2 * n // 7, seed + 1))
+    return Task(
+        "regression",
+        "mse",
+        (4, 32, 32, 1),
+        *_split(x, y[:, None].astype(np.float32), n // 7, 2 * n // 7, seed + 1),
+    )
 
 
 def digits_task(seed: int = 0) -> Task:
@@ -154,8 +164,9 @@ def _metrics(task: Task, params: dict, x, y) -> dict:
     return out
 
 
-def train(task: Task, name: str, hp: float, *, epochs: int, batch_size: int = 64,
-          seed: int = 0) -> dict:
+def train(
+    task: Task, name: str, hp: float, *, epochs: int, batch_size: int = 64, seed: int = 0
+) -> dict:
     """Trains one configuration; returns per-epoch train/val/test metrics and seconds."""
     params = init_mlp(seed, task.sizes)
     tx = make_optimizer(name, hp, task.loss)
@@ -180,42 +191,75 @@ def train(task: Task, name: str, hp: float, *, epochs: int, batch_size: int = 64
         if epoch:
             perm = rng.permutation(n)
             for s in range(steps_per_epoch):
-                idx = perm[s * batch_size:(s + 1) * batch_size]
-                params, state = step(params, state, jnp.asarray(task.x_train[idx]),
-                                     jnp.asarray(task.y_train[idx]))
+                idx = perm[s * batch_size : (s + 1) * batch_size]
+                params, state = step(
+                    params, state, jnp.asarray(task.x_train[idx]), jnp.asarray(task.y_train[idx])
+                )
         record = {"epoch": epoch, "seconds": time.perf_counter() - t0}
         for split in ("train", "val", "test"):
             m = _metrics(task, params, getattr(task, f"x_{split}"), getattr(task, f"y_{split}"))
             record.update({f"{split}_{k}": v for k, v in m.items()})
         curve.append(record)
     final = curve[-1]["val_loss"]
-    return {"optimizer": name, "hp": hp, "curve": curve,
-            "final_val_loss": final if np.isfinite(final) else float("inf")}
+    return {
+        "optimizer": name,
+        "hp": hp,
+        "curve": curve,
+        "final_val_loss": final if np.isfinite(final) else float("inf"),
+    }
 
 
-def tune(task: Task, name: str, grid: Sequence[float], *, epochs: int, batch_size: int = 64,
-         seed: int = 0) -> dict:
+def tune(
+    task: Task,
+    name: str,
+    grid: Sequence[float],
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
     """Runs every grid value; the tuned one has the lowest final validation loss."""
-    runs = [train(task, name, hp, epochs=epochs, batch_size=batch_size, seed=seed)
-            for hp in grid]
+    runs = [train(task, name, hp, epochs=epochs, batch_size=batch_size, seed=seed) for hp in grid]
     best = min(runs, key=lambda r: r["final_val_loss"])
-    return {"optimizer": name, "best": best,
-            "grid": {str(r["hp"]): r["final_val_loss"] for r in runs}}
+    return {
+        "optimizer": name,
+        "best": best,
+        "grid": {str(r["hp"]): r["final_val_loss"] for r in runs},
+    }
 
 
-def run_task(task: Task, *, epochs: int, grids: dict[str, Sequence[float]],
-             batch_size: int = 64, seed: int = 0) -> dict:
+def run_task(
+    task: Task,
+    *,
+    epochs: int,
+    grids: dict[str, Sequence[float]],
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
     """Tunes every optimizer of ``grids`` on ``task``; returns a JSON-ready summary."""
-    results = {name: tune(task, name, grid, epochs=epochs, batch_size=batch_size, seed=seed)
-               for name, grid in grids.items()}
+    results = {
+        name: tune(task, name, grid, epochs=epochs, batch_size=batch_size, seed=seed)
+        for name, grid in grids.items()
+    }
     table = {}
     for name, res in results.items():
         last = res["best"]["curve"][-1]
-        table[name] = {"hp": res["best"]["hp"], "test_loss": last["test_loss"],
-                       "train_loss": last["train_loss"], "seconds": last["seconds"],
-                       **({"test_acc": last["test_acc"]} if "test_acc" in last else {})}
-    return {"task": task.name, "loss": task.loss, "sizes": list(task.sizes),
-            "epochs": epochs, "batch_size": batch_size, "table": table, "runs": results}
+        table[name] = {
+            "hp": res["best"]["hp"],
+            "test_loss": last["test_loss"],
+            "train_loss": last["train_loss"],
+            "seconds": last["seconds"],
+            **({"test_acc": last["test_acc"]} if "test_acc" in last else {}),
+        }
+    return {
+        "task": task.name,
+        "loss": task.loss,
+        "sizes": list(task.sizes),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "table": table,
+        "runs": results,
+    }
 
 
 def plot_task(summary: dict, path: str) -> None:
@@ -265,15 +309,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name in args.tasks.split(","):
         task = makers[name](args.seed)
         if args.smoke:  # a fraction of the data keeps the smoke run in seconds
-            task = dataclasses.replace(task, x_train=task.x_train[:256],
-                                       y_train=task.y_train[:256])
+            task = dataclasses.replace(task, x_train=task.x_train[:256], y_train=task.y_train[:256])
         summaries[name] = run_task(task, epochs=epochs, grids=grids, seed=args.seed)
         plot_task(summaries[name], os.path.join(args.out, f"egn_{name}.png"))
         for opt, row in summaries[name]["table"].items():
-            print(f"{name:10s} {opt:5s} " + " ".join(
-                f"{k}={v:.4g}" for k, v in row.items()))
-    out = {"command": "python -m experiments.demos.egn_demo", "smoke": args.smoke,
-           "devices": [str(d) for d in jax.devices()], "tasks": summaries}
+            print(f"{name:10s} {opt:5s} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    out = {
+        "command": "python -m experiments.demos.egn_demo",
+        "smoke": args.smoke,
+        "devices": [str(d) for d in jax.devices()],
+        "tasks": summaries,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out

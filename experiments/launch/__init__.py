@@ -22,37 +22,7 @@ Every node runs ``python -m experiments.train --preset P --workdir W --distribut
 host, owning all of the host's accelerators (see :mod:`experiments.launch.slurm`).
 """
 
-from experiments.launch import skypilot, slurm
-from experiments.launch.common import (
-    DEFAULT_PORT,
-    GPU_XLA_FLAGS,
-    REPO_ROOT,
-    JobSpec,
-    LaunchConfigError,
-    TpuSlice,
-    check_sharding,
-    check_workdir,
-    make_job,
-    parse_tpu,
-    parse_train_config,
-    render_argv,
-    train_argv,
-)
+from experiments.launch import common, skypilot, slurm
+from experiments.launch.common import *  # noqa: F403  (the job description and its checks)
 
-__all__ = [
-    "DEFAULT_PORT",
-    "GPU_XLA_FLAGS",
-    "JobSpec",
-    "LaunchConfigError",
-    "REPO_ROOT",
-    "TpuSlice",
-    "check_sharding",
-    "check_workdir",
-    "make_job",
-    "parse_tpu",
-    "parse_train_config",
-    "render_argv",
-    "skypilot",
-    "slurm",
-    "train_argv",
-]
+__all__ = ["common", "skypilot", "slurm", *common.__all__]

@@ -32,6 +32,8 @@ import re
 import shlex
 from pathlib import Path
 
+from experiments.cli import LAUNCH_FLAGS, build_config
+
 __all__ = [
     "DEFAULT_PORT",
     "env_lines",
@@ -62,8 +64,7 @@ DEFAULT_PORT = 8476
 GPU_XLA_FLAGS = "--xla_gpu_enable_latency_hiding_scheduler=true"
 
 #: Flags of ``experiments.train`` that the launcher sets itself (refused after ``--``).
-RESERVED_TRAIN_FLAGS = ("--preset", "--smoke", "--workdir", "--distributed", "--coordinator",
-                        "--num-processes", "--process-id")
+RESERVED_TRAIN_FLAGS = LAUNCH_FLAGS
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+=:,-]*")
 _SHARDING_FLAG = re.compile(r"--sharding[.](dp|fsdp|tp)(?:=(.*))?")
@@ -108,16 +109,17 @@ def parse_tpu(name: str) -> TpuSlice:
     """
     m = _TPU_NAME.fullmatch(name.strip().lower())
     if not m:
-        raise LaunchConfigError(f"--tpu {name!r}: expected a Cloud TPU type such as v5e-16, "
-                                "v4-32, v5p-8, v6e-8, v3-8 (optionally prefixed 'tpu-')")
+        raise LaunchConfigError(
+            f"--tpu {name!r}: expected a Cloud TPU type such as v5e-16, "
+            "v4-32, v5p-8, v6e-8, v3-8 (optionally prefixed 'tpu-')"
+        )
     gen, size = m.group(1), int(m.group(2))
     gen = "v5e" if gen == "v5litepod" else gen
     per_chip = 2 if gen in ("v4", "v5p") else 1
     if size < 1 or size % per_chip or (gen in ("v2", "v3") and size % 8):
         raise LaunchConfigError(f"--tpu {name!r}: {size} is not a valid {gen} slice size")
     stem = "v5litepod" if gen == "v5e" else gen
-    return TpuSlice(accelerator=f"tpu-{stem}-{size}", devices=size // per_chip,
-                    multi_host=size > 8)
+    return TpuSlice(accelerator=f"tpu-{stem}-{size}", devices=size // per_chip, multi_host=size > 8)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -170,19 +172,23 @@ def check_workdir(workdir: str, multi_host: bool) -> str:
         raise LaunchConfigError(
             f"--workdir {workdir!r} is a URI; the train loop writes with local file APIs: "
             "mount the bucket (skypilot --mount /ckpt=gs://bucket) and pass a path under the "
-            "mount point, or use a shared filesystem path")
+            "mount point, or use a shared filesystem path"
+        )
     if not workdir.startswith("/"):
         raise LaunchConfigError(
             f"--workdir {workdir!r} must be an absolute path: every node opens it, and a "
-            "relative path would resolve against each node's own current directory")
+            "relative path would resolve against each node's own current directory"
+        )
     if not _SAFE_PATH.fullmatch(workdir):
         raise LaunchConfigError(
             f"--workdir {workdir!r} contains characters other than letters, digits and "
-            "'._/@+=:,-' (it is written into #SBATCH lines and YAML)")
+            "'._/@+=:,-' (it is written into #SBATCH lines and YAML)"
+        )
     if multi_host and (workdir == "/tmp" or workdir.startswith("/tmp/")):
         raise LaunchConfigError(
             f"--workdir {workdir!r} is node-local on clusters; a multi-host job needs a path "
-            "every host sees (shared filesystem or mounted bucket) for its checkpoints")
+            "every host sees (shared filesystem or mounted bucket) for its checkpoints"
+        )
     return workdir.rstrip("/") or "/"
 
 
@@ -199,13 +205,13 @@ def _sharding_overrides(overrides: tuple[str, ...]) -> dict[str, int]:
         try:
             out[axis] = int(value)
         except ValueError:
-            raise LaunchConfigError(
-                f"--sharding.{axis} {value!r}: expected an integer") from None
+            raise LaunchConfigError(f"--sharding.{axis} {value!r}: expected an integer") from None
     return out
 
 
-def check_sharding(overrides: tuple[str, ...], devices: int,
-                   defaults: dict[str, int] | None = None) -> None:
+def check_sharding(
+    overrides: tuple[str, ...], devices: int, defaults: dict[str, int] | None = None
+) -> None:
     """Checks the user's ``--sharding.dp/fsdp/tp`` overrides against ``devices``.
 
     Nothing is checked when none is set. Unset axes take ``defaults`` (the preset's
@@ -221,44 +227,49 @@ def check_sharding(overrides: tuple[str, ...], devices: int,
     axes = {"dp": -1, "fsdp": 1, "tp": 1, **(defaults or {}), **given}
     for axis, size in axes.items():
         if size < 1 and not (axis == "dp" and size == -1):
-            raise LaunchConfigError(f"--sharding.{axis} {size}: expected an int >= 1"
-                                    + (" or -1 (the remaining devices)" if axis == "dp" else ""))
+            raise LaunchConfigError(
+                f"--sharding.{axis} {size}: expected an int >= 1"
+                + (" or -1 (the remaining devices)" if axis == "dp" else "")
+            )
     model = axes["fsdp"] * axes["tp"]
     shown = " * ".join(f"--sharding.{a} {axes[a]}" for a in ("dp", "fsdp", "tp"))
     if axes["dp"] == -1:
         if devices % model:
-            raise LaunchConfigError(f"{shown}: fsdp * tp = {model} does not divide the job's "
-                                    f"{devices} devices")
+            raise LaunchConfigError(
+                f"{shown}: fsdp * tp = {model} does not divide the job's {devices} devices"
+            )
     elif axes["dp"] * model != devices:
-        raise LaunchConfigError(f"{shown} = {axes['dp'] * model} devices, but the job has "
-                                f"{devices} (nodes x devices per node); use --sharding.dp -1 "
-                                "to take the remaining devices")
+        raise LaunchConfigError(
+            f"{shown} = {axes['dp'] * model} devices, but the job has "
+            f"{devices} (nodes x devices per node); use --sharding.dp -1 "
+            "to take the remaining devices"
+        )
 
 
 def parse_train_config(preset: str, smoke: bool, overrides: tuple[str, ...]):
     """The :class:`~experiments.configs.TrainConfig` that ``experiments.train`` will build:
-    ``get_config(preset, smoke)`` with ``overrides`` parsed by tyro, as its ``main`` does.
+    ``get_config(preset, smoke)`` with ``overrides`` parsed by tyro
+    (:func:`experiments.cli.build_config`, as its ``main`` does; shorthands such as
+    ``--warmup-steps`` included).
 
     Raises:
       LaunchConfigError: naming ``--preset`` or the train overrides (with tyro's message).
     """
-    import tyro
-
-    from experiments.configs import TrainConfig, get_config
+    from experiments.configs import get_config
 
     try:
-        base = get_config(preset, smoke=smoke)
+        get_config(preset, smoke=smoke)
     except ValueError as e:
         raise LaunchConfigError(f"--preset: {e}") from None
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
-            return tyro.cli(TrainConfig, default=base, args=list(overrides),
-                            prog="python -m experiments.train")
+            return build_config(preset, smoke, list(overrides))
     except SystemExit:
         raise LaunchConfigError(
             f"train overrides {' '.join(overrides)!r} are not valid for --preset {preset}:\n"
-            + err.getvalue().strip()) from None
+            + err.getvalue().strip()
+        ) from None
     except (TypeError, ValueError) as e:
         raise LaunchConfigError(f"train overrides {' '.join(overrides)!r}: {e}") from None
 
@@ -269,7 +280,8 @@ def _check_overrides(overrides: tuple[str, ...]) -> None:
         if flag in RESERVED_TRAIN_FLAGS:
             raise LaunchConfigError(
                 f"train override {flag} is set by the launcher; use the launcher's own "
-                "--preset/--smoke/--workdir flags (before '--')")
+                "--preset/--smoke/--workdir flags (before '--')"
+            )
 
 
 def _check_positive(flag: str, value: int | None) -> None:
@@ -277,12 +289,21 @@ def _check_positive(flag: str, value: int | None) -> None:
         raise LaunchConfigError(f"{flag} {value}: expected an int >= 1")
 
 
-def make_job(preset: str, workdir: str, *, smoke: bool = False, nodes: int = 1,
-             gpus_per_node: int | None = None, tpu: str | None = None,
-             overrides: tuple[str, ...] | list[str] = (),
-             env: tuple[tuple[str, str], ...] = (), setup: tuple[str, ...] = (),
-             name: str | None = None, python: str = "python",
-             port: int = DEFAULT_PORT) -> JobSpec:
+def make_job(
+    preset: str,
+    workdir: str,
+    *,
+    smoke: bool = False,
+    nodes: int = 1,
+    gpus_per_node: int | None = None,
+    tpu: str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    env: tuple[tuple[str, str], ...] = (),
+    setup: tuple[str, ...] = (),
+    name: str | None = None,
+    python: str = "python",
+    port: int = DEFAULT_PORT,
+) -> JobSpec:
     """A validated :class:`JobSpec` (see the module docstring for the checks).
 
     GPU jobs get ``XLA_FLAGS`` (:data:`GPU_XLA_FLAGS`) and ``JAX_LOCAL_DEVICE_IDS`` listing
@@ -297,31 +318,48 @@ def make_job(preset: str, workdir: str, *, smoke: bool = False, nodes: int = 1,
     _check_positive("--nodes", nodes)
     _check_positive("--gpus-per-node", gpus_per_node)
     if gpus_per_node is not None and tpu is not None:
-        raise LaunchConfigError("--gpus-per-node and --tpu are exclusive: a job runs on GPU "
-                                "nodes or on one TPU slice")
+        raise LaunchConfigError(
+            "--gpus-per-node and --tpu are exclusive: a job runs on GPU nodes or on one TPU slice"
+        )
     if gpus_per_node is None and tpu is None:
         raise LaunchConfigError("give --gpus-per-node G (GPU nodes) or --tpu TYPE (TPU slice)")
     slice_ = parse_tpu(tpu) if tpu is not None else None
     if slice_ is not None and nodes != 1:
-        raise LaunchConfigError(f"--nodes {nodes} with --tpu: a TPU slice is one node (its "
-                                "hosts are started together); multi-slice jobs are not "
-                                "supported")
+        raise LaunchConfigError(
+            f"--nodes {nodes} with --tpu: a TPU slice is one node (its "
+            "hosts are started together); multi-slice jobs are not "
+            "supported"
+        )
     if not 0 < port < 65536:
         raise LaunchConfigError(f"--port {port}: expected a TCP port in 1..65535")
     for key, _ in env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise LaunchConfigError(f"--env {key!r}: expected NAME=VALUE with a shell "
-                                    "variable name")
+            raise LaunchConfigError(
+                f"--env {key!r}: expected NAME=VALUE with a shell variable name"
+            )
     _check_overrides(overrides)
     multi_host = slice_.multi_host if slice_ is not None else nodes > 1
-    job = JobSpec(preset=preset, workdir=check_workdir(workdir, multi_host), smoke=smoke,
-                  nodes=nodes, gpus_per_node=gpus_per_node, tpu=slice_, overrides=overrides,
-                  env=_with_defaults(env, gpus_per_node), setup=tuple(setup),
-                  name=name or f"optzoo-{preset}", python=python, port=port)
+    job = JobSpec(
+        preset=preset,
+        workdir=check_workdir(workdir, multi_host),
+        smoke=smoke,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        tpu=slice_,
+        overrides=overrides,
+        env=_with_defaults(env, gpus_per_node),
+        setup=tuple(setup),
+        name=name or f"optzoo-{preset}",
+        python=python,
+        port=port,
+    )
     cfg = parse_train_config(preset, smoke, overrides)
     sharding = getattr(cfg, "sharding", None)
-    defaults = ({a: getattr(sharding, a) for a in ("dp", "fsdp", "tp") if hasattr(sharding, a)}
-                if sharding is not None else None)
+    defaults = (
+        {a: getattr(sharding, a) for a in ("dp", "fsdp", "tp") if hasattr(sharding, a)}
+        if sharding is not None
+        else None
+    )
     check_sharding(overrides, job.devices, defaults)
     _check_batch(cfg.data.batch_size, job, getattr(sharding, "tp", 1))
     return job
@@ -334,17 +372,21 @@ def _check_batch(batch_size: int, job: JobSpec, tp: int) -> None:
     processes = job.nodes if job.tpu is None else 1
     for what, n in (("batch shards (devices / tp)", shards), ("processes (--nodes)", processes)):
         if batch_size % n:
-            raise LaunchConfigError(f"--data.batch-size {batch_size} is not divisible by the "
-                                    f"job's {n} {what}")
+            raise LaunchConfigError(
+                f"--data.batch-size {batch_size} is not divisible by the job's {n} {what}"
+            )
 
 
-def _with_defaults(env: tuple[tuple[str, str], ...],
-                   gpus_per_node: int | None) -> tuple[tuple[str, str], ...]:
+def _with_defaults(
+    env: tuple[tuple[str, str], ...], gpus_per_node: int | None
+) -> tuple[tuple[str, str], ...]:
     if gpus_per_node is None:
         return tuple(env)
     given = {k for k, _ in env}
-    extra = [("XLA_FLAGS", GPU_XLA_FLAGS),
-             ("JAX_LOCAL_DEVICE_IDS", ",".join(str(i) for i in range(gpus_per_node)))]
+    extra = [
+        ("XLA_FLAGS", GPU_XLA_FLAGS),
+        ("JAX_LOCAL_DEVICE_IDS", ",".join(str(i) for i in range(gpus_per_node))),
+    ]
     return tuple(env) + tuple((k, v) for k, v in extra if k not in given)
 
 

@@ -24,20 +24,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 from collections.abc import Sequence
 
-from experiments.launch.common import (
-    REPO_ROOT,
-    JobSpec,
-    LaunchConfigError,
-    env_lines,
-    render_argv,
-    train_argv,
-)
+from experiments.launch.common import JobSpec, LaunchConfigError, env_lines, render_argv, train_argv
 
 __all__ = [
+    "CHECKOUT_LINES",
     "CPUS_PER_GPU",
     "SlurmOptions",
     "check_options",
@@ -105,13 +100,18 @@ def check_options(job: JobSpec, opts: SlurmOptions) -> None:
         ``--qos``, ``--time``, ``--cpus-per-task``, ``--log-dir``, ``--sbatch-arg``).
     """
     if job.tpu is not None:
-        raise LaunchConfigError("--tpu: Slurm jobs run on GPU nodes; launch TPU slices with "
-                                "the skypilot backend")
-    for flag, value in (("--partition", opts.partition), ("--account", opts.account),
-                        ("--qos", opts.qos)):
+        raise LaunchConfigError(
+            "--tpu: Slurm jobs run on GPU nodes; launch TPU slices with the skypilot backend"
+        )
+    for flag, value in (
+        ("--partition", opts.partition),
+        ("--account", opts.account),
+        ("--qos", opts.qos),
+    ):
         if value is not None and not _NAME.fullmatch(value):
-            raise LaunchConfigError(f"{flag} {value!r}: expected a Slurm name (letters, "
-                                    "digits, '_.,:+@-')")
+            raise LaunchConfigError(
+                f"{flag} {value!r}: expected a Slurm name (letters, digits, '_.,:+@-')"
+            )
     parse_time(opts.time)
     if opts.cpus_per_task is not None and opts.cpus_per_task < 1:
         raise LaunchConfigError(f"--cpus-per-task {opts.cpus_per_task}: expected an int >= 1")
@@ -119,8 +119,10 @@ def check_options(job: JobSpec, opts: SlurmOptions) -> None:
         raise LaunchConfigError(f"--log-dir {opts.log_dir!r}: expected an absolute path")
     for key, value in opts.sbatch_args:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", key) or not _NAME.fullmatch(value):
-            raise LaunchConfigError(f"--sbatch-arg {key}={value}: expected KEY=VALUE with a "
-                                    "lower-case sbatch option name and a value without spaces")
+            raise LaunchConfigError(
+                f"--sbatch-arg {key}={value}: expected KEY=VALUE with a "
+                "lower-case sbatch option name and a value without spaces"
+            )
 
 
 def _log_dir(job: JobSpec, opts: SlurmOptions) -> str:
@@ -131,8 +133,20 @@ def _cpus(job: JobSpec, opts: SlurmOptions) -> int:
     return opts.cpus_per_task or CPUS_PER_GPU * (job.gpus_per_node or 1)
 
 
+#: The first lines of every job on its node: the checkout and the virtual environment come
+#: from the job's environment (``OPTZOO_ROOT``, default the directory ``sbatch`` was run in;
+#: ``OPTZOO_VENV``, default ``$OPTZOO_ROOT/.venv``, activated if it exists), not from the
+#: machine that rendered the job.
+CHECKOUT_LINES = (
+    'export OPTZOO_ROOT="${OPTZOO_ROOT:-$SLURM_SUBMIT_DIR}"',
+    'cd "$OPTZOO_ROOT"',
+    'OPTZOO_VENV="${OPTZOO_VENV:-$OPTZOO_ROOT/.venv}"',
+    'if [ -f "$OPTZOO_VENV/bin/activate" ]; then . "$OPTZOO_VENV/bin/activate"; fi',
+)
+
+
 def _setup_lines(job: JobSpec) -> list[str]:
-    return [*job.setup, *env_lines(job)]
+    return [*CHECKOUT_LINES, *job.setup, *env_lines(job)]
 
 
 def executor_parameters(job: JobSpec, opts: SlurmOptions) -> dict:
@@ -158,11 +172,19 @@ def executor_parameters(job: JobSpec, opts: SlurmOptions) -> dict:
 def sbatch_directives(job: JobSpec, opts: SlurmOptions) -> list[tuple[str, str]]:
     """The ``(option, value)`` pairs of the script's ``#SBATCH --option=value`` lines."""
     check_options(job, opts)
-    pairs = [("job-name", job.name), ("nodes", str(job.nodes)), ("ntasks-per-node", "1"),
-             ("gpus-per-node", str(job.gpus_per_node)), ("cpus-per-task", str(_cpus(job, opts))),
-             ("time", opts.time)]
-    pairs += [(k, v) for k, v in (("partition", opts.partition), ("account", opts.account),
-                                  ("qos", opts.qos)) if v is not None]
+    pairs = [
+        ("job-name", job.name),
+        ("nodes", str(job.nodes)),
+        ("ntasks-per-node", "1"),
+        ("gpus-per-node", str(job.gpus_per_node)),
+        ("cpus-per-task", str(_cpus(job, opts))),
+        ("time", opts.time),
+    ]
+    pairs += [
+        (k, v)
+        for k, v in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos))
+        if v is not None
+    ]
     pairs += [("output", f"{_log_dir(job, opts)}/%j.out"), *opts.sbatch_args]
     return pairs
 
@@ -172,42 +194,51 @@ def render_sbatch(job: JobSpec, opts: SlurmOptions) -> str:
     directives = "\n".join(f"#SBATCH --{k}={v}" for k, v in sbatch_directives(job, opts))
     setup = "\n".join(_setup_lines(job))
     srun = "srun --ntasks-per-node=1 --kill-on-bad-exit=1 " + render_argv(train_argv(job))
-    return (f"#!/bin/bash\n"
-            f"# {job.name}: experiments.train --preset {job.preset} on {job.nodes} node(s) x "
-            f"{job.gpus_per_node} GPU(s), one JAX process per node.\n"
-            f"# Submit with: mkdir -p {_log_dir(job, opts)} && sbatch THIS_FILE\n"
-            f"{directives}\n"
-            f"set -eo pipefail\n"
-            f"cd {REPO_ROOT}\n"
-            f"{setup}\n"
-            f"{srun}\n")
+    return (
+        f"#!/bin/bash\n"
+        f"# {job.name}: experiments.train --preset {job.preset} on {job.nodes} node(s) x "
+        f"{job.gpus_per_node} GPU(s), one JAX process per node.\n"
+        f"# Submit from the checkout (or set OPTZOO_ROOT, and OPTZOO_VENV unless it is\n"
+        f"# $OPTZOO_ROOT/.venv): mkdir -p {_log_dir(job, opts)} && sbatch THIS_FILE\n"
+        f"{directives}\n"
+        f"set -eo pipefail\n"
+        f"{setup}\n"
+        f"{srun}\n"
+    )
 
 
 def render_dry_run(job: JobSpec, opts: SlurmOptions) -> str:
     """What ``--dry-run`` prints: the executor parameters, the per-node command and the
     equivalent sbatch script."""
     params = json.dumps(executor_parameters(job, opts), indent=2)
-    return (f"# submitit.AutoExecutor(folder={_log_dir(job, opts)!r}, cluster='slurm')"
-            f".update_parameters(**PARAMS)\n# PARAMS =\n{params}\n"
-            f"# then executor.submit(experiments.launch.slurm.run_command, ARGV, "
-            f"{str(REPO_ROOT)!r}); each task runs:\n"
-            f"#   {render_argv(train_argv(job))}\n"
-            f"# ---- equivalent standalone sbatch script ----\n"
-            f"{render_sbatch(job, opts)}")
+    return (
+        f"# submitit.AutoExecutor(folder={_log_dir(job, opts)!r}, cluster='slurm')"
+        f".update_parameters(**PARAMS)\n# PARAMS =\n{params}\n"
+        f"# then executor.submit(experiments.launch.slurm.run_command, ARGV) from "
+        f"$OPTZOO_ROOT; each task runs:\n"
+        f"#   {render_argv(train_argv(job))}\n"
+        f"# ---- equivalent standalone sbatch script ----\n"
+        f"{render_sbatch(job, opts)}"
+    )
 
 
-def run_command(argv: Sequence[str], cwd: str) -> None:
+def run_command(argv: Sequence[str], cwd: str | None = None) -> None:
     """Runs ``argv`` in ``cwd`` (what each submitit task executes; output streams to the
-    task's log).
+    task's log). ``cwd=None``: the job's checkout, ``$OPTZOO_ROOT`` or else
+    ``$SLURM_SUBMIT_DIR`` of the node's environment (else the current directory).
 
     Raises:
       subprocess.CalledProcessError: when the command fails (the task then fails).
     """
+    if cwd is None:
+        cwd = os.environ.get("OPTZOO_ROOT") or os.environ.get("SLURM_SUBMIT_DIR") or None
     subprocess.run(list(argv), cwd=cwd, check=True)
 
 
 def submit(job: JobSpec, opts: SlurmOptions) -> str:
-    """Submits ``job`` with submitit and returns the Slurm job id.
+    """Submits ``job`` with submitit and returns the Slurm job id. The job's own Python
+    (``job.python``, found after :data:`CHECKOUT_LINES` activated the venv) runs submitit's
+    worker too, so no path of the submitting machine is baked in.
 
     Raises:
       RuntimeError: if submitit is not installed.
@@ -216,9 +247,13 @@ def submit(job: JobSpec, opts: SlurmOptions) -> str:
     try:
         import submitit
     except ImportError:
-        raise RuntimeError("submitit is not installed: pip install -e '.[launch]', or submit "
-                           "the script printed by --dry-run with sbatch") from None
-    executor = submitit.AutoExecutor(folder=_log_dir(job, opts), cluster="slurm")
+        raise RuntimeError(
+            "submitit is not installed: pip install -e '.[launch]', or submit "
+            "the script printed by --dry-run with sbatch"
+        ) from None
+    executor = submitit.AutoExecutor(
+        folder=_log_dir(job, opts), cluster="slurm", slurm_python=job.python
+    )
     executor.update_parameters(**params)
-    submitted = executor.submit(run_command, train_argv(job), str(REPO_ROOT))
+    submitted = executor.submit(run_command, train_argv(job))
     return str(submitted.job_id)

@@ -19,13 +19,7 @@ from experiments.models.config import (
     matmul_param_count,
     param_count,
 )
-from experiments.models.moe import (
-    MoE,
-    load_balance_loss,
-    route,
-    router_metrics,
-    router_z_loss,
-)
+from experiments.models.moe import MoE, load_balance_loss, route, router_metrics, router_z_loss
 from experiments.models.transformer import (
     Transformer,
     attention_mask,

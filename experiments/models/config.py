@@ -3,7 +3,7 @@
 :class:`ModelConfig` is a frozen (hashable) dataclass, so it can be a static argument of a
 jitted function and variants are derived with ``dataclasses.replace``. One config type covers
 the three dense families and the two MoE router styles used in the seed paper's experiments
-(Lau & Su 2026, arXiv:2605.18106; ALGORITHMS.md §1.9):
+(Lau & Su 2026, arXiv:2605.18106; docs/math/symmetry.md#setup):
 
 * **GPT-2** (Radford et al. 2019): LayerNorm with bias, GELU MLP, learned absolute positions,
   biases on every projection, tied embedding / LM head.
@@ -140,8 +140,12 @@ class MoEConfig:
             _check_positive("MoEConfig", f, getattr(self, f))
         for f in ("lb_loss_coef", "z_loss_coef"):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
-                    or v == float("inf"):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not v >= 0
+                or v == float("inf")
+            ):
                 raise ValueError(f"MoEConfig.{f}={v!r}; expected a finite number >= 0")
         _check_choice("MoEConfig", "expert_act", self.expert_act, ("swiglu", "clamped_swiglu"))
         for f in ("swiglu_alpha", "swiglu_limit"):
@@ -153,8 +157,10 @@ class MoEConfig:
         _check_choice("MoEConfig", "routing", self.routing, ("softmax_topk", "topk_softmax"))
         _check_choice("MoEConfig", "dispatch", self.dispatch, ("dense", "ragged"))
         if self.renormalize and self.routing != "softmax_topk":
-            raise ValueError("MoEConfig.renormalize=True only applies to routing='softmax_topk' "
-                             "(topk_softmax weights already sum to one)")
+            raise ValueError(
+                "MoEConfig.renormalize=True only applies to routing='softmax_topk' "
+                "(topk_softmax weights already sum to one)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +243,22 @@ class ModelConfig:
     name: str = "custom"
 
     def __post_init__(self):
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                  "d_ff", "max_seq_len"):
+        for f in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "d_ff",
+            "max_seq_len",
+        ):
             _check_positive("ModelConfig", f, getattr(self, f))
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"ModelConfig.n_heads={self.n_heads} must be a multiple of "
-                             f"n_kv_heads={self.n_kv_heads} (grouped-query attention)")
+            raise ValueError(
+                f"ModelConfig.n_heads={self.n_heads} must be a multiple of "
+                f"n_kv_heads={self.n_kv_heads} (grouped-query attention)"
+            )
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
         _check_choice("ModelConfig", "norm", self.norm, ("rmsnorm", "layernorm"))
@@ -259,8 +275,9 @@ class ModelConfig:
         if self.global_every < 0:
             raise ValueError(f"ModelConfig.global_every={self.global_every}; expected >= 0")
         if self.moe is not None and not isinstance(self.moe, MoEConfig):
-            raise TypeError(f"ModelConfig.moe has type {type(self.moe).__name__}; "
-                            "expected MoEConfig or None")
+            raise TypeError(
+                f"ModelConfig.moe has type {type(self.moe).__name__}; expected MoEConfig or None"
+            )
 
     @property
     def is_moe(self) -> bool:
@@ -346,8 +363,12 @@ def param_count(cfg: ModelConfig, *, active: bool = False) -> int:
         n += d * v
     if cfg.positions == "learned":
         n += cfg.max_seq_len * d
-    per_layer = (_attn_matmul(cfg) + _ffn_matmul(cfg, active) + _layer_vector_params(cfg)
-                 + _expert_bias_params(cfg, active))
+    per_layer = (
+        _attn_matmul(cfg)
+        + _ffn_matmul(cfg, active)
+        + _layer_vector_params(cfg)
+        + _expert_bias_params(cfg, active)
+    )
     return n + cfg.n_layers * per_layer + _norm_params(cfg, d)
 
 
@@ -382,81 +403,241 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
 
 # ----------------------------------------------------------------------------- presets
 
-_QWEN3 = dict(norm="rmsnorm", mlp="swiglu", positions="rope", qk_norm="head",
-              rope_theta=1_000_000.0, tie_embeddings=False)
-_GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu", positions="learned", qk_norm="none",
-             attn_bias=True, mlp_bias=True, tie_embeddings=True)
-_GEMMA3 = dict(norm="rmsnorm", mlp="geglu", positions="rope", qk_norm="head",
-               sandwich_norm=True, embed_scale=True, rope_theta=1_000_000.0,
-               rope_local_theta=10_000.0, global_every=6)
-_OLMOE = dict(norm="rmsnorm", norm_eps=1e-5, positions="rope", qk_norm="full",
-              rope_theta=10_000.0, tie_embeddings=False)
-_GPTOSS = dict(norm="rmsnorm", norm_eps=1e-5, positions="rope", qk_norm="none",
-               attn_bias=True, rope_theta=150_000.0, sliding_window=128, global_every=2,
-               tie_embeddings=False)
+_QWEN3 = dict(
+    norm="rmsnorm",
+    mlp="swiglu",
+    positions="rope",
+    qk_norm="head",
+    rope_theta=1_000_000.0,
+    tie_embeddings=False,
+)
+_GPT2 = dict(
+    norm="layernorm",
+    norm_eps=1e-5,
+    mlp="gelu",
+    positions="learned",
+    qk_norm="none",
+    attn_bias=True,
+    mlp_bias=True,
+    tie_embeddings=True,
+)
+_GEMMA3 = dict(
+    norm="rmsnorm",
+    mlp="geglu",
+    positions="rope",
+    qk_norm="head",
+    sandwich_norm=True,
+    embed_scale=True,
+    rope_theta=1_000_000.0,
+    rope_local_theta=10_000.0,
+    global_every=6,
+)
+_OLMOE = dict(
+    norm="rmsnorm",
+    norm_eps=1e-5,
+    positions="rope",
+    qk_norm="full",
+    rope_theta=10_000.0,
+    tie_embeddings=False,
+)
+_GPTOSS = dict(
+    norm="rmsnorm",
+    norm_eps=1e-5,
+    positions="rope",
+    qk_norm="none",
+    attn_bias=True,
+    rope_theta=150_000.0,
+    sliding_window=128,
+    global_every=2,
+    tie_embeddings=False,
+)
 
 PRESETS: dict[str, ModelConfig] = {
     # ---- tiny: byte vocabulary (256), trained on CPU in the tests and smoke runs.
-    "tiny": ModelConfig(name="tiny", vocab_size=256, d_model=128, n_layers=2, n_heads=4,
-                        n_kv_heads=2, head_dim=32, d_ff=384, max_seq_len=256,
-                        **{**_QWEN3, "rope_theta": 10_000.0}),
-    "tiny_moe": ModelConfig(name="tiny_moe", vocab_size=256, d_model=128, n_layers=2,
-                            n_heads=4, n_kv_heads=4, head_dim=32, d_ff=128, max_seq_len=256,
-                            moe=MoEConfig(n_experts=8, top_k=2, d_expert=64,
-                                          routing="softmax_topk", lb_loss_coef=0.01,
-                                          z_loss_coef=0.001),
-                            **_OLMOE),
-    "tiny_gpt2": ModelConfig(name="tiny_gpt2", vocab_size=256, d_model=128, n_layers=2,
-                             n_heads=4, n_kv_heads=4, head_dim=32, d_ff=512, max_seq_len=256,
-                             **_GPT2),
-    "tiny_gemma3": ModelConfig(name="tiny_gemma3", vocab_size=256, d_model=128, n_layers=2,
-                               n_heads=4, n_kv_heads=1, head_dim=32, d_ff=384,
-                               max_seq_len=256, tie_embeddings=True,
-                               **{**_GEMMA3, "sliding_window": 32, "global_every": 2}),
-    "tiny_gptoss": ModelConfig(name="tiny_gptoss", vocab_size=256, d_model=128, n_layers=2,
-                               n_heads=4, n_kv_heads=2, head_dim=32, d_ff=128,
-                               max_seq_len=256,
-                               moe=MoEConfig(n_experts=4, top_k=2, d_expert=128,
-                                             routing="topk_softmax", router_bias=True),
-                               **{**_GPTOSS, "sliding_window": 32}),
+    "tiny": ModelConfig(
+        name="tiny",
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        d_ff=384,
+        max_seq_len=256,
+        **{**_QWEN3, "rope_theta": 10_000.0},
+    ),
+    "tiny_moe": ModelConfig(
+        name="tiny_moe",
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=32,
+        d_ff=128,
+        max_seq_len=256,
+        moe=MoEConfig(
+            n_experts=8,
+            top_k=2,
+            d_expert=64,
+            routing="softmax_topk",
+            lb_loss_coef=0.01,
+            z_loss_coef=0.001,
+        ),
+        **_OLMOE,
+    ),
+    "tiny_gpt2": ModelConfig(
+        name="tiny_gpt2",
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=4,
+        head_dim=32,
+        d_ff=512,
+        max_seq_len=256,
+        **_GPT2,
+    ),
+    "tiny_gemma3": ModelConfig(
+        name="tiny_gemma3",
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=32,
+        d_ff=384,
+        max_seq_len=256,
+        tie_embeddings=True,
+        **{**_GEMMA3, "sliding_window": 32, "global_every": 2},
+    ),
+    "tiny_gptoss": ModelConfig(
+        name="tiny_gptoss",
+        vocab_size=256,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        d_ff=128,
+        max_seq_len=256,
+        moe=MoEConfig(n_experts=4, top_k=2, d_expert=128, routing="topk_softmax", router_bias=True),
+        **{**_GPTOSS, "sliding_window": 32},
+    ),
     # ---- published models (exact parameter totals are tested).
-    "gpt2_small": ModelConfig(name="gpt2_small", vocab_size=50257, d_model=768, n_layers=12,
-                              n_heads=12, n_kv_heads=12, head_dim=64, d_ff=3072,
-                              max_seq_len=1024, **_GPT2),
-    "qwen3_0p6b": ModelConfig(name="qwen3_0p6b", vocab_size=151936, d_model=1024,
-                              n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128, d_ff=3072,
-                              max_seq_len=4096, **{**_QWEN3, "tie_embeddings": True}),
-    "gemma3_1b": ModelConfig(name="gemma3_1b", vocab_size=262144, d_model=1152, n_layers=26,
-                             n_heads=4, n_kv_heads=1, head_dim=256, d_ff=6912,
-                             max_seq_len=4096, tie_embeddings=True, sliding_window=512,
-                             **_GEMMA3),
-    "olmoe_1b7b": ModelConfig(name="olmoe_1b7b", vocab_size=50304, d_model=2048, n_layers=16,
-                              n_heads=16, n_kv_heads=16, head_dim=128, d_ff=1024,
-                              max_seq_len=4096,
-                              moe=MoEConfig(n_experts=64, top_k=8, d_expert=1024,
-                                            routing="softmax_topk", lb_loss_coef=0.01,
-                                            z_loss_coef=0.001),
-                              **_OLMOE),
-    # ---- the seed paper's runs (ALGORITHMS.md §1.9; untied heads, seq 1024).
-    "qwen3_seed": ModelConfig(name="qwen3_seed", vocab_size=151936, d_model=1024,
-                              n_layers=20, n_heads=16, n_kv_heads=8, head_dim=128, d_ff=3072,
-                              max_seq_len=1024, **_QWEN3),
-    "gemma3_seed": ModelConfig(name="gemma3_seed", vocab_size=262144, d_model=1152,
-                               n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, d_ff=6912,
-                               max_seq_len=1024, tie_embeddings=False, sliding_window=512,
-                               **_GEMMA3),
-    "olmoe_seed": ModelConfig(name="olmoe_seed", vocab_size=50304, d_model=2048, n_layers=12,
-                              n_heads=16, n_kv_heads=16, head_dim=128, d_ff=1024,
-                              max_seq_len=1024,
-                              moe=MoEConfig(n_experts=32, top_k=8, d_expert=1024,
-                                            routing="softmax_topk"),
-                              **_OLMOE),
-    "gptoss_seed": ModelConfig(name="gptoss_seed", vocab_size=201088, d_model=2048,
-                               n_layers=12, n_heads=64, n_kv_heads=8, head_dim=64, d_ff=2048,
-                               max_seq_len=1024,
-                               moe=MoEConfig(n_experts=16, top_k=4, d_expert=2048,
-                                             routing="topk_softmax", router_bias=True),
-                               **_GPTOSS),
+    "gpt2_small": ModelConfig(
+        name="gpt2_small",
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        head_dim=64,
+        d_ff=3072,
+        max_seq_len=1024,
+        **_GPT2,
+    ),
+    "qwen3_0p6b": ModelConfig(
+        name="qwen3_0p6b",
+        vocab_size=151936,
+        d_model=1024,
+        n_layers=28,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=128,
+        d_ff=3072,
+        max_seq_len=4096,
+        **{**_QWEN3, "tie_embeddings": True},
+    ),
+    "gemma3_1b": ModelConfig(
+        name="gemma3_1b",
+        vocab_size=262144,
+        d_model=1152,
+        n_layers=26,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=256,
+        d_ff=6912,
+        max_seq_len=4096,
+        tie_embeddings=True,
+        sliding_window=512,
+        **_GEMMA3,
+    ),
+    "olmoe_1b7b": ModelConfig(
+        name="olmoe_1b7b",
+        vocab_size=50304,
+        d_model=2048,
+        n_layers=16,
+        n_heads=16,
+        n_kv_heads=16,
+        head_dim=128,
+        d_ff=1024,
+        max_seq_len=4096,
+        moe=MoEConfig(
+            n_experts=64,
+            top_k=8,
+            d_expert=1024,
+            routing="softmax_topk",
+            lb_loss_coef=0.01,
+            z_loss_coef=0.001,
+        ),
+        **_OLMOE,
+    ),
+    # ---- the seed paper's runs (docs/math/symmetry.md#setup; untied heads, seq 1024).
+    "qwen3_seed": ModelConfig(
+        name="qwen3_seed",
+        vocab_size=151936,
+        d_model=1024,
+        n_layers=20,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=128,
+        d_ff=3072,
+        max_seq_len=1024,
+        **_QWEN3,
+    ),
+    "gemma3_seed": ModelConfig(
+        name="gemma3_seed",
+        vocab_size=262144,
+        d_model=1152,
+        n_layers=18,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=256,
+        d_ff=6912,
+        max_seq_len=1024,
+        tie_embeddings=False,
+        sliding_window=512,
+        **_GEMMA3,
+    ),
+    "olmoe_seed": ModelConfig(
+        name="olmoe_seed",
+        vocab_size=50304,
+        d_model=2048,
+        n_layers=12,
+        n_heads=16,
+        n_kv_heads=16,
+        head_dim=128,
+        d_ff=1024,
+        max_seq_len=1024,
+        moe=MoEConfig(n_experts=32, top_k=8, d_expert=1024, routing="softmax_topk"),
+        **_OLMOE,
+    ),
+    "gptoss_seed": ModelConfig(
+        name="gptoss_seed",
+        vocab_size=201088,
+        d_model=2048,
+        n_layers=12,
+        n_heads=64,
+        n_kv_heads=8,
+        head_dim=64,
+        d_ff=2048,
+        max_seq_len=1024,
+        moe=MoEConfig(
+            n_experts=16, top_k=4, d_expert=2048, routing="topk_softmax", router_bias=True
+        ),
+        **_GPTOSS,
+    ),
 }
 
 # ---- the released runs of Lau & Su 2026 (github.com/timlautk/equivariant_optimizers): the seed
@@ -468,12 +649,19 @@ for _family in ("qwen3", "gemma3", "olmoe", "gptoss"):
     _seed = PRESETS[f"{_family}_seed"]
     _extra: dict = {}
     if _family == "gptoss":
-        _extra = dict(attn_sinks=True,
-                      moe=dataclasses.replace(_seed.moe, expert_act="clamped_swiglu",
-                                              swiglu_alpha=1.702, swiglu_limit=7.0,
-                                              expert_bias=True))
-    PRESETS[f"{_family}_paper"] = dataclasses.replace(_seed, name=f"{_family}_paper",
-                                                      init_scheme="normal", **_extra)
+        _extra = dict(
+            attn_sinks=True,
+            moe=dataclasses.replace(
+                _seed.moe,
+                expert_act="clamped_swiglu",
+                swiglu_alpha=1.702,
+                swiglu_limit=7.0,
+                expert_bias=True,
+            ),
+        )
+    PRESETS[f"{_family}_paper"] = dataclasses.replace(
+        _seed, name=f"{_family}_paper", init_scheme="normal", **_extra
+    )
 del _family, _seed, _extra
 
 TINY_PRESETS = ("tiny", "tiny_moe", "tiny_gpt2", "tiny_gemma3", "tiny_gptoss")

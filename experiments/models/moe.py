@@ -15,9 +15,9 @@ Routing styles (``MoEConfig.routing``):
   k kept logits only, so they always sum to one and are larger than OLMoE's.
 
 Both are invariant to adding a common offset ``c^T x`` to all logits (the router's shift
-symmetry, ALGORITHMS.md §1.2). Output: ``y_t = sum_{e in S_t} w_te FFN_e(x_t)`` with SwiGLU
-experts ``FFN_e(x) = (silu(x G_e) * (x U_e)) D_e``, ``G_e, U_e`` ``(d, f)``, ``D_e`` ``(f, d)``,
-stored stacked as ``gate_proj``/``up_proj`` ``(E, d, f)`` and ``down_proj`` ``(E, f, d)``.
+symmetry, docs/math/symmetry.md#groups). Output: ``y_t = sum_{e in S_t} w_te FFN_e(x_t)`` with
+SwiGLU experts ``FFN_e(x) = (silu(x G_e) * (x U_e)) D_e``, ``G_e, U_e`` ``(d, f)``, ``D_e`` ``(f,
+d)``, stored stacked as ``gate_proj``/``up_proj`` ``(E, d, f)`` and ``down_proj`` ``(E, f, d)``.
 gpt-oss variant (``MoEConfig.expert_act='clamped_swiglu'``, ``expert_bias=True``; Hugging Face
 ``GptOssExperts``): with ``g = x G_e + b^g_e`` and ``u = x U_e + b^u_e``, ``g' = min(g, L)``,
 ``u' = clip(u, -L, L)``, ``FFN_e(x) = ((u' + 1) * g' * sigmoid(a g')) D_e + b^d_e`` (``a =
@@ -63,8 +63,17 @@ from flax import nnx
 
 from experiments.models.config import ModelConfig, MoEConfig, residual_init_std
 
-__all__ = ["route", "expert_load", "expert_activation", "load_balance_loss", "router_z_loss",
-           "router_metrics", "DEAD_EXPERT_SCALE", "Experts", "MoE"]
+__all__ = [
+    "route",
+    "expert_load",
+    "expert_activation",
+    "load_balance_loss",
+    "router_z_loss",
+    "router_metrics",
+    "DEAD_EXPERT_SCALE",
+    "Experts",
+    "MoE",
+]
 
 
 def route(logits: jax.Array, cfg: MoEConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -126,8 +135,13 @@ def _normalized_entropy(p: jax.Array, axis: int = -1) -> jax.Array:
 DEAD_EXPERT_SCALE = 0.1
 
 
-def router_metrics(logits: jax.Array, probs: jax.Array, experts: jax.Array, *,
-                   dead_scale: float = DEAD_EXPERT_SCALE) -> dict:
+def router_metrics(
+    logits: jax.Array,
+    probs: jax.Array,
+    experts: jax.Array,
+    *,
+    dead_scale: float = DEAD_EXPERT_SCALE,
+) -> dict:
     """Router health statistics of one layer (definitions in the module docstring).
 
     Args:
@@ -210,14 +224,14 @@ class Experts(nnx.Module):
     def _biases(self):
         if self.gate_bias is None:
             return None
-        return tuple(b.bias[...].astype(self.dtype)
-                     for b in (self.gate_bias, self.up_bias, self.down_bias))
+        return tuple(
+            b.bias[...].astype(self.dtype) for b in (self.gate_bias, self.up_bias, self.down_bias)
+        )
 
     def __call__(self, x: jax.Array, weights: jax.Array, experts: jax.Array) -> jax.Array:
         """``y_t = sum_j weights[t, j] FFN_{experts[t, j]}(x_t)`` for ``x`` ``[T, d]``."""
         dt = self.dtype
-        gate, up, down = (p[...].astype(dt) for p in (self.gate_proj, self.up_proj,
-                                                      self.down_proj))
+        gate, up, down = (p[...].astype(dt) for p in (self.gate_proj, self.up_proj, self.down_proj))
         biases = self._biases()
         x = x.astype(dt)
         t, k = experts.shape
@@ -263,12 +277,21 @@ class MoE(nnx.Module):
         self.cfg = m
         # the router bias: zero under init_scheme='gpt2'; N(0, std^2) under 'normal' (Hugging
         # Face GptOssPreTrainedModel._init_weights draws GptOssTopKRouter.bias like the weight)
-        bias_init = jax.nn.initializers.normal(cfg.init_std) if cfg.init_scheme == "normal" \
+        bias_init = (
+            jax.nn.initializers.normal(cfg.init_std)
+            if cfg.init_scheme == "normal"
             else jax.nn.initializers.zeros
-        self.router = nnx.Linear(cfg.d_model, m.n_experts, use_bias=m.router_bias,
-                                 dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
-                                 kernel_init=jax.nn.initializers.normal(cfg.init_std),
-                                 bias_init=bias_init, rngs=rngs)
+        )
+        self.router = nnx.Linear(
+            cfg.d_model,
+            m.n_experts,
+            use_bias=m.router_bias,
+            dtype=jnp.float32,
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            kernel_init=jax.nn.initializers.normal(cfg.init_std),
+            bias_init=bias_init,
+            rngs=rngs,
+        )
         self.experts = Experts(cfg, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict]:

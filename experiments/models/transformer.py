@@ -134,7 +134,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     cos = jnp.cos(angles)[:, None, :]
     sin = jnp.sin(angles)[:, None, :]
     x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., : hd // 2], x32[..., hd // 2:]
+    x1, x2 = x32[..., : hd // 2], x32[..., hd // 2 :]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
 
@@ -150,17 +150,25 @@ def attention_mask(seq_len: int, window: int | None = None) -> jax.Array:
     return jnp.asarray(ok)
 
 
-def _linear(cfg: ModelConfig, fan_in: int, fan_out: int, bias: bool, std: float,
-            rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(fan_in, fan_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
-                      param_dtype=jnp.dtype(cfg.param_dtype),
-                      kernel_init=jax.nn.initializers.normal(std),
-                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+def _linear(
+    cfg: ModelConfig, fan_in: int, fan_out: int, bias: bool, std: float, rngs: nnx.Rngs
+) -> nnx.Linear:
+    return nnx.Linear(
+        fan_in,
+        fan_out,
+        use_bias=bias,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=jax.nn.initializers.normal(std),
+        bias_init=jax.nn.initializers.zeros,
+        rngs=rngs,
+    )
 
 
 def _norm(cfg: ModelConfig, width: int, kind: str | None = None) -> Norm:
-    return Norm(width, kind or cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype),
-                jnp.dtype(cfg.param_dtype))
+    return Norm(
+        width, kind or cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    )
 
 
 class Attention(nnx.Module):
@@ -182,8 +190,11 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
         if cfg.attn_sinks:  # zero under "gpt2" (no published rule), N(0, std^2) under "normal"
-            init = jax.nn.initializers.normal(cfg.init_std) if cfg.init_scheme == "normal" \
+            init = (
+                jax.nn.initializers.normal(cfg.init_std)
+                if cfg.init_scheme == "normal"
                 else jax.nn.initializers.zeros
+            )
             self.sinks = nnx.Param(init(rngs.params(), (h,), jnp.dtype(cfg.param_dtype)))
         else:
             self.sinks = None
@@ -192,8 +203,7 @@ class Attention(nnx.Module):
         self.use_rope = cfg.positions == "rope"
         is_global = cfg.layer_is_global(layer)
         self.window = None if is_global else cfg.sliding_window
-        local_theta = cfg.rope_local_theta if cfg.rope_local_theta is not None \
-            else cfg.rope_theta
+        local_theta = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope_theta
         self.theta = cfg.rope_theta if is_global else local_theta
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -235,8 +245,9 @@ class MLP(nnx.Module):
         d, f = cfg.d_model, cfg.d_ff
         std_out = residual_init_std(cfg)
         self.kind = cfg.mlp
-        self.gate_proj = _linear(cfg, d, f, cfg.mlp_bias, cfg.init_std, rngs) \
-            if cfg.mlp != "gelu" else None
+        self.gate_proj = (
+            _linear(cfg, d, f, cfg.mlp_bias, cfg.init_std, rngs) if cfg.mlp != "gelu" else None
+        )
         self.up_proj = _linear(cfg, d, f, cfg.mlp_bias, cfg.init_std, rngs)
         self.down_proj = _linear(cfg, f, d, cfg.mlp_bias, std_out, rngs)
 
@@ -298,17 +309,27 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         init = jax.nn.initializers.normal(cfg.init_std)
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dt, param_dtype=pdt,
-                               embedding_init=init, rngs=rngs)
+        self.embed = nnx.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=dt, param_dtype=pdt, embedding_init=init, rngs=rngs
+        )
         if cfg.positions == "learned":
-            self.pos_embed = nnx.Embed(cfg.max_seq_len, cfg.d_model, dtype=dt,
-                                       param_dtype=pdt, embedding_init=init, rngs=rngs)
+            self.pos_embed = nnx.Embed(
+                cfg.max_seq_len,
+                cfg.d_model,
+                dtype=dt,
+                param_dtype=pdt,
+                embedding_init=init,
+                rngs=rngs,
+            )
         else:
             self.pos_embed = None
         self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
         self.final_norm = _norm(cfg, cfg.d_model)
-        self.lm_head = None if cfg.tie_embeddings else \
-            _linear(cfg, cfg.d_model, cfg.vocab_size, False, cfg.init_std, rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else _linear(cfg, cfg.d_model, cfg.vocab_size, False, cfg.init_std, rngs)
+        )
 
     def __call__(self, tokens: jax.Array) -> tuple[jax.Array, dict]:
         cfg = self.cfg
@@ -318,8 +339,10 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
         if self.pos_embed is not None:
             if s > cfg.max_seq_len:
-                raise ValueError(f"sequence length {s} exceeds ModelConfig.max_seq_len="
-                                 f"{cfg.max_seq_len} of the learned position table")
+                raise ValueError(
+                    f"sequence length {s} exceeds ModelConfig.max_seq_len="
+                    f"{cfg.max_seq_len} of the learned position table"
+                )
             x = x + self.pos_embed(jnp.arange(s))
         layer_aux = []
         for block in self.layers:
@@ -354,8 +377,7 @@ def _collect_aux(cfg: ModelConfig, layer_aux: list[dict]) -> dict:
     return out
 
 
-def loss_from_logits(logits: jax.Array, aux: dict, targets: jax.Array) -> tuple[jax.Array,
-                                                                                 dict]:
+def loss_from_logits(logits: jax.Array, aux: dict, targets: jax.Array) -> tuple[jax.Array, dict]:
     """The loss of :func:`lm_loss` from an existing forward pass ``(logits, aux)``."""
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
     metrics = {"ce": ce, **{k: v for k, v in aux.items() if not k.endswith(VECTOR_AUX)}}
@@ -363,8 +385,7 @@ def loss_from_logits(logits: jax.Array, aux: dict, targets: jax.Array) -> tuple[
     return loss, metrics
 
 
-def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> tuple[jax.Array,
-                                                                                dict]:
+def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict]:
     """Mean next-token cross-entropy plus the weighted MoE auxiliary losses.
 
     ``loss = mean_{b,s} -log softmax(logits[b, s])[targets[b, s]] + aux_loss`` with
@@ -381,7 +402,9 @@ def lm_loss(model: Transformer, inputs: jax.Array, targets: jax.Array) -> tuple[
 def param_paths(model_or_state) -> dict[str, tuple[int, ...]]:
     """``{'/'-joined parameter path: shape}`` of a model (or an ``nnx.State``), in the
     order of ``nnx.to_flat_state``. Works on ``nnx.eval_shape`` models."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else \
-        nnx.state(model_or_state, nnx.Param)
-    return {"/".join(str(k) for k in path): tuple(v.shape)
-            for path, v in nnx.to_flat_state(state)}
+    state = (
+        model_or_state
+        if isinstance(model_or_state, nnx.State)
+        else nnx.state(model_or_state, nnx.Param)
+    )
+    return {"/".join(str(k) for k in path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
