@@ -241,20 +241,6 @@ def test_a_given_fallback_transformation_is_used_as_is():
 
 
 # ---------------------------------------------------------------- optax battery
-_PARAMS = {"w": jnp.zeros((4, 6)), "stack": jnp.zeros((2, 3, 5)), "b": jnp.zeros((6,))}
-
-
-@pytest.mark.parametrize("compressor", ["spectral", "sign"])
-def test_optax_battery(compressor):
-    params = testing.random_like(_PARAMS, seed=1)
-    kwargs = dict(
-        learning_rate=0.05,
-        beta=0.9,
-        compressor=compressor,
-        weight_decay=0.01,
-        layout={"w": MatrixLayout(), "stack": MatrixLayout(), "b": None},
-    )
-    testing.check_optax_compatibility(EF.ef_muon, kwargs, params, static_args=("layout",))
 
 
 # ------------------------------------------------------------------------ errors

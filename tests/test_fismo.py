@@ -170,22 +170,6 @@ def test_vectors_go_to_fallback_and_layout_none_too():
 
 
 # ---------------------------------------------------------------- optax battery
-def test_optax_battery():
-    # One stacked matrix leaf and one vector (fallback): FISMO's per-leaf graph (two eigh,
-    # Polar Express) dominates the battery's compile time on CPU, so the tree stays small.
-    params = testing.random_like({"stack": jnp.zeros((2, 3, 5)), "b": jnp.zeros((5,))}, seed=1)
-    kwargs = dict(
-        learning_rate=0.05,
-        precondition_frequency=2,
-        weight_decay=0.01,
-        shape_scale="rms",
-        layout=MatrixLayout(),
-    )  # explicit: a 3-axis stack
-    testing.check_optax_compatibility(
-        F.fismo, kwargs, params, static_args=("precondition_frequency",)
-    )
-
-
 # ------------------------------------------------------------------------ errors
 def test_bad_inputs_name_the_parameter_path():
     with pytest.raises(ValueError, match="'bias' of shape \\(3,\\) has no matrix layout"):

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 
 from experiments.bench import trees
-from optzoo import testing
 from optzoo.galore import GaLoreState, galore, scale_by_galore
 from optzoo.layout import MatrixLayout
 from optzoo.natural_galore import (
@@ -438,42 +437,6 @@ def test_osd_first_step_is_galore_and_projector_moves():
 # ------------------------------------------------------------------ optax battery
 # One stacked matrix leaf (two 5x3 slices) and one vector leaf: both code paths, few shapes
 # (the battery runs eagerly, and every new shape costs compilations).
-COMPAT_PARAMS = {"stack": jnp.asarray(_normal(71, (2, 5, 3))), "b": jnp.asarray(_normal(72, (4,)))}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        (
-            galore,
-            dict(
-                learning_rate=1e-2,
-                rank=2,
-                update_proj_gap=2,
-                side="std",
-                weight_decay=0.01,
-                layout=LAY,
-            ),
-            galore.static_args,
-        ),
-        (
-            natural_galore,
-            dict(
-                learning_rate=1e-2, rank=2, update_proj_gap=2, history=3, damping=1e-2, layout=LAY
-            ),
-            natural_galore.static_args,
-        ),
-        (
-            online_subspace_descent,
-            dict(learning_rate=1e-2, rank=2, orth_penalty=0.1, layout=LAY),
-            online_subspace_descent.static_args,
-        ),
-    ],
-    ids=["galore", "natural_galore", "online_subspace_descent"],
-)
-def test_optax_compatibility(case):
-    factory, kwargs, static = case
-    testing.check_optax_compatibility(factory, kwargs, COMPAT_PARAMS, static_args=static)
 
 
 # -------------------------------------------------------------------- convergence

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optzoo import testing
 from optzoo.layout import MatrixLayout
 
 # optzoo.lion (the attribute) is the optimizer factory; the module is reached by name.
@@ -407,38 +406,6 @@ def test_spectral_vector_fallback():
 
 
 # ----------------------------------------------------------------------- optax battery
-BATTERY_PARAMS = {"w": jnp.ones((4, 3)), "stack": jnp.ones((2, 3, 2)), "b": jnp.ones((3,))}
-
-
-def test_optax_battery_lion():
-    testing.check_optax_compatibility(
-        L.lion, dict(learning_rate=1e-2, weight_decay=1e-2), BATTERY_PARAMS
-    )
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        # 'sign' runs in test_optax_battery_lion; 'clip' shares every code path with 'tanh'.
-        dict(kappa="tanh", beta=2.0),
-        dict(kappa="l2"),
-        dict(kappa="spectral", spectral_method="svd", vector_kappa="sign", layout=MatrixLayout()),
-    ],
-    ids=lambda kw: kw["kappa"],
-)
-def test_optax_battery_lion_kappa(kwargs):
-    testing.check_optax_compatibility(
-        L.lion_kappa, dict(learning_rate=1e-2, weight_decay=1e-2, **kwargs), BATTERY_PARAMS
-    )
-
-
-def test_optax_battery_callable_kappa_as_static_arg():
-    testing.check_optax_compatibility(
-        L.lion_kappa,
-        dict(learning_rate=1e-2, kappa=jnp.arcsinh),
-        BATTERY_PARAMS,
-        static_args=("kappa",),
-    )
 
 
 def test_state_count_and_mu_dtype():

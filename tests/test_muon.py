@@ -78,29 +78,6 @@ COMPAT_PARAMS = {
 }
 
 
-@pytest.mark.parametrize(
-    "kwargs,static",
-    [
-        (dict(learning_rate=0.02, weight_decay=0.01, layout=STACKED), ()),
-        (
-            dict(
-                learning_rate=0.02,
-                ortho_method="newton_schulz",
-                ns_steps=5,
-                bias_correction=True,
-                shape_scale="rms",
-                mu_dtype=jnp.float32,
-                layout=STACKED,
-            ),
-            ("ns_steps", "mu_dtype"),
-        ),
-    ],
-    ids=["defaults", "ns5-biascorr-rms"],
-)
-def test_optax_compatibility(kwargs, static):
-    testing.check_optax_compatibility(muon, kwargs, COMPAT_PARAMS, static_args=static)
-
-
 # ------------------------------------------------------------ optax.contrib.muon parity
 def test_bias_corrected_mode_equals_optax_contrib_muon():
     shapes = {"a": (6, 10), "b": (12, 5), "c": (8, 8), "v": (7,)}

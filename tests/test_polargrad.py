@@ -82,29 +82,6 @@ COMPAT_PARAMS = {
 }
 
 
-@pytest.mark.parametrize(
-    "kwargs,static",
-    [
-        (dict(learning_rate=1e-3, weight_decay=0.01, layout=STACKED), ()),  # momentum-first, QDWH
-        (
-            dict(
-                learning_rate=1e-3,
-                variant="polar_first",
-                ortho_method="polar_express",
-                ns_steps=5,
-                nesterov=True,
-                layout=STACKED,
-            ),
-            ("ns_steps",),
-        ),
-    ],
-    ids=["momentum_first-qdwh", "polar_first-polar_express"],
-)
-def test_optax_compatibility(kwargs, static):
-    # the real factory (its signature is what inject_hyperparams binds), layout given
-    testing.check_optax_compatibility(_polargrad, kwargs, COMPAT_PARAMS, static_args=static)
-
-
 # ------------------------------------------------------------ float64 re-derivation
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(

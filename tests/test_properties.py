@@ -448,7 +448,7 @@ def test_property_check_has_power():
     specs = {f"{s.kind}_{i}": s for i, s in enumerate(leaves)}
 
     def check(tx: optax.GradientTransformation) -> None:
-        entry = _zoo.Entry("control", "control", lambda: tx)
+        entry = _zoo.Entry("control", "control", lambda: tx, {})
         run_and_check(entry, specs, lambda rng, g: generic_tree(leaves, rng, grads=g))
 
     check(optax.sgd(0.1))  # passes

@@ -367,29 +367,6 @@ def test_synchronous_mode_averages_and_waits_for_the_slowest():
 
 
 # ------------------------------------------------------ optax contract, symmetries
-def test_optax_compatibility_battery():
-    params = {"w": jnp.ones((8, 4)) * 0.1, "b": jnp.zeros(4)}
-    testing.check_optax_compatibility(
-        ringmaster, dict(learning_rate=0.02, lmo="spectral", nesterov=True), params
-    )
-    testing.check_optax_compatibility(
-        ringmaster_agnostic, dict(learning_rate=0.1, lmo="sign"), params
-    )
-
-    def gated(learning_rate, delay_threshold=2):
-        # discard_stale refuses unlisted update keywords (a misspelled delay= must not be
-        # dropped); the battery's optax-contract probe keyword is listed as forwarded.
-        return discard_stale(
-            ringmaster(learning_rate, "spectral"),
-            delay_threshold,
-            pass_through=("unused_extra_arg",),
-        )
-
-    testing.check_optax_compatibility(
-        gated, dict(learning_rate=0.02), params, static_args=("delay_threshold",)
-    )
-
-
 def test_equivariance_with_negative_controls():
     shape = (5, 7)
     params = {"w": jnp.asarray(_normal(3, shape))}

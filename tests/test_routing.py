@@ -627,22 +627,6 @@ def test_stack_plan_takes_exactly_the_arguments_of_symmetry_compatible():
     )
 
 
-def test_symmetry_compatible_optax_compatibility():
-    d = 4
-    params = {
-        "embed": {"embedding": jnp.ones((8, d))},
-        "attn": {"o_proj": {"kernel": jnp.ones((d, d))}},
-        "moe": {"router": {"kernel": jnp.ones((d, 3))}},
-        "norm": {"scale": jnp.ones(d)},
-    }
-    testing.check_optax_compatibility(
-        symmetry_compatible,
-        dict(learning_rate=1e-2, head_dim=2, router="left"),
-        params,
-        static_args=("head_dim",),
-    )
-
-
 # ------------------------------------------------------- everyday Flax trees (issue 17)
 def _hf_gpt2(d=8, vocab=32, positions=16):
     """HuggingFace Flax GPT-2 parameter names and shapes: FlaxConv1D stores (out, in)."""

@@ -308,21 +308,6 @@ _PARAMS = {
 _NORMS = {"w": "spectral", "stack": "spectral", "head": "column", "emb": "row", "b": "bias_rms"}
 
 
-@pytest.mark.parametrize("constrained", [False, True], ids=["uSCG", "SCG"])
-def test_optax_battery(constrained):
-    params = testing.random_like(_PARAMS, seed=1)
-    kwargs = dict(
-        learning_rate=0.05,
-        norms=_NORMS,
-        radius=2.0,
-        momentum=0.2,
-        constrained=constrained,
-        weight_decay=0.0 if constrained else 0.01,
-        layout=MatrixLayout(),
-    )
-    testing.check_optax_compatibility(S.scion, kwargs, params)
-
-
 def test_battery_sign_head_and_callable_norms():
     params = testing.random_like(_PARAMS, seed=2)
 

@@ -504,32 +504,6 @@ def test_alias_signature_is_learning_rate_its_block_and_the_alias_arguments(name
 _BATTERY_PARAMS = {"w": jnp.ones((2, 6, 5)), "b": jnp.zeros(5)}  # stacked matrix + fallback
 
 
-@pytest.mark.parametrize(
-    "factory,kwargs,static",
-    [
-        (symmetric.rownorm, dict(learning_rate=0.1, unit_axis=-1, center=True), ("unit_axis",)),
-        (
-            symmetric.one_sided_spectral,
-            dict(learning_rate=0.01, unit_axis=-2, weight_decay=0.01),
-            ("unit_axis", "gram_steps"),
-        ),
-        (
-            symmetric.hybrid,
-            dict(learning_rate=0.01, unit_axis=-1, weight_decay=0.01),
-            ("unit_axis", "gram_steps"),
-        ),
-        (
-            symmetric.left_spectral,
-            dict(learning_rate=0.01, unit_axis=-1),
-            ("unit_axis", "gram_steps"),
-        ),
-    ],
-    ids=["rownorm", "one_sided_spectral", "hybrid", "left_spectral"],
-)
-def test_optax_compatibility(factory, kwargs, static):
-    testing.check_optax_compatibility(factory, kwargs, _BATTERY_PARAMS, static_args=static)
-
-
 def test_module_exports():
     for name in symmetric.__all__:
         assert hasattr(symmetric, name)
