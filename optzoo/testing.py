@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -246,9 +246,9 @@ def polar_reference(x: Any, rtol: float = 1e-10) -> np.ndarray:
 
 # ------------------------------------------------------------------- optax battery
 # Every check takes ``extra_args``: optax extra keyword arguments passed to every ``update``
-# (e.g. the batch of a method that reads one), the same at every step. Trajectories that are
-# compared with each other run eagerly (kernels compiled once per shape and shared between
-# checks and optimizers); ``MultiSteps`` and the ``lax.scan`` run are jitted once.
+# (e.g. the batch of a method that reads one), the same at every step. A trajectory runs all
+# its steps in one jitted ``lax.scan``: compiled once, whatever the transformation does inside
+# (an eager ``lax.cond`` or loop would compile again at every call).
 ExtraArgs = Mapping[str, Any] | None
 
 #: The unknown keyword passed to probe optax's convention that a transformation ignores extra
@@ -271,43 +271,51 @@ def _grads_seq(params: Any, steps: int) -> list[Any]:
     return [random_like(params, seed=100 + t) for t in range(steps)]
 
 
-def _run(tx: optax.GradientTransformation, params: Any, grads_seq: Sequence[Any],
-         extra_args: ExtraArgs = None):
-    """Eager steps: ``(final params, final state, last updates)``."""
-    state = tx.init(params)
-    updates = None
-    for g in grads_seq:
-        updates, state = tx.update(g, state, params, **(extra_args or {}))
-        params = optax.apply_updates(params, updates)
-    return params, state, updates
+class _Trajectory(NamedTuple):
+    params: Any
+    state: Any
+    updates: Any  # of the last step
+    finite: jax.Array  # whether the updates of every step were finite
 
 
-def _scan_finite(tx: optax.GradientTransformation, params: Any, steps: int,
-                 extra_args: ExtraArgs, probe: bool) -> bool:
-    """Whether ``steps`` updates, jitted under ``lax.scan`` (which carries the state, so it
-    only compiles when the state keeps ``init``'s structure, shapes and dtypes), are finite;
-    ``probe``: every update also gets the unknown keyword :data:`_PROBE`."""
+def _run(
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads_seq: Sequence[Any],
+    extra_args: ExtraArgs = None,
+    probe: bool = False,
+) -> _Trajectory:
+    """``init``, then ``update`` + ``apply_updates`` per gradient tree, under one jitted
+    ``lax.scan`` (``probe``: every update also gets the unknown keyword :data:`_PROBE`). The
+    scan carries the state, so it requires the state to keep ``init``'s structure, shapes and
+    dtypes."""
     tx = optax.with_extra_args_support(tx)
     unknown = {_PROBE: jnp.zeros(())} if probe else {}
 
     @jax.jit
-    def finite(params, state, grads, extra):
+    def trajectory(params, state, grads, extra):
         def body(carry, g):
             p, s = carry
             u, s = tx.update(g, s, p, **unknown, **extra)
-            ok = jnp.array(True)
+            finite = jnp.array(True)
             for x in jax.tree.leaves(u):
-                ok &= jnp.all(jnp.isfinite(x))
-            return (optax.apply_updates(p, u), s), ok
+                finite &= jnp.all(jnp.isfinite(x))
+            return (optax.apply_updates(p, u), s), (u, finite)
 
-        return jnp.all(jax.lax.scan(body, (params, state), grads)[1])
+        (params, state), (updates, finite) = jax.lax.scan(body, (params, state), grads)
+        return params, state, jax.tree.map(lambda x: x[-1], updates), jnp.all(finite)
 
-    grads = jax.tree.map(lambda *xs: jnp.stack(xs), *_grads_seq(params, steps))
-    return bool(finite(params, tx.init(params), grads, dict(extra_args or {})))
+    grads = jax.tree.map(lambda *xs: jnp.stack(xs), *grads_seq)
+    return _Trajectory(*trajectory(params, tx.init(params), grads, dict(extra_args or {})))
 
 
-def check_jit_no_recompile(tx: optax.GradientTransformation, params: Any, steps: int = 3,
-                           extra_args: ExtraArgs = None, probe_extra_args: bool = True) -> None:
+def check_jit_no_recompile(
+    tx: optax.GradientTransformation,
+    params: Any,
+    steps: int = 3,
+    extra_args: ExtraArgs = None,
+    probe_extra_args: bool = True,
+) -> None:
     """``update`` jits, tolerates extra keyword args, and does not retrace on later calls.
 
     ``probe_extra_args=False`` leaves out the unused keyword ``unused_extra_arg`` that every
@@ -328,26 +336,37 @@ def check_jit_no_recompile(tx: optax.GradientTransformation, params: Any, steps:
         updates, state = step(g, state, params, dict(extra_args or {}))
         params = optax.apply_updates(params, updates)
     if len(traces) != 1:
-        raise AssertionError(f"update was traced {len(traces)} times in {steps} calls; the state "
-                             "changes structure, shape or dtype between steps")
+        raise AssertionError(
+            f"update was traced {len(traces)} times in {steps} calls; the state "
+            "changes structure, shape or dtype between steps"
+        )
     _assert_finite(updates, "jit updates")
 
 
 def _check_signature(factory: Callable[..., Any]) -> None:
     sig = inspect.signature(factory)
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        raise AssertionError(f"{factory.__name__} takes **kwargs; inject_hyperparams needs an "
-                             "explicit signature")
+        raise AssertionError(
+            f"{factory.__name__} takes **kwargs; inject_hyperparams needs an explicit signature"
+        )
 
 
-def _compare_injected(plain: tuple, factory: Callable[..., Any], kwargs: Mapping[str, Any],
-                      params: Any, grads: Sequence[Any], static_args: Sequence[str],
-                      rtol: float, atol: float, extra_args: ExtraArgs) -> None:
+def _compare_injected(
+    plain: _Trajectory,
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    params: Any,
+    grads: Sequence[Any],
+    static_args: Sequence[str],
+    rtol: float,
+    atol: float,
+    extra_args: ExtraArgs,
+) -> None:
     injected = optax.inject_hyperparams(factory, static_args=tuple(static_args))(**kwargs)
-    p2, state2, u2 = _run(injected, params, grads, extra_args)
-    _assert_close(plain[2], u2, rtol, atol, "inject_hyperparams updates")
-    _assert_close(plain[0], p2, rtol, atol, "inject_hyperparams params")
-    if "learning_rate" in kwargs and "learning_rate" not in state2.hyperparams:
+    run = _run(injected, params, grads, extra_args)
+    _assert_close(plain.updates, run.updates, rtol, atol, "inject_hyperparams updates")
+    _assert_close(plain.params, run.params, rtol, atol, "inject_hyperparams params")
+    if "learning_rate" in kwargs and "learning_rate" not in run.state.hyperparams:
         raise AssertionError("learning_rate is not injectable")
 
 
@@ -370,17 +389,13 @@ def check_inject_hyperparams(
     _check_signature(factory)
     grads = _grads_seq(params, steps)
     plain = _run(factory(**kwargs), params, grads, extra_args)
-    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol,
-                      extra_args)
+    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol, extra_args)
 
 
-def check_multisteps(tx: optax.GradientTransformation, params: Any, every_k: int = 3,
-                     extra_args: ExtraArgs = None) -> None:
-    """Under ``optax.MultiSteps(every_k)`` the first ``every_k - 1`` updates are exactly zero.
-
-    The wrapped update is jitted once and called ``every_k`` times (``MultiSteps`` switches
-    with ``lax.cond``, which would otherwise compile again at every eager call).
-    """
+def check_multisteps(
+    tx: optax.GradientTransformation, params: Any, every_k: int = 3, extra_args: ExtraArgs = None
+) -> None:
+    """Under ``optax.MultiSteps(every_k)`` the first ``every_k - 1`` updates are exactly zero."""
     ms = optax.MultiSteps(tx, every_k_schedule=every_k)
     update = jax.jit(lambda g, s, p, extra: ms.update(g, s, p, **extra))
     state = ms.init(params)
@@ -394,54 +409,65 @@ def check_multisteps(tx: optax.GradientTransformation, params: Any, every_k: int
 
 
 def check_dtype_preserved(
-    tx: optax.GradientTransformation, params: Any, dtypes: Sequence[Any] = (jnp.bfloat16,),
+    tx: optax.GradientTransformation,
+    params: Any,
+    dtypes: Sequence[Any] = (jnp.bfloat16,),
     extra_args: ExtraArgs = None,
 ) -> None:
     """Updates keep the dtype of the parameters (and are finite) for each dtype given."""
     for dtype in dtypes:
         p = jax.tree.map(lambda x, d=dtype: x.astype(d), params)
-        _, _, updates = _run(tx, p, _grads_seq(p, 2), extra_args)
-        for u, x in zip(jax.tree.leaves(updates), jax.tree.leaves(p), strict=True):
+        run = _run(tx, p, _grads_seq(p, 2), extra_args)
+        for u, x in zip(jax.tree.leaves(run.updates), jax.tree.leaves(p), strict=True):
             if u.dtype != x.dtype:
                 raise AssertionError(f"update dtype {u.dtype} != parameter dtype {x.dtype}")
-        _assert_finite(updates, f"{jnp.dtype(dtype).name} updates")
+        if not bool(run.finite):
+            raise AssertionError(f"{jnp.dtype(dtype).name} updates: non-finite values")
 
 
 def _avals(tree: Any) -> Any:
     return jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), tree)
 
 
-def _check_state_avals(tx: optax.GradientTransformation, params: Any,
-                       extra_args: ExtraArgs) -> None:
+def _check_state_avals(
+    tx: optax.GradientTransformation, params: Any, extra_args: ExtraArgs
+) -> None:
     """The state after ``update`` has ``init``'s structure, shapes and dtypes (what
     ``lax.cond`` requires of its two branches, the update and the identity), read with
     ``jax.eval_shape`` (nothing is compiled)."""
     state0 = tx.init(params)
     g = random_like(params, seed=7)
     before = jax.eval_shape(lambda s: s, state0)
-    after = jax.eval_shape(lambda s: tx.update(g, s, params, **dict(extra_args or {}))[1],
-                           state0)
-    if jax.tree.structure(before) != jax.tree.structure(after) or (
-            _avals(before) != _avals(after)):
-        raise AssertionError(f"state changes under update:\n init: {_avals(before)}\n "
-                             f"after: {_avals(after)}")
+    after = jax.eval_shape(lambda s: tx.update(g, s, params, **dict(extra_args or {}))[1], state0)
+    if jax.tree.structure(before) != jax.tree.structure(after) or (_avals(before) != _avals(after)):
+        raise AssertionError(
+            f"state changes under update:\n init: {_avals(before)}\n after: {_avals(after)}"
+        )
 
 
-def check_cond_state_stable(tx: optax.GradientTransformation, params: Any,
-                            extra_args: ExtraArgs = None) -> None:
+def check_cond_state_stable(
+    tx: optax.GradientTransformation, params: Any, extra_args: ExtraArgs = None
+) -> None:
     """The state after ``update`` has the structure, shapes and dtypes of ``init``'s, so that
     ``lax.cond`` / ``lax.scan`` can carry it; three updates under ``lax.scan`` are finite."""
     _check_state_avals(tx, params, extra_args)
-    if not _scan_finite(tx, params, 3, extra_args, probe=False):
+    if not bool(_run(tx, params, _grads_seq(params, 3), extra_args).finite):
         raise AssertionError("non-finite updates under lax.scan")
 
 
-def _compare_scheduled(plain: tuple, factory: Callable[..., Any], kwargs: Mapping[str, Any],
-                       params: Any, grads: Sequence[Any], rtol: float, atol: float,
-                       extra_args: ExtraArgs) -> None:
+def _compare_scheduled(
+    plain: _Trajectory,
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    params: Any,
+    grads: Sequence[Any],
+    rtol: float,
+    atol: float,
+    extra_args: ExtraArgs,
+) -> None:
     sched = dict(kwargs, learning_rate=optax.constant_schedule(kwargs["learning_rate"]))
-    _, _, u2 = _run(factory(**sched), params, grads, extra_args)
-    _assert_close(plain[2], u2, rtol, atol, "schedule vs constant learning rate")
+    run = _run(factory(**sched), params, grads, extra_args)
+    _assert_close(plain.updates, run.updates, rtol, atol, "schedule vs constant learning rate")
 
 
 def check_schedule_accepted(
@@ -469,15 +495,15 @@ def check_optax_compatibility(
     rtol: float = 1e-5,
     atol: float = 1e-6,
 ) -> None:
-    """Runs the whole battery on ``factory(**kwargs)``.
+    """Runs the whole battery on ``factory(**kwargs)``, compiling each trajectory once.
 
-    The properties of :func:`check_jit_no_recompile` and :func:`check_cond_state_stable` (in
-    one jitted ``lax.scan`` over three steps with the unknown-keyword probe: the scan carries
-    the state, so it compiles only when the state keeps ``init``'s structure, shapes and
-    dtypes, and is never retraced), :func:`check_inject_hyperparams` (``static_args`` as
-    optax's), :func:`check_multisteps`, :func:`check_dtype_preserved` for each of ``dtypes``
-    and, when ``kwargs`` has a ``learning_rate``, :func:`check_schedule_accepted`; the plain
-    optimizer's eager trajectory is run once, the reference of both comparisons.
+    The properties of :func:`check_jit_no_recompile`, :func:`check_cond_state_stable`,
+    :func:`check_inject_hyperparams` (``static_args`` as optax's), :func:`check_multisteps`,
+    :func:`check_dtype_preserved` for each of ``dtypes`` and, when ``kwargs`` has a
+    ``learning_rate``, :func:`check_schedule_accepted`. The plain optimizer's three steps run
+    once, jitted under ``lax.scan`` (which carries the state, so it compiles only when the
+    state keeps its structure, shapes and dtypes, and is then never retraced), with the
+    unknown keyword probe; they are the reference of both comparisons.
 
     Args:
       factory: the optimizer's factory (its signature is what ``inject_hyperparams`` binds).
@@ -498,12 +524,11 @@ def check_optax_compatibility(
     _check_signature(factory)
     tx = factory(**kwargs)
     _check_state_avals(tx, params, extra_args)
-    if not _scan_finite(tx, params, 3, extra_args, probe=probe_extra_args):
-        raise AssertionError("jit updates: non-finite values")
     grads = _grads_seq(params, 3)
-    plain = _run(tx, params, grads, extra_args)
-    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol,
-                      extra_args)
+    plain = _run(tx, params, grads, extra_args, probe=probe_extra_args)
+    if not bool(plain.finite):
+        raise AssertionError("jit updates: non-finite values")
+    _compare_injected(plain, factory, kwargs, params, grads, static_args, rtol, atol, extra_args)
     check_multisteps(tx, params, extra_args=extra_args)
     check_dtype_preserved(tx, params, dtypes, extra_args=extra_args)
     if "learning_rate" in kwargs:
